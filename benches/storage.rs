@@ -1,1 +1,116 @@
-fn main(){}
+//! Storage-layer benchmark: durable appends (fsync before ack) under many
+//! concurrent appenders, large records against the disk's own limit (dd),
+//! and the open time of a 1 GiB log.
+//!
+//! Run: `cargo bench --bench storage` (figures go in README.md). Set
+//! `SIDELOG_BENCH_DIR` to choose the disk (default: a temp dir under ./target).
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sidelog::storage::{Entry, Log, LogConfig};
+
+const RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `appenders` tasks each append `per_task` records of `size` bytes and wait
+/// for durability before the next. Returns (records/s, MB/s, fsyncs/record).
+fn durable_appends(dir: &Path, appenders: usize, per_task: usize, size: usize) -> (f64, f64, f64) {
+    let _ = std::fs::remove_dir_all(dir);
+    let log = Arc::new(Log::open(dir, LogConfig { segment_max_bytes: 256 << 20, ..Default::default() }).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let payload: Arc<[u8]> = vec![0x5a; size].into();
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..appenders {
+            let (log, payload) = (log.clone(), payload.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let a = log.append(&[Entry::data(&payload)]).unwrap();
+                    log.wait_durable(a.next_index).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let n = (appenders * per_task) as f64;
+    let fsyncs = log.stats().fsyncs as f64;
+    (n / secs, n * size as f64 / secs / 1e6, fsyncs / n)
+}
+
+fn dd_mb_per_s(dir: &Path) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = dir.join("dd.bin");
+    let out = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", f.display()))
+        .args(["bs=1M", "count=1024", "conv=fdatasync"])
+        .output()
+        .expect("run dd");
+    let _ = std::fs::remove_file(&f);
+    // dd prints "... bytes (...) copied, 2.5 s, 430 MB/s" on stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let line = text.lines().last().unwrap_or_default();
+    let secs: f64 = line.split(", ").nth(1).and_then(|s| s.trim_end_matches(" s").parse().ok()).expect("dd seconds");
+    1024.0 * 1024.0 * 1024.0 / secs / 1e6
+}
+
+fn main() {
+    let base = std::env::var_os("SIDELOG_BENCH_DIR").map_or_else(|| Path::new("target/bench-storage").to_owned(), Into::into);
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let dir = base.join("log");
+
+    let mut small = Vec::new();
+    let mut small_fsync = Vec::new();
+    for _ in 0..RUNS {
+        let (rps, _, fpr) = durable_appends(&dir, 256, 8000 / scale, 100);
+        small.push(rps);
+        small_fsync.push(fpr);
+    }
+    println!(
+        "durable 100 B appends, 256 appenders: median {:.0} records/s (runs {:?}), fsyncs/record {:.5}",
+        median(small.clone()),
+        small.iter().map(|v| *v as u64).collect::<Vec<_>>(),
+        median(small_fsync)
+    );
+
+    let mut large = Vec::new();
+    let mut dd = Vec::new();
+    for _ in 0..RUNS {
+        dd.push(dd_mb_per_s(&base));
+        // 16 appenders x 1024 records x 64 KiB = 1 GiB.
+        let (_, mbps, _) = durable_appends(&dir, 16, 1024 / scale, 64 << 10);
+        large.push(mbps);
+    }
+    let (l, d) = (median(large), median(dd));
+    println!("durable 64 KiB appends, 16 appenders: median {l:.0} MB/s; dd conv=fdatasync: median {d:.0} MB/s; ratio {:.0} %", 100.0 * l / d);
+
+    // The last run left a 1 GiB log in `dir`: time how long opening it takes.
+    let mut opens = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let log = Log::open(&dir, LogConfig { segment_max_bytes: 256 << 20, ..Default::default() }).unwrap();
+        opens.push(t.elapsed().as_secs_f64() * 1e3);
+        let size = log.disk_bytes();
+        drop(log);
+        if opens.len() == 1 {
+            println!("log size for the open test: {:.2} GiB", size as f64 / (1u64 << 30) as f64);
+        }
+    }
+    println!("open of that log: median {:.2} ms over {} opens", median(opens), 5);
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = Duration::ZERO;
+}

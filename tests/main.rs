@@ -1,1 +1,3 @@
+//! One integration-test binary (shared build), one module per area.
 
+mod storage;

@@ -932,6 +932,3 @@ impl Iterator for Iter<'_> {
         Some(Ok(r))
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,447 @@
+//! The segmented log: the book's cases, crash cases, and a model-based
+//! property test.
+
+use std::{fs::OpenOptions, io::Write, os::unix::fs::FileExt, path::Path, sync::Arc};
+
+use proptest::prelude::*;
+use sidelog::storage::{Entry, Error, Kind, Log, LogConfig, Retention};
+
+fn small_config() -> LogConfig {
+    LogConfig { segment_max_bytes: 1024, index_max_entries: 64, ..Default::default() }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record number {i}").into_bytes()
+}
+
+fn append_data(log: &Log, n: u64) {
+    for _ in 0..n {
+        let next = log.next_offset();
+        log.append(&[Entry::data(&payload(next))]).unwrap();
+    }
+}
+
+fn segment_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_offsets_readable(log: &Log, n: u64) {
+    assert_eq!(log.next_offset(), n);
+    for o in 0..n {
+        let r = log.read_offset(o).unwrap();
+        assert_eq!(r.offset, o);
+        assert_eq!(&r.payload[..], &payload(o)[..], "payload of offset {o}");
+    }
+}
+
+#[test]
+fn append_and_read_three_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for (i, v) in [b"hello".as_slice(), b"world", b"!"].into_iter().enumerate() {
+        let a = log.append(&[Entry::data(v)]).unwrap();
+        assert_eq!(a.first_offset, i as u64);
+        assert_eq!(a.first_index, i as u64);
+    }
+    assert_eq!(&log.read_offset(1).unwrap().payload[..], b"world");
+    assert_eq!(&log.read(2).unwrap().payload[..], b"!");
+    assert_eq!(log.next_offset(), 3);
+}
+
+#[test]
+fn reading_past_the_end_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    append_data(&log, 2);
+    match log.read_offset(2) {
+        Err(Error::OffsetOutOfRange { offset: 2, first: 0, next: 2 }) => {}
+        other => panic!("expected out of range, got {other:?}"),
+    }
+    assert!(matches!(log.read(5), Err(Error::IndexOutOfRange { index: 5, .. })));
+}
+
+#[test]
+fn reopen_continues_at_the_next_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        append_data(&log, 30);
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_offsets_readable(&log, 30);
+    let a = log.append(&[Entry::data(&payload(30))]).unwrap();
+    assert_eq!(a.first_offset, 30);
+    assert_offsets_readable(&log, 31);
+}
+
+#[test]
+fn second_open_of_a_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Locked { .. })));
+}
+
+#[test]
+fn store_at_its_limit_rolls_to_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig { segment_max_bytes: 1024, ..Default::default() }).unwrap();
+    append_data(&log, 40);
+    log.sync().unwrap();
+    let logs = segment_files(dir.path(), "log");
+    assert!(logs.len() > 1, "expected several segments, got {logs:?}");
+    for p in &logs {
+        let len = std::fs::metadata(p).unwrap().len();
+        assert!(len <= 1024, "{} is {len} bytes, over the limit", p.display());
+    }
+    assert_offsets_readable(&log, 40);
+}
+
+#[test]
+fn index_at_its_limit_rolls_to_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig { index_max_entries: 3, ..Default::default() }).unwrap();
+    append_data(&log, 10);
+    log.sync().unwrap();
+    // 10 records, 3 per index: 4 segments; sealed indexes hold exactly 3 entries.
+    let idx = segment_files(dir.path(), "idx");
+    assert_eq!(idx.len(), 4);
+    for p in &idx[..3] {
+        assert_eq!(std::fs::metadata(p).unwrap().len(), 3 * 16);
+    }
+    assert_offsets_readable(&log, 10);
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig { index_max_entries: 3, ..Default::default() }).unwrap();
+    assert_offsets_readable(&log, 10);
+}
+
+#[test]
+fn truncate_drops_a_suffix_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    append_data(&log, 50);
+    log.truncate_from(20).unwrap();
+    assert_eq!(log.next_index(), 20);
+    assert!(log.read(20).unwrap_err().is_out_of_range());
+    append_data(&log, 5);
+    assert_offsets_readable(&log, 25);
+    log.sync().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_offsets_readable(&log, 25);
+}
+
+#[test]
+fn control_entries_do_not_consume_data_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig { initial_index: 1, ..Default::default() }).unwrap();
+    let blank = Entry { index: Some(1), term: 1, kind: Kind::Control, payload: b"" };
+    log.append(&[blank]).unwrap();
+    let a = log.append(&[Entry { index: None, term: 1, kind: Kind::Data, payload: b"a" }]).unwrap();
+    assert_eq!((a.first_index, a.first_offset), (2, 0));
+    log.append(&[Entry { index: None, term: 2, kind: Kind::Control, payload: b"m" }]).unwrap();
+    log.append(&[Entry::data(b"b")]).unwrap();
+    assert_eq!(log.read_offset(0).unwrap().index, 2);
+    let r = log.read_offset(1).unwrap();
+    assert_eq!((r.index, &r.payload[..]), (4, &b"b"[..]));
+    let data: Vec<_> = log.iter_from_offset(0).map(|r| r.unwrap().index).collect();
+    assert_eq!(data, vec![2, 4]);
+    let all: Vec<_> = log.iter_from_index(1).map(|r| r.unwrap().kind).collect();
+    assert_eq!(all, vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]);
+}
+
+#[test]
+fn non_sequential_index_is_rejected_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let batch = [Entry::data(b"ok"), Entry { index: Some(7), term: 0, kind: Kind::Data, payload: b"x" }];
+    assert!(matches!(log.append(&batch), Err(Error::NonSequential { expected: 1, got: 7 })));
+    assert_eq!(log.next_index(), 0);
+}
+
+#[test]
+fn remove_before_drops_only_whole_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    append_data(&log, 100);
+    let before = segment_files(dir.path(), "log").len();
+    let removed = log.remove_before(50).unwrap();
+    assert!(removed > 0);
+    assert_eq!(segment_files(dir.path(), "log").len(), before - removed);
+    let first = log.first_index();
+    assert!(first <= 50 && first > 0, "first index {first}");
+    assert!(log.read(first - 1).unwrap_err().is_out_of_range());
+    for i in first..100 {
+        assert_eq!(log.read(i).unwrap().offset, i);
+    }
+    // Everything below the next index still leaves the active segment.
+    log.remove_before(u64::MAX).unwrap();
+    assert_eq!(segment_files(dir.path(), "log").len(), 1);
+    assert_eq!(log.next_offset(), 100);
+}
+
+#[test]
+fn retention_by_bytes_keeps_the_newest_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    append_data(&log, 200);
+    log.sync().unwrap();
+    let total = log.disk_bytes();
+    let policy = Retention { max_bytes: Some(3000), max_age: None };
+    let removed = log.apply_retention(&policy, u64::MAX).unwrap();
+    assert!(removed > 0);
+    assert!(log.disk_bytes() <= 3000, "{} > 3000 (was {total})", log.disk_bytes());
+    assert_eq!(log.read_offset(199).unwrap().offset, 199);
+    // Retention by age: everything sealed is older than zero seconds.
+    let policy = Retention { max_bytes: None, max_age: Some(std::time::Duration::ZERO) };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    log.apply_retention(&policy, u64::MAX).unwrap();
+    assert_eq!(segment_files(dir.path(), "log").len(), 1, "only the active segment remains");
+}
+
+#[test]
+fn reset_restarts_the_log_at_a_given_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    append_data(&log, 10);
+    log.reset(1000, 700).unwrap();
+    assert_eq!((log.first_index(), log.next_index(), log.next_offset()), (1000, 1000, 700));
+    let a = log.append(&[Entry::data(b"x")]).unwrap();
+    assert_eq!((a.first_index, a.first_offset), (1000, 700));
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.read_offset(700).unwrap().index, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u64 {
+                let a = log.append(&[Entry::data(format!("{t}-{i}").as_bytes())]).unwrap();
+                let d = log.wait_durable(a.next_index).await.unwrap();
+                assert!(d.next_index >= a.next_index);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = log.stats();
+    assert_eq!(stats.next_offset, 64 * 50);
+    assert!(stats.fsyncs < 64 * 50, "{} fsyncs for {} records: no sharing", stats.fsyncs, 64 * 50);
+    assert_eq!(log.durable().next_index, 64 * 50);
+}
+
+// ---- crash cases: after N synced appends, damage the files, reopen ----
+
+const N: u64 = 25;
+
+/// Writes N records (synced) into a single active segment and returns the
+/// active segment's paths.
+fn synced_log(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let log = Log::open(dir, LogConfig::default()).unwrap();
+    append_data(&log, N);
+    log.sync().unwrap();
+    drop(log);
+    (segment_files(dir, "log").pop().unwrap(), segment_files(dir, "idx").pop().unwrap())
+}
+
+fn reopen_expect_prefix(dir: &Path, valid: u64) {
+    let log = Log::open(dir, LogConfig::default()).unwrap();
+    assert_offsets_readable(&log, valid);
+    assert!(log.read_offset(valid).unwrap_err().is_out_of_range());
+    // Appends go on right after the valid prefix, and survive another reopen.
+    append_data(&log, 3);
+    log.sync().unwrap();
+    drop(log);
+    let log = Log::open(dir, LogConfig::default()).unwrap();
+    assert_offsets_readable(&log, valid + 3);
+}
+
+fn record_len(i: u64) -> u64 {
+    36 + payload(i).len() as u64
+}
+
+#[test]
+fn crash_cut_mid_record_keeps_the_valid_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_path, _) = synced_log(dir.path());
+    let len = std::fs::metadata(&log_path).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&log_path).unwrap();
+    f.set_len(len - record_len(N - 1) / 2).unwrap();
+    reopen_expect_prefix(dir.path(), N - 1);
+}
+
+#[test]
+fn crash_garbage_appended_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_path, _) = synced_log(dir.path());
+    let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
+    let garbage: Vec<u8> = (0..1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    f.write_all(&garbage).unwrap();
+    reopen_expect_prefix(dir.path(), N);
+}
+
+#[test]
+fn crash_flipped_bit_in_last_record_drops_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_path, _) = synced_log(dir.path());
+    let len = std::fs::metadata(&log_path).unwrap().len();
+    let f = OpenOptions::new().read(true).write(true).open(&log_path).unwrap();
+    let at = len - 3; // inside the last payload
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    reopen_expect_prefix(dir.path(), N - 1);
+}
+
+#[test]
+fn crash_zeroed_index_tail_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, idx_path) = synced_log(dir.path());
+    let f = OpenOptions::new().write(true).open(&idx_path).unwrap();
+    // Zero the entries of the last 10 records (and everything after them).
+    f.write_all_at(&vec![0u8; 10 * 16], (N - 10) * 16).unwrap();
+    reopen_expect_prefix(dir.path(), N);
+}
+
+#[test]
+fn crash_index_lost_entirely_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, idx_path) = synced_log(dir.path());
+    std::fs::remove_file(&idx_path).unwrap();
+    reopen_expect_prefix(dir.path(), N);
+}
+
+#[test]
+fn crash_index_pointing_past_a_cut_log_is_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_path, _) = synced_log(dir.path());
+    // The index (mmap) survived but the log lost its last 5 records.
+    let keep: u64 = 32 + (0..N - 5).map(record_len).sum::<u64>();
+    OpenOptions::new().write(true).open(&log_path).unwrap().set_len(keep).unwrap();
+    reopen_expect_prefix(dir.path(), N - 5);
+}
+
+#[test]
+fn corrupt_sealed_segment_is_a_clear_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        append_data(&log, 100);
+        log.sync().unwrap();
+    }
+    let logs = segment_files(dir.path(), "log");
+    assert!(logs.len() > 2);
+    let victim = &logs[0];
+    let len = std::fs::metadata(victim).unwrap().len();
+    let f = OpenOptions::new().read(true).write(true).open(victim).unwrap();
+    f.write_all_at(b"X", len - 1).unwrap();
+    match Log::open(dir.path(), small_config()) {
+        Err(e @ Error::Corrupt { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "{msg}");
+        }
+        other => panic!("expected a corrupt-segment error, got {:?}", other.map(|_| ())),
+    }
+}
+
+// ---- property test against an in-memory model ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<u8>, bool),
+    Truncate(u8),
+    RemoveBefore(u8),
+    Reopen,
+    Sync,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (proptest::collection::vec(any::<u8>(), 0..80), any::<bool>()).prop_map(|(v, d)| Op::Append(v, d)),
+        1 => any::<u8>().prop_map(Op::Truncate),
+        1 => any::<u8>().prop_map(Op::RemoveBefore),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Sync),
+    ]
+}
+
+/// The model: (index, offset, kind, payload) of every record, and the first index kept.
+struct Model {
+    recs: Vec<(u64, u64, Kind, Vec<u8>)>,
+    next_index: u64,
+    next_offset: u64,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn log_matches_a_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig { segment_max_bytes: 400, index_max_entries: 8, ..Default::default() };
+        let mut log = Log::open(dir.path(), cfg.clone()).unwrap();
+        let mut m = Model { recs: vec![], next_index: 0, next_offset: 0 };
+        for op in ops {
+            match op {
+                Op::Append(v, is_data) => {
+                    let kind = if is_data { Kind::Data } else { Kind::Control };
+                    let a = log.append(&[Entry { index: None, term: 1, kind, payload: &v }]).unwrap();
+                    prop_assert_eq!(a.first_index, m.next_index);
+                    prop_assert_eq!(a.first_offset, m.next_offset);
+                    m.recs.push((m.next_index, m.next_offset, kind, v));
+                    m.next_index += 1;
+                    m.next_offset += u64::from(is_data);
+                }
+                Op::Truncate(k) => {
+                    let first = log.first_index();
+                    if m.next_index > first {
+                        let at = first + u64::from(k) % (m.next_index - first);
+                        log.truncate_from(at).unwrap();
+                        let pos = m.recs.iter().position(|r| r.0 == at).unwrap();
+                        m.next_offset = m.recs[pos].1;
+                        m.recs.truncate(pos);
+                        m.next_index = at;
+                    }
+                }
+                Op::RemoveBefore(k) => {
+                    log.remove_before(u64::from(k) % (m.next_index + 1)).unwrap();
+                    let first = log.first_index();
+                    m.recs.retain(|r| r.0 >= first);
+                }
+                Op::Reopen => {
+                    log.sync().unwrap();
+                    drop(log);
+                    log = Log::open(dir.path(), cfg.clone()).unwrap();
+                }
+                Op::Sync => { log.sync().unwrap(); }
+            }
+            prop_assert_eq!(log.next_index(), m.next_index);
+            prop_assert_eq!(log.next_offset(), m.next_offset);
+        }
+        // Every record in the model reads back, by index and (data) by offset.
+        let first = log.first_index();
+        prop_assert_eq!(m.recs.first().map_or(m.next_index, |r| r.0), first);
+        for (index, offset, kind, v) in &m.recs {
+            let r = log.read(*index).unwrap();
+            prop_assert_eq!((r.offset, r.kind, &r.payload[..]), (*offset, *kind, &v[..]));
+            if *kind == Kind::Data {
+                prop_assert_eq!(log.read_offset(*offset).unwrap().index, *index);
+            }
+        }
+        let data: Vec<u64> = log.iter_from_offset(log.first_offset()).map(|r| r.unwrap().index).collect();
+        let want: Vec<u64> = m.recs.iter().filter(|r| r.2 == Kind::Data).map(|r| r.0).collect();
+        prop_assert_eq!(data, want);
+    }
+}
