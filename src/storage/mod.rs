@@ -37,7 +37,11 @@ use std::{
     io,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Poll, Waker},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -100,6 +104,9 @@ pub struct LogConfig {
     /// When set, the flusher also fsyncs on this period without being asked
     /// (the `--fsync=interval` policy).
     pub sync_interval: Option<Duration>,
+    /// Pause after an fsync that released a large batch, so the released
+    /// appenders join the next one (see `run_flusher`). Zero disables it.
+    pub group_commit_linger: Duration,
 }
 
 impl Default for LogConfig {
@@ -109,6 +116,7 @@ impl Default for LogConfig {
             index_max_entries: 1 << 20,
             initial_index: 0,
             sync_interval: None,
+            group_commit_linger: Duration::from_micros(LINGER_MICROS),
         }
     }
 }
@@ -145,6 +153,10 @@ pub struct Stats {
     pub fsyncs: u64,
 }
 
+/// Default group-commit linger, and the batch size that triggers it.
+const LINGER_MICROS: u64 = 20;
+const LINGER_MIN_BATCH: u64 = 16;
+
 /// Start flushing the write buffer without being asked once it holds this much.
 const WRITE_BEHIND_BYTES: usize = 8 << 20;
 
@@ -177,6 +189,9 @@ struct FlushRequest {
     /// The write buffer is large: write it out (no fsync needed).
     write: bool,
     shutdown: bool,
+    /// The flusher is parked on the condvar (only then is a notify needed:
+    /// skipping it saves a futex syscall per append under load).
+    idle: bool,
 }
 
 struct Shared {
@@ -187,6 +202,13 @@ struct Shared {
     /// taken before `inner`, never after.
     io_lock: Mutex<()>,
     durable: watch::Sender<Durable>,
+    /// Mirrors of the watermark for the lock-free fast path.
+    durable_index: AtomicU64,
+    failed: AtomicBool,
+    /// Tasks in `wait_durable`, with the index each waits for. Only those a
+    /// new watermark satisfies are woken (a watch channel would wake every
+    /// waiter on every fsync, half of them just to wait again).
+    waiters: Mutex<Vec<(u64, Waker)>>,
     request: Mutex<FlushRequest>,
     wake: Condvar,
     fsyncs: std::sync::atomic::AtomicU64,
@@ -297,6 +319,9 @@ impl Log {
             inner: Mutex::new(inner),
             io_lock: Mutex::new(()),
             durable,
+            durable_index: AtomicU64::new(next_index),
+            failed: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
             request: Mutex::new(FlushRequest::default()),
             wake: Condvar::new(),
             fsyncs: Default::default(),
@@ -361,33 +386,43 @@ impl Log {
         let large = inner.pending.len() >= WRITE_BEHIND_BYTES;
         drop(inner);
         if large {
-            lock(&s.request).write = true;
-            s.wake.notify_one();
+            let mut r = lock(&s.request);
+            r.write = true;
+            if r.idle {
+                drop(r);
+                s.wake.notify_one();
+            }
         }
         Ok(appended)
     }
 
     /// Waits until every record below `next_index` is durable, asking the
     /// flusher for an fsync if needed. Concurrent waiters share fsyncs.
-    pub async fn wait_durable(&self, next_index: u64) -> Result<Durable> {
+    /// Returns the durable watermark's `next_index` (>= the one asked for).
+    pub async fn wait_durable(&self, next_index: u64) -> Result<u64> {
         let s = &self.shared;
-        let mut rx = s.durable.subscribe();
-        {
-            let d = rx.borrow_and_update();
-            if d.next_index >= next_index && d.failed.is_none() {
-                return Ok(d.clone());
-            }
+        if !s.is_durable(next_index) {
+            s.request_sync(next_index);
+            std::future::poll_fn(|cx| {
+                if s.is_durable(next_index) {
+                    return Poll::Ready(());
+                }
+                let mut waiters = lock(&s.waiters);
+                // Checked again under the lock: `publish` stores the new
+                // watermark before it takes this lock to wake waiters.
+                if s.is_durable(next_index) {
+                    return Poll::Ready(());
+                }
+                waiters.push((next_index, cx.waker().clone()));
+                Poll::Pending
+            })
+            .await;
         }
-        s.request_sync(next_index);
-        let d = rx
-            .wait_for(|d| d.next_index >= next_index || d.failed.is_some())
-            .await
-            .map_err(|_| Error::Failed("log closed".into()))?
-            .clone();
-        match &d.failed {
-            Some(f) => Err(Error::Failed(f.clone())),
-            None => Ok(d),
+        if s.failed.load(Ordering::Acquire) {
+            let failed = s.durable.borrow().failed.clone().unwrap_or_default();
+            return Err(Error::Failed(failed));
         }
+        Ok(s.durable_index.load(Ordering::Acquire))
     }
 
     /// Writes and fsyncs everything appended so far; returns the durable
@@ -520,9 +555,10 @@ impl Log {
         inner.next_index = next_index;
         inner.next_offset = next_offset;
         sync_dir(&s.dir)?;
-        s.durable.send_modify(|d| {
+        s.publish(|d| {
             d.next_index = next_index;
             d.next_offset = next_offset;
+            true
         });
         Ok(())
     }
@@ -591,6 +627,7 @@ impl Log {
     fn shutdown(&mut self) -> Result<()> {
         let Some(handle) = self.flusher.take() else { return Ok(()) };
         lock(&self.shared.request).shutdown = true;
+        // Notified unconditionally: the flusher may be about to park.
         self.shared.wake.notify_one();
         let _ = handle.join();
         let failed = lock(&self.shared.inner).failed.clone();
@@ -704,18 +741,50 @@ impl Inner {
 }
 
 impl Shared {
+    fn is_durable(&self, next_index: u64) -> bool {
+        self.durable_index.load(Ordering::Acquire) >= next_index || self.failed.load(Ordering::Acquire)
+    }
+
+    /// Updates the durable watermark and wakes the waiters it satisfies
+    /// (all of them if the log failed).
+    fn publish(&self, update: impl FnOnce(&mut Durable) -> bool) {
+        if !self.durable.send_if_modified(update) {
+            return;
+        }
+        let (index, failed) = {
+            let d = self.durable.borrow();
+            (d.next_index, d.failed.is_some())
+        };
+        self.failed.store(failed, Ordering::Release);
+        self.durable_index.store(index, Ordering::Release);
+        let ready: Vec<Waker> = lock(&self.waiters)
+            .extract_if(.., |(i, _)| failed || *i <= index)
+            .map(|(_, w)| w)
+            .collect();
+        for w in ready {
+            w.wake();
+        }
+    }
+
     fn request_sync(&self, next_index: u64) {
         let mut r = lock(&self.request);
         if r.sync_to < next_index {
             r.sync_to = next_index;
-            drop(r);
-            self.wake.notify_one();
+            if r.idle {
+                drop(r);
+                self.wake.notify_one();
+            }
         }
     }
 
     /// The flusher thread: waits for a request, flushes, repeats. Requests
     /// that arrive during an fsync are served together by the next one.
     fn run_flusher(&self) {
+        // Timer slack defaults to 50 µs, as long as the linger itself.
+        // Safety: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64);
+        }
         let mut last_sync = Instant::now();
         loop {
             let mut r = lock(&self.request);
@@ -730,16 +799,19 @@ impl Shared {
                 if r.write {
                     break false;
                 }
+                r.idle = true;
                 match self.config.sync_interval {
                     Some(period) => {
                         let elapsed = last_sync.elapsed();
                         if elapsed >= period {
+                            r.idle = false;
                             break true;
                         }
                         r = self.wake.wait_timeout(r, period - elapsed).unwrap_or_else(|p| p.into_inner()).0;
                     }
                     None => r = self.wake.wait(r).unwrap_or_else(|p| p.into_inner()),
                 }
+                r.idle = false;
             };
             r.write = false;
             drop(r);
@@ -748,7 +820,16 @@ impl Shared {
             }
             // Errors poison the log and are reported to waiters through the
             // durable watch; nothing else to do here.
+            let before = self.durable_index.load(Ordering::Acquire);
             let _ = self.flush(fsync);
+            let batch = self.durable_index.load(Ordering::Acquire).saturating_sub(before);
+            if fsync && batch >= LINGER_MIN_BATCH && !self.config.group_commit_linger.is_zero() {
+                // Under load, the appenders this fsync released need a few
+                // microseconds to append again. Syncing at once would leave
+                // them for the next fsync, and the waiters settle into two
+                // alternating half-size cohorts; a short pause merges them.
+                std::thread::sleep(self.config.group_commit_linger);
+            }
         }
     }
 
@@ -800,11 +881,14 @@ impl Shared {
             // (fsyncgate): refuse further writes rather than risk acking lost data.
             let err = Error::io(&path, e);
             lock(&self.inner).failed = Some(err.to_string());
-            self.durable.send_modify(|d| d.failed = Some(err.to_string()));
+            self.publish(|d| {
+                d.failed = Some(err.to_string());
+                true
+            });
             return Err(err);
         }
         if fsync {
-            self.durable.send_if_modified(|d| {
+            self.publish(|d| {
                 if d.next_index < target.0 {
                     d.next_index = target.0;
                     d.next_offset = target.1;
@@ -878,7 +962,7 @@ impl Shared {
         if removed_files {
             sync_dir(&self.dir)?;
         }
-        self.durable.send_if_modified(|d| {
+        self.publish(|d| {
             if d.next_index > index {
                 d.next_index = index;
                 d.next_offset = new_offset;
