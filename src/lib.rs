@@ -1,1 +1,28 @@
+//! sidelog: a lightweight, crash-safe commit log that runs beside
+//! applications as a sidecar.
+//!
+//! # Layout
+//!
+//! - [`storage`]: the segmented on-disk log: records with CRC32C, memory-
+//!   mapped indexes, recovery, group commit, retention. Knows nothing of
+//!   gRPC or Raft.
+//! - [`node`]: the log a node serves: storage plus the commit watermark
+//!   consumers read below.
+//! - [`api`]: the gRPC `log.v1` service, health, reflection and HTTP/JSON
+//!   routes; error to status mapping.
+//! - [`client`]: the Rust client used by the CLI and tests.
+//! - [`config`]: flags, environment and config file merged into one
+//!   validated [`config::Config`].
+//! - [`agent`]: wiring, start order and graceful shutdown.
+//! - [`telemetry`]: logging setup and metrics exposition.
+//! - [`cli`]: the `sidelog` command line (subcommands, perf tool).
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod shutdown;
 pub mod storage;
+pub mod telemetry;

@@ -1,1 +1,51 @@
-fn main() {}
+//! The `sidelog` binary: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sidelog::{
+    agent::Agent,
+    cli::{self, Cli, Command},
+    config::Config,
+    shutdown, telemetry,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors exit with 2
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidelog: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Agent(args) => {
+            let config = match Config::resolve(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sidelog: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_logging(config.log_format, &config.log_level);
+            tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
+            runtime.block_on(async {
+                let agent = Agent::start(config).await?;
+                agent.run_until(shutdown::signal()).await?;
+                Ok::<_, anyhow::Error>(())
+            })
+        }
+        Command::Produce(a) => runtime.block_on(cli::produce(a)),
+        Command::Consume(a) => runtime.block_on(cli::consume(a)),
+        Command::Perf(a) => runtime.block_on(cli::perf::run(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(cause = %format!("{e:#}"), "exiting");
+            eprintln!("sidelog: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

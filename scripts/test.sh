@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The project's test command (what .ci/run runs). Steps, stopping at the
+# first failure:
+#   1. cargo test --locked -j2            unit + integration tests
+#   2. cargo build --locked -j2 --bin sidelog   debug binary for step 3
+#   3. pytest -q tests/e2e                Python client, curl and grpcurl
+#                                          against the real binary
+#   4. scripts/test-image.sh              FROM scratch image smoke test
+#
+# Step 4 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
+# only this step proves the static musl build, the non-root /data and the
+# 0.0.0.0 defaults work together. It is the slow one (a release build for
+# x86_64-unknown-linux-musl with fat LTO and one codegen unit, several minutes
+# on 2 cores), which CI's 90-minute budget has room for; it runs last so the
+# fast checks fail first. Set RUN_IMAGE_TEST=0 for quick local runs. Without
+# a working podman or docker it prints SKIP and passes.
+#
+# Needs: the e2e venv (target/e2e-venv, from tests/e2e/requirements.txt) and
+# curl; .ci/run installs everything.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+current="start"
+trap 'echo "[test.sh] FAILED in step: $current" >&2' ERR
+step() {
+    current="$*"
+    echo
+    echo "==> $* ($(date -u +%H:%M:%S), ${SECONDS}s so far)"
+}
+
+have cargo || die "cargo not found"
+have curl  || die "curl not found (apt-get install -y curl, or run .ci/run)"
+[ -x "$E2E_VENV/bin/python" ] || die "e2e venv missing at $E2E_VENV: python3 -m venv $E2E_VENV && $E2E_VENV/bin/pip install -r tests/e2e/requirements.txt (or run .ci/run)"
+"$E2E_VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, pytest' 2>/dev/null \
+    || die "e2e venv $E2E_VENV lacks packages: $E2E_VENV/bin/pip install -r tests/e2e/requirements.txt"
+
+step "cargo test (unit + integration)"
+cargo test --locked -j2
+
+step "cargo build (debug binary for e2e)"
+cargo build --locked -j2 --bin sidelog
+
+step "pytest tests/e2e"
+SIDELOG_BIN="$REPO_ROOT/target/debug/sidelog" "$E2E_VENV/bin/python" -m pytest -q tests/e2e
+
+if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then
+    step "container image test"
+    "$REPO_ROOT/scripts/test-image.sh"
+else
+    echo
+    echo "==> container image test skipped (RUN_IMAGE_TEST=0)"
+fi
+
+echo
+echo "==> all tests passed in ${SECONDS}s"

@@ -1,0 +1,55 @@
+//! Conversions at the edge: node errors to gRPC status and HTTP status,
+//! storage records to protobuf records.
+
+use tonic::Status;
+
+use super::pb;
+use crate::{node::NodeError, storage::Record};
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        match &e {
+            NodeError::OutOfRange { first, next, .. } => {
+                let mut status = Status::out_of_range(e.to_string());
+                let md = status.metadata_mut();
+                md.insert(FIRST_OFFSET_KEY, (*first).into());
+                md.insert(NEXT_OFFSET_KEY, (*next).into());
+                status
+            }
+            NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+            NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
+            NodeError::Storage(_) => {
+                tracing::error!(cause = %e, "storage error");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// Metadata on OUT_OF_RANGE statuses: the range the log holds, so clients
+/// can tell "past the end" from "before the first retained record".
+pub const FIRST_OFFSET_KEY: &str = "x-sidelog-first-offset";
+pub const NEXT_OFFSET_KEY: &str = "x-sidelog-next-offset";
+
+/// The next offset carried by an OUT_OF_RANGE status, if any.
+pub fn next_offset_of(status: &Status) -> Option<u64> {
+    status.metadata().get(NEXT_OFFSET_KEY)?.to_str().ok()?.parse().ok()
+}
+
+/// The HTTP status for a node error.
+pub fn http_status(e: &NodeError) -> http::StatusCode {
+    use http::StatusCode;
+    match e {
+        NodeError::OutOfRange { .. } => StatusCode::NOT_FOUND,
+        NodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        NodeError::Storage(crate::storage::Error::Failed(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        NodeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Record> for pb::Record {
+    fn from(r: Record) -> pb::Record {
+        pb::Record { value: r.payload, offset: r.offset, term: r.term, r#type: r.kind as u32 }
+    }
+}

@@ -1,0 +1,150 @@
+//! HTTP/JSON: the book's first-chapter API, conventional routes, probes and
+//! metrics.
+//!
+//! ```text
+//! POST /                 {"record":{"value":"<base64>"}}  -> {"offset":N}
+//! GET  /                 {"offset":N}                     -> {"record":{"value":"<base64>","offset":N}}
+//! POST /v1/records       same as POST /
+//! GET  /v1/records/{N}   same as GET / with offset N
+//! GET  /healthz          200 while the process serves
+//! GET  /readyz           200 when the node can take writes, else 503
+//! GET  /metrics          Prometheus text format
+//! ```
+//! Bodies are parsed whatever their Content-Type (`curl -d` sends a form
+//! type), and every error is a JSON body `{"error": "..."}` with a 4xx/5xx.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use serde::{Deserialize, Serialize};
+
+use super::convert::http_status;
+use crate::node::LogNode;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub node: Arc<LogNode>,
+    /// Renders the Prometheus exposition.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(consume_body).post(produce))
+        .route("/v1/records", axum::routing::post(produce))
+        .route("/v1/records/{offset}", get(consume_path))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct ProduceBody {
+    record: Option<RecordIn>,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct ConsumeBody {
+    #[serde(default, deserialize_with = "offset_from_number_or_string")]
+    offset: u64,
+}
+
+/// Protobuf JSON writes uint64 as a string; accept both forms.
+fn offset_from_number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u64),
+        Str(String),
+    }
+    match N::deserialize(d)? {
+        N::Num(n) => Ok(n),
+        N::Str(s) => s.parse().map_err(|_| serde::de::Error::custom(format!("offset {s:?} is not a number"))),
+    }
+}
+
+#[derive(Serialize)]
+struct ConsumeOut {
+    record: RecordOut,
+}
+
+/// Field order as in the book's output: value, then offset.
+#[derive(Serialize)]
+struct RecordOut {
+    value: String,
+    offset: u64,
+}
+
+async fn produce(State(s): State<HttpState>, body: Bytes) -> Response {
+    let parsed: ProduceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let Some(record) = parsed.record else {
+        return error(StatusCode::BAD_REQUEST, "missing \"record\"");
+    };
+    let value = match B64.decode(record.value.as_bytes()) {
+        Ok(v) => Bytes::from(v),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("record.value is not base64: {e}")),
+    };
+    match s.node.produce(&[value]).await {
+        Ok(offset) => axum::Json(serde_json::json!({ "offset": offset })).into_response(),
+        Err(e) => error(http_status(&e), e),
+    }
+}
+
+fn consume_at(s: &HttpState, offset: u64) -> Response {
+    match s.node.read(offset) {
+        Ok(r) => axum::Json(ConsumeOut { record: RecordOut { value: B64.encode(&r.payload), offset: r.offset } }).into_response(),
+        Err(e) => error(http_status(&e), e),
+    }
+}
+
+async fn consume_body(State(s): State<HttpState>, body: Bytes) -> Response {
+    if body.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "expected a JSON body such as {\"offset\":0}");
+    }
+    match serde_json::from_slice::<ConsumeBody>(&body) {
+        Ok(b) => consume_at(&s, b.offset),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    }
+}
+
+async fn consume_path(State(s): State<HttpState>, Path(offset): Path<String>) -> Response {
+    match offset.parse() {
+        Ok(o) => consume_at(&s, o),
+        Err(_) => error(StatusCode::BAD_REQUEST, format!("offset {offset:?} is not a non-negative integer")),
+    }
+}
+
+async fn ready(State(s): State<HttpState>) -> Response {
+    if s.node.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (s.metrics)()).into_response()
+}

@@ -1,0 +1,182 @@
+//! The `log.v1.Log` gRPC service.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::{self, log_server::Log as LogApi};
+use crate::node::LogNode;
+
+/// Responses a ConsumeStream may have queued for a slow client. Together
+/// with the batch size below this bounds the memory one stream can hold.
+const STREAM_QUEUE: usize = 64;
+const STREAM_BATCH_RECORDS: usize = 256;
+const STREAM_BATCH_BYTES: usize = 1 << 20;
+/// ProduceStream requests whose commit may be awaited at once.
+const PRODUCE_STREAM_WINDOW: usize = 1024;
+
+#[derive(Clone)]
+pub struct LogService {
+    node: Arc<LogNode>,
+    shutdown: CancellationToken,
+}
+
+impl LogService {
+    pub fn new(node: Arc<LogNode>, shutdown: CancellationToken) -> Self {
+        LogService { node, shutdown }
+    }
+
+    pub fn into_server(self) -> pb::log_server::LogServer<Self> {
+        // Leave room above the record limit for framing and batches, so an
+        // oversize record reaches our check and gets INVALID_ARGUMENT.
+        let limit = (self.node.max_record_bytes() as usize).saturating_mul(2).saturating_add(1 << 20).max(4 << 20);
+        pb::log_server::LogServer::new(self).max_decoding_message_size(limit).max_encoding_message_size(limit)
+    }
+}
+
+fn value_of(req: pb::ProduceRequest) -> Result<bytes::Bytes, Status> {
+    req.record.map(|r| r.value).ok_or_else(|| Status::invalid_argument("ProduceRequest.record is required"))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl LogApi for LogService {
+    #[tracing::instrument(skip_all, fields(offset))]
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        let value = value_of(request.into_inner())?;
+        let offset = self.node.produce(std::slice::from_ref(&value)).await?;
+        tracing::Span::current().record("offset", offset);
+        Ok(Response::new(pb::ProduceResponse { offset }))
+    }
+
+    #[tracing::instrument(skip_all, fields(records, offset))]
+    async fn produce_batch(
+        &self,
+        request: Request<pb::ProduceBatchRequest>,
+    ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
+        let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
+        tracing::Span::current().record("records", values.len());
+        let first = self.node.produce(&values).await?;
+        tracing::Span::current().record("offset", first);
+        Ok(Response::new(pb::ProduceBatchResponse { offsets: (first..first + values.len() as u64).collect() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(offset = request.get_ref().offset))]
+    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let record = self.node.read(request.into_inner().offset)?;
+        Ok(Response::new(pb::ConsumeResponse { record: Some(record.into()) }))
+    }
+
+    type ConsumeStreamStream = BoxStream<pb::ConsumeResponse>;
+
+    #[tracing::instrument(skip_all, fields(offset = request.get_ref().offset))]
+    async fn consume_stream(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let mut next = request.into_inner().offset;
+        // Fail fast, as a status on the call, for an offset that is out of range now.
+        self.node.read_batch(next, 0, 0)?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let node = self.node.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut commit = node.subscribe_commit();
+            loop {
+                let batch = match node.read_batch(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // e.g. retention removed records this slow reader had not read.
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    // Caught up: sleep until the commit watermark moves, the
+                    // client goes away, or the server shuts down. No polling.
+                    commit.borrow_and_update();
+                    if node.committed() > next {
+                        continue;
+                    }
+                    tokio::select! {
+                        changed = commit.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                        _ = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                for record in batch {
+                    next = record.offset + 1;
+                    // A bounded queue: a slow client makes this await, so
+                    // the server holds at most STREAM_QUEUE responses for it.
+                    if tx.send(Ok(pb::ConsumeResponse { record: Some(record.into()) })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            // Appends happen in request order as requests arrive; commits
+            // are awaited concurrently and answered in order.
+            let mut waiting = FuturesOrdered::new();
+            let mut inbound_open = true;
+            loop {
+                tokio::select! {
+                    req = inbound.next(), if inbound_open && waiting.len() < PRODUCE_STREAM_WINDOW => match req {
+                        Some(Ok(req)) => {
+                            let node = node.clone();
+                            let pending = value_of(req).and_then(|v| node.append(std::slice::from_ref(&v)).map_err(Status::from));
+                            waiting.push_back(async move {
+                                let p = pending?;
+                                node.commit(p).await.map(|offset| pb::ProduceResponse { offset }).map_err(Status::from)
+                            });
+                        }
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => inbound_open = false,
+                    },
+                    Some(resp) = waiting.next() => {
+                        let failed = resp.is_err();
+                        if tx.send(resp).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    else => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_servers(&self, _: Request<pb::GetServersRequest>) -> Result<Response<pb::GetServersResponse>, Status> {
+        let servers = self
+            .node
+            .servers()
+            .into_iter()
+            .map(|s| pb::Server { id: s.id, rpc_addr: s.rpc_addr, is_leader: s.is_leader })
+            .collect();
+        Ok(Response::new(pb::GetServersResponse { servers }))
+    }
+}

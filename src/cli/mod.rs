@@ -1,0 +1,125 @@
+//! The `sidelog` command line: subcommands and their flags.
+
+pub mod perf;
+
+use std::io::{BufRead, Write};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{client::Client, config::AgentArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sidelog",
+    version,
+    about = "A lightweight, crash-safe commit log that runs beside your applications",
+    long_about = "A lightweight, crash-safe commit log that runs beside your applications.\n\n\
+        `sidelog agent` with no flags runs a single node that stores its log in ./sidelog-data and \
+        serves gRPC (log.v1) on 127.0.0.1:8400 and HTTP/JSON on 127.0.0.1:8080.\n\n\
+        Exit codes: 0 ok, 1 runtime failure, 2 usage error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a sidelog node.
+    Agent(AgentArgs),
+    /// Produce records: --value, or one record per line of standard input. Prints offsets.
+    Produce(ProduceArgs),
+    /// Print records from an offset; --follow keeps waiting for new ones.
+    Consume(ConsumeArgs),
+    /// Load generator: produce or consume and report throughput and latency.
+    Perf(perf::PerfArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Agent client address.
+    #[arg(long, env = "SIDELOG_ADDR", default_value = "127.0.0.1:8400", value_name = "ADDR")]
+    pub addr: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The record's value; without it, each line of standard input is a record.
+    #[arg(long, value_name = "S")]
+    pub value: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// First offset to print.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub offset: u64,
+    /// Keep following the tail of the log until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Lines of stdin are sent in batches of this many records.
+const STDIN_BATCH: usize = 1000;
+
+pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.connect.addr).await?;
+    let mut out = std::io::stdout().lock();
+    if let Some(v) = args.value {
+        writeln!(out, "{}", client.produce(v).await?)?;
+        return Ok(());
+    }
+    let mut batch: Vec<Bytes> = Vec::with_capacity(STDIN_BATCH);
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        let line = lines.next().transpose()?;
+        let done = line.is_none();
+        if let Some(l) = line {
+            batch.push(Bytes::from(l));
+        }
+        if batch.len() == STDIN_BATCH || (done && !batch.is_empty()) {
+            for offset in client.produce_batch(std::mem::take(&mut batch)).await? {
+                writeln!(out, "{offset}")?;
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+fn print_record(out: &mut impl Write, offset: u64, value: &[u8]) -> std::io::Result<()> {
+    writeln!(out, "{offset}\t{}", String::from_utf8_lossy(value))
+}
+
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.connect.addr).await?;
+    let stdout = std::io::stdout();
+    if args.follow {
+        let mut stream = client.consume_stream(args.offset).await?;
+        while let Some(resp) = stream.message().await? {
+            if let Some(r) = resp.record {
+                print_record(&mut stdout.lock(), r.offset, &r.value)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut offset = args.offset;
+    loop {
+        match client.consume(offset).await {
+            Ok(r) => print_record(&mut stdout.lock(), r.offset, &r.value)?,
+            // Reaching the end of the log ends a read that does not follow;
+            // an offset before the first retained record is an error.
+            Err(s) if s.code() == tonic::Code::OutOfRange && crate::api::convert::next_offset_of(&s).is_some_and(|n| offset >= n) => {
+                return Ok(());
+            }
+            Err(s) => return Err(s.into()),
+        }
+        offset += 1;
+    }
+}

@@ -1,0 +1,374 @@
+//! The agent's configuration: one [`Config`], built from flags, `SIDELOG_*`
+//! environment variables and a TOML file, in that order of precedence, then
+//! validated before anything starts.
+//!
+//! clap handles flags and environment variables (each field of
+//! [`AgentArgs`] is optional, so "not given" is visible); [`FileConfig`]
+//! holds the same keys from `--config`; [`Config::resolve`] merges them over
+//! the defaults, which live only in [`Config::default`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Retention;
+
+/// Errors in configuration; each names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// When a produce is acknowledged relative to fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Acknowledge only after fdatasync (group commit). The default.
+    Always,
+    /// Acknowledge after the write; fsync every 100 ms. A crash may lose
+    /// the last interval of acknowledged records.
+    Interval,
+    /// Acknowledge after the write; never fsync explicitly (the OS decides).
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `sidelog agent` flags. Every flag also reads `SIDELOG_<FLAG>` and the
+/// same key in the `--config` file; flag beats env beats file beats default.
+#[derive(Args, Debug, Default, Clone)]
+pub struct AgentArgs {
+    /// TOML file with the same keys as the flags (e.g. `data-dir = "/data"`).
+    #[arg(long, env = "SIDELOG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the log's segments [default: ./sidelog-data].
+    #[arg(long, env = "SIDELOG_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This node's id [default: the hostname].
+    #[arg(long, env = "SIDELOG_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Client API (gRPC log.v1, health, reflection) [default: 127.0.0.1:8400].
+    #[arg(long, env = "SIDELOG_CLIENT_ADDR", value_name = "ADDR")]
+    pub client_addr: Option<SocketAddr>,
+    /// HTTP: JSON produce/consume, /metrics, /healthz, /readyz [default: 127.0.0.1:8080].
+    #[arg(long, env = "SIDELOG_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// The client address other nodes and clients should dial [default: the bound client address].
+    #[arg(long, env = "SIDELOG_ADVERTISE_CLIENT_ADDR", value_name = "HOST:PORT")]
+    pub advertise_client_addr: Option<String>,
+    /// Serve plaintext on non-loopback addresses (otherwise refused: give TLS flags instead).
+    #[arg(long, env = "SIDELOG_INSECURE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: Option<bool>,
+    /// When a produce is acknowledged [default: always].
+    #[arg(long, env = "SIDELOG_FSYNC", value_enum)]
+    pub fsync: Option<FsyncPolicy>,
+    /// Roll to a new segment before one exceeds this size, e.g. 64MiB [default: 64MiB].
+    #[arg(long, env = "SIDELOG_SEGMENT_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub segment_max_bytes: Option<u64>,
+    /// Delete the oldest sealed segments beyond this total size, e.g. 10GiB [default: unlimited].
+    #[arg(long, env = "SIDELOG_RETENTION_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub retention_bytes: Option<u64>,
+    /// Delete sealed segments older than this, e.g. 7d or 12h [default: unlimited].
+    #[arg(long, env = "SIDELOG_RETENTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// Largest record value accepted, e.g. 1MiB [default: 1MiB].
+    #[arg(long, env = "SIDELOG_MAX_RECORD_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub max_record_bytes: Option<u64>,
+    /// How long in-flight requests may take to finish on shutdown [default: 10s].
+    #[arg(long, env = "SIDELOG_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Log output format [default: json].
+    #[arg(long, env = "SIDELOG_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or debug,hyper=info (RUST_LOG also works) [default: info].
+    #[arg(long, env = "SIDELOG_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The `--config` file: the same keys as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub advertise_client_addr: Option<String>,
+    pub insecure: Option<bool>,
+    pub fsync: Option<FsyncPolicy>,
+    pub segment_max_bytes: Option<SizeValue>,
+    pub retention_bytes: Option<SizeValue>,
+    pub retention_age: Option<String>,
+    pub max_record_bytes: Option<SizeValue>,
+    pub shutdown_grace: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// A size in a file: a number of bytes or a string such as "64MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The effective, validated configuration of an agent.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub node_id: String,
+    pub client_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub advertise_client_addr: Option<String>,
+    pub insecure: bool,
+    pub fsync: FsyncPolicy,
+    pub segment_max_bytes: u64,
+    pub retention_bytes: Option<u64>,
+    #[serde(with = "humantime_opt")]
+    pub retention_age: Option<Duration>,
+    pub max_record_bytes: u64,
+    #[serde(with = "humantime_secs")]
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("sidelog-data"),
+            node_id: hostname(),
+            client_addr: "127.0.0.1:8400".parse().expect("valid"),
+            http_addr: "127.0.0.1:8080".parse().expect("valid"),
+            advertise_client_addr: None,
+            insecure: false,
+            fsync: FsyncPolicy::Always,
+            segment_max_bytes: 64 << 20,
+            retention_bytes: None,
+            retention_age: None,
+            max_record_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges flags/env over the file over the defaults, then validates.
+    pub fn resolve(args: AgentArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let addr = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+            v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}")))).transpose()
+        };
+        let size = |key: &'static str, v: Option<SizeValue>| -> Result<Option<u64>, ConfigError> {
+            v.map(|v| match v {
+                SizeValue::Bytes(n) => Ok(n),
+                SizeValue::Text(s) => parse_size(&s).map_err(|e| invalid(key, e)),
+            })
+            .transpose()
+        };
+        let duration = |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.map(|s| parse_duration(&s).map_err(|e| invalid(key, e))).transpose()
+        };
+        let config = Config {
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            node_id: args.node_id.or(file.node_id).unwrap_or(d.node_id),
+            client_addr: args.client_addr.or(addr("client-addr", file.client_addr)?).unwrap_or(d.client_addr),
+            http_addr: args.http_addr.or(addr("http-addr", file.http_addr)?).unwrap_or(d.http_addr),
+            advertise_client_addr: args.advertise_client_addr.or(file.advertise_client_addr),
+            insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
+            fsync: args.fsync.or(file.fsync).unwrap_or(d.fsync),
+            segment_max_bytes: args
+                .segment_max_bytes
+                .or(size("segment-max-bytes", file.segment_max_bytes)?)
+                .unwrap_or(d.segment_max_bytes),
+            retention_bytes: args.retention_bytes.or(size("retention-bytes", file.retention_bytes)?),
+            retention_age: args.retention_age.or(duration("retention-age", file.retention_age)?),
+            max_record_bytes: args
+                .max_record_bytes
+                .or(size("max-record-bytes", file.max_record_bytes)?)
+                .unwrap_or(d.max_record_bytes),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(duration("shutdown-grace", file.shutdown_grace)?)
+                .unwrap_or(d.shutdown_grace),
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that are well-formed but unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() {
+            return Err(invalid("node-id", "must not be empty"));
+        }
+        if self.segment_max_bytes < 4096 {
+            return Err(invalid("segment-max-bytes", format!("{} is below the 4KiB minimum", self.segment_max_bytes)));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
+            return Err(invalid("max-record-bytes", "must be between 1 byte and 4GiB"));
+        }
+        if self.max_record_bytes > 256 << 20 {
+            return Err(invalid("max-record-bytes", "must be at most 256MiB (a record travels in one gRPC message)"));
+        }
+        if self.client_addr == self.http_addr && self.client_addr.port() != 0 {
+            return Err(invalid("http-addr", format!("{} is also the client address", self.http_addr)));
+        }
+        if !self.insecure {
+            for (key, addr) in [("client-addr", self.client_addr), ("http-addr", self.http_addr)] {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{addr} is not a loopback address and TLS is not configured; \
+                             serving plaintext there needs --insecure (SIDELOG_INSECURE=true)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention { max_bytes: self.retention_bytes, max_age: self.retention_age }
+    }
+}
+
+/// The machine's hostname, or "sidelog" if it cannot be read.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // Safety: the buffer is valid for its length; gethostname NUL-terminates
+    // within it on success (we also bound the search to the buffer).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end])
+            && !s.is_empty()
+        {
+            return s.to_owned();
+        }
+    }
+    "sidelog".into()
+}
+
+/// Parses "1048576", "64MiB", "1GiB", "500KB", "10 MB" into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 1048576, 64MiB or 1GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses "30s", "12h", "7d", "1h 30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
+}
+
+mod humantime_opt {
+    pub fn serialize<S: serde::Serializer>(v: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+mod humantime_secs {
+    pub fn serialize<S: serde::Serializer>(v: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_human_units() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1 GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert!(parse_size("12 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data-dir = \"/from/file\"\nnode-id = \"file-node\"\nmax-record-bytes = \"2MiB\"\n").unwrap();
+        let args = AgentArgs { config: Some(path), node_id: Some("flag-node".into()), ..Default::default() };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.node_id, "flag-node");
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.max_record_bytes, 2 << 20);
+        assert_eq!(c.client_addr, Config::default().client_addr);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data-dri = \"x\"\n").unwrap();
+        let err = Config::resolve(AgentArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("data-dri"), "{err}");
+        std::fs::write(&path, "retention-age = \"soon\"\n").unwrap();
+        let err = Config::resolve(AgentArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("retention-age"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_on_a_public_address_needs_insecure() {
+        let args = AgentArgs { client_addr: Some("0.0.0.0:8400".parse().unwrap()), ..Default::default() };
+        let err = Config::resolve(args.clone()).unwrap_err();
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let ok = Config::resolve(AgentArgs { insecure: Some(true), ..args }).unwrap();
+        assert!(ok.insecure);
+    }
+}
