@@ -32,24 +32,22 @@ COPY sidelog /sidelog
 # SIDELOG_NODE_ID is deliberately not set: it defaults to the hostname, which
 # is the pod name in a StatefulSet.
 ENV SIDELOG_CLIENT_ADDR=0.0.0.0:8400 \
-    SIDELOG_PEER_ADDR=0.0.0.0:8401 \
     SIDELOG_HTTP_ADDR=0.0.0.0:8080 \
     SIDELOG_DATA_DIR=/data \
     SIDELOG_INSECURE=true \
     SIDELOG_LOG_FORMAT=json
 
 # 8400 client gRPC (Log API, grpc.health.v1, reflection)
-# 8401 peer gRPC (Raft, join, write forwarding)
 # 8080 HTTP (JSON API, /metrics, /healthz, /readyz)
-EXPOSE 8400 8401 8080
+EXPOSE 8400 8080
 VOLUME /data
 WORKDIR /data
 
 # Distroless-style "nonroot" uid/gid; matches runAsUser/fsGroup in the chart.
 USER 65532:65532
 
-# SIGTERM makes the agent leave the cluster (or hand over leadership), flush,
-# fsync and exit 0. No HEALTHCHECK: there is no probe binary in the image;
+# SIGTERM makes the agent stop accepting, finish in-flight requests, fsync
+# and exit 0. No HEALTHCHECK: there is no probe binary in the image;
 # Kubernetes uses its native gRPC probe against grpc.health.v1 on 8400.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/sidelog", "agent"]

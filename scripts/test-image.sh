@@ -16,7 +16,7 @@
 #               are published on 127.0.0.1 only.
 #       host:   shares the host's network; the listen addresses are overridden
 #               to 127.0.0.1 so nothing is exposed beyond loopback.
-#   TEST_CLIENT_PORT=18400 TEST_PEER_PORT=18401 TEST_HTTP_PORT=18080
+#   TEST_CLIENT_PORT=18400 TEST_HTTP_PORT=18080
 #   READY_TIMEOUT=60         seconds to wait for SERVING
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -26,7 +26,6 @@ cd "$REPO_ROOT"
 IMAGE="${IMAGE:-sidelog:dev}"
 NETWORK="${IMAGE_TEST_NETWORK:-bridge}"
 CLIENT_PORT="${TEST_CLIENT_PORT:-18400}"
-PEER_PORT="${TEST_PEER_PORT:-18401}"
 HTTP_PORT="${TEST_HTTP_PORT:-18080}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 NAME="sidelog-image-test-$$"
@@ -46,9 +45,9 @@ else die "grpcurl not found: create the venv ($E2E_VENV) with tests/e2e/requirem
 fi
 
 # Fail early, with a clear message, if a port we need is taken.
-for p in "$CLIENT_PORT" "$PEER_PORT" "$HTTP_PORT"; do
+for p in "$CLIENT_PORT" "$HTTP_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-        die "port 127.0.0.1:$p is already in use; set TEST_CLIENT_PORT/TEST_PEER_PORT/TEST_HTTP_PORT"
+        die "port 127.0.0.1:$p is already in use; set TEST_CLIENT_PORT/TEST_HTTP_PORT"
     fi
 done
 
@@ -58,11 +57,10 @@ IMAGE="$IMAGE" "$REPO_ROOT/scripts/build-image.sh"
 # --- run --------------------------------------------------------------------
 case "$NETWORK" in
     bridge)
-        run_args=(-p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$PEER_PORT:8401" -p "127.0.0.1:$HTTP_PORT:8080") ;;
+        run_args=(-p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$HTTP_PORT:8080") ;;
     host)
         run_args=(--network host
                   -e "SIDELOG_CLIENT_ADDR=127.0.0.1:$CLIENT_PORT"
-                  -e "SIDELOG_PEER_ADDR=127.0.0.1:$PEER_PORT"
                   -e "SIDELOG_HTTP_ADDR=127.0.0.1:$HTTP_PORT") ;;
     *) die "IMAGE_TEST_NETWORK must be bridge or host, not '$NETWORK'" ;;
 esac

@@ -1,3 +1,5 @@
-//! One integration-test binary (shared build), one module per area.
+//! One integration-test binary (one build), one module per area.
 
+mod api;
+mod common;
 mod storage;

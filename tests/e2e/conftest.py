@@ -181,7 +181,6 @@ def agent(tmp_path, proto):
         "--data-dir", str(data_dir),
         "--node-id", "e2e",
         "--client-addr", a.client_addr,
-        "--peer-addr", a.peer_addr,
         "--http-addr", a.http_addr,
     ]
     # The caller's SIDELOG_* settings must not leak into the agent.

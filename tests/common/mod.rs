@@ -1,0 +1,53 @@
+//! Shared helpers: a real agent on port 0 in a fresh temp dir.
+
+use std::path::PathBuf;
+
+use sidelog::{agent::Agent, client::Client, config::Config};
+
+pub struct TestNode {
+    pub agent: Option<Agent>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config_in(dir: PathBuf) -> Config {
+    Config {
+        data_dir: dir,
+        node_id: "test-node".into(),
+        client_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path().join("data"));
+        tweak(&mut config);
+        let agent = Agent::start(config).await.expect("agent starts");
+        TestNode { agent: Some(agent), dir }
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("running")
+    }
+
+    pub fn client_addr(&self) -> String {
+        self.agent().client_addr.to_string()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.client_addr()).await.expect("client connects")
+    }
+
+    /// Graceful shutdown, then a new agent on the same data dir.
+    pub async fn restart(&mut self) {
+        self.agent.take().unwrap().shutdown().await.expect("clean shutdown");
+        let config = config_in(self.dir.path().join("data"));
+        self.agent = Some(Agent::start(config).await.expect("agent restarts"));
+    }
+}
