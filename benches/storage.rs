@@ -5,12 +5,7 @@
 //! Run: `cargo bench --bench storage` (figures go in README.md). Set
 //! `SIDELOG_BENCH_DIR` to choose the disk (default: a temp dir under ./target).
 
-use std::{
-    path::Path,
-    process::Command,
-    sync::Arc,
-    time::Instant,
-};
+use std::{path::Path, process::Command, sync::Arc, time::Instant};
 
 use sidelog::storage::{Entry, Log, LogConfig};
 
@@ -25,8 +20,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// for durability before the next. Returns (records/s, MB/s, fsyncs/record).
 fn durable_appends(dir: &Path, appenders: usize, per_task: usize, size: usize) -> (f64, f64, f64) {
     let _ = std::fs::remove_dir_all(dir);
-    let log = Arc::new(Log::open(dir, LogConfig { segment_max_bytes: 256 << 20, ..Default::default() }).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let log = Arc::new(
+        Log::open(
+            dir,
+            LogConfig {
+                segment_max_bytes: 256 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let payload: Arc<[u8]> = vec![0x5a; size].into();
     let start = Instant::now();
     rt.block_on(async {
@@ -71,13 +79,16 @@ fn dd_mb_per_s(dir: &Path) -> f64 {
 }
 
 fn main() {
-    let base = std::env::var_os("SIDELOG_BENCH_DIR").map_or_else(|| Path::new("target/bench-storage").to_owned(), Into::into);
+    let base = std::env::var_os("SIDELOG_BENCH_DIR")
+        .map_or_else(|| Path::new("target/bench-storage").to_owned(), Into::into);
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let dir = base.join("log");
     if std::env::args().any(|a| a == "--small-only") {
         let (rps, _, fpr) = durable_appends(&dir, 256, 8000 / scale, 100);
-        println!("durable 100 B appends, 256 appenders: {rps:.0} records/s, fsyncs/record {fpr:.5}");
+        println!(
+            "durable 100 B appends, 256 appenders: {rps:.0} records/s, fsyncs/record {fpr:.5}"
+        );
         return;
     }
 
@@ -104,20 +115,37 @@ fn main() {
         large.push(mbps);
     }
     let (l, d) = (median(large), median(dd));
-    println!("durable 64 KiB appends, 16 appenders: median {l:.0} MB/s; dd conv=fdatasync: median {d:.0} MB/s; ratio {:.0} %", 100.0 * l / d);
+    println!(
+        "durable 64 KiB appends, 16 appenders: median {l:.0} MB/s; dd conv=fdatasync: median {d:.0} MB/s; ratio {:.0} %",
+        100.0 * l / d
+    );
 
     // The last run left a 1 GiB log in `dir`: time how long opening it takes.
     let mut opens = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let log = Log::open(&dir, LogConfig { segment_max_bytes: 256 << 20, ..Default::default() }).unwrap();
+        let log = Log::open(
+            &dir,
+            LogConfig {
+                segment_max_bytes: 256 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         opens.push(t.elapsed().as_secs_f64() * 1e3);
         let size = log.disk_bytes();
         drop(log);
         if opens.len() == 1 {
-            println!("log size for the open test: {:.2} GiB", size as f64 / (1u64 << 30) as f64);
+            println!(
+                "log size for the open test: {:.2} GiB",
+                size as f64 / (1u64 << 30) as f64
+            );
         }
     }
-    println!("open of that log: median {:.2} ms over {} opens", median(opens), 5);
+    println!(
+        "open of that log: median {:.2} ms over {} opens",
+        median(opens),
+        5
+    );
     let _ = std::fs::remove_dir_all(&base);
 }

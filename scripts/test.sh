@@ -15,8 +15,8 @@
 # fast checks fail first. Set RUN_IMAGE_TEST=0 for quick local runs. Without
 # a working podman or docker it prints SKIP and passes.
 #
-# Needs: the e2e venv (target/e2e-venv, from tests/e2e/requirements.txt) and
-# curl; .ci/run installs everything.
+# It installs what it needs first (scripts/install-test-deps.sh): Debian
+# packages, the musl target, the e2e venv (target/e2e-venv).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -29,6 +29,9 @@ step() {
     echo
     echo "==> $* ($(date -u +%H:%M:%S), ${SECONDS}s so far)"
 }
+
+step "install test dependencies"
+"$REPO_ROOT/scripts/install-test-deps.sh"
 
 have cargo || die "cargo not found"
 have curl  || die "curl not found (apt-get install -y curl, or run .ci/run)"

@@ -55,7 +55,9 @@ pub struct Agent {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { what, addr, source })
 }
 
 impl Agent {
@@ -67,15 +69,40 @@ impl Agent {
             ..LogConfig::default()
         };
         let data_dir = config.data_dir.clone();
-        let log = Arc::new(tokio::task::spawn_blocking(move || Log::open(data_dir, log_config)).await.expect("open task")?);
+        let log = Arc::new(
+            tokio::task::spawn_blocking(move || Log::open(data_dir, log_config))
+                .await
+                .expect("open task")?,
+        );
 
         let client_listener = bind("client API", config.client_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
-        let client_addr = client_listener.local_addr().map_err(|source| AgentError::Bind { what: "client API", addr: config.client_addr, source })?;
-        let http_addr = http_listener.local_addr().map_err(|source| AgentError::Bind { what: "HTTP", addr: config.http_addr, source })?;
-        let advertise = config.advertise_client_addr.clone().unwrap_or_else(|| client_addr.to_string());
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| AgentError::Bind {
+                what: "client API",
+                addr: config.client_addr,
+                source,
+            })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| AgentError::Bind {
+                what: "HTTP",
+                addr: config.http_addr,
+                source,
+            })?;
+        let advertise = config
+            .advertise_client_addr
+            .clone()
+            .unwrap_or_else(|| client_addr.to_string());
 
-        let node = Arc::new(LogNode::new(log.clone(), config.fsync, config.max_record_bytes, config.node_id.clone(), advertise));
+        let node = Arc::new(LogNode::new(
+            log.clone(),
+            config.fsync,
+            config.max_record_bytes,
+            config.node_id.clone(),
+            advertise,
+        ));
         let shutdown = CancellationToken::new();
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -85,14 +112,19 @@ impl Agent {
                 .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1().map_err(|e| AgentError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| AgentError::Reflection(e.to_string()))?;
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| AgentError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| AgentError::Reflection(e.to_string()))?;
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
             .add_service(LogService::new(node.clone(), shutdown.clone()).into_server());
 
-        let incoming = tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true));
         let grpc = {
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -106,7 +138,10 @@ impl Agent {
 
         let http_state = {
             let n = node.clone();
-            HttpState { node: node.clone(), metrics: Arc::new(move || telemetry::render_metrics(&n)) }
+            HttpState {
+                node: node.clone(),
+                metrics: Arc::new(move || telemetry::render_metrics(&n)),
+            }
         };
         let http = {
             use axum::serve::ListenerExt;
@@ -116,7 +151,10 @@ impl Agent {
             });
             let app = api::http::router(http_state);
             tokio::spawn(async move {
-                axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await.map_err(|e| e.to_string())
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                    .map_err(|e| e.to_string())
             })
         };
 
@@ -128,7 +166,8 @@ impl Agent {
                 loop {
                     let l = log.clone();
                     let r = retention.clone();
-                    match tokio::task::spawn_blocking(move || l.apply_retention(&r, u64::MAX)).await {
+                    match tokio::task::spawn_blocking(move || l.apply_retention(&r, u64::MAX)).await
+                    {
                         Ok(Err(e)) => tracing::error!(cause = %e, "retention failed"),
                         Err(e) => tracing::error!(cause = %e, "retention task panicked"),
                         Ok(Ok(_)) => {}
@@ -142,7 +181,9 @@ impl Agent {
         }
 
         health.set_service_status("", ServingStatus::Serving).await;
-        health.set_serving::<api::pb::log_server::LogServer<LogService>>().await;
+        health
+            .set_serving::<api::pb::log_server::LogServer<LogService>>()
+            .await;
         tracing::info!(
             client_addr = %client_addr,
             http_addr = %http_addr,
@@ -173,7 +214,10 @@ impl Agent {
     }
 
     /// Runs until `signal` resolves or a server fails, then shuts down.
-    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
         let failed = {
             let watch = futures_util::future::select_all(self.servers.iter_mut().map(|(_, h)| h));
             tokio::select! {
@@ -197,8 +241,12 @@ impl Agent {
     /// Graceful shutdown: NOT_SERVING, stop accepting, finish in-flight
     /// requests (bounded by the grace period), fsync, close.
     pub async fn shutdown(self) -> Result<(), AgentError> {
-        self.health.set_service_status("", ServingStatus::NotServing).await;
-        self.health.set_not_serving::<api::pb::log_server::LogServer<LogService>>().await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<api::pb::log_server::LogServer<LogService>>()
+            .await;
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.grace;
         for (what, handle) in self.servers {
@@ -216,7 +264,9 @@ impl Agent {
             let _ = b.await;
         }
         let log = self.node.log().clone();
-        let synced = tokio::task::spawn_blocking(move || log.sync()).await.expect("sync task");
+        let synced = tokio::task::spawn_blocking(move || log.sync())
+            .await
+            .expect("sync task");
         match synced {
             Ok(d) => tracing::info!(next_offset = d.next_offset, "log synced; bye"),
             Err(e) => {

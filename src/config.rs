@@ -30,7 +30,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 /// When a produce is acknowledged relative to fsync.
@@ -180,15 +183,23 @@ impl Config {
     pub fn resolve(args: AgentArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let addr = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
-            v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}")))).transpose()
-        };
+        let addr =
+            |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+                v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}"))))
+                    .transpose()
+            };
         let size = |key: &'static str, v: Option<SizeValue>| -> Result<Option<u64>, ConfigError> {
             v.map(|v| match v {
                 SizeValue::Bytes(n) => Ok(n),
@@ -196,14 +207,22 @@ impl Config {
             })
             .transpose()
         };
-        let duration = |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
-            v.map(|s| parse_duration(&s).map_err(|e| invalid(key, e))).transpose()
-        };
+        let duration =
+            |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+                v.map(|s| parse_duration(&s).map_err(|e| invalid(key, e)))
+                    .transpose()
+            };
         let config = Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             node_id: args.node_id.or(file.node_id).unwrap_or(d.node_id),
-            client_addr: args.client_addr.or(addr("client-addr", file.client_addr)?).unwrap_or(d.client_addr),
-            http_addr: args.http_addr.or(addr("http-addr", file.http_addr)?).unwrap_or(d.http_addr),
+            client_addr: args
+                .client_addr
+                .or(addr("client-addr", file.client_addr)?)
+                .unwrap_or(d.client_addr),
+            http_addr: args
+                .http_addr
+                .or(addr("http-addr", file.http_addr)?)
+                .unwrap_or(d.http_addr),
             advertise_client_addr: args.advertise_client_addr.or(file.advertise_client_addr),
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
             fsync: args.fsync.or(file.fsync).unwrap_or(d.fsync),
@@ -211,8 +230,12 @@ impl Config {
                 .segment_max_bytes
                 .or(size("segment-max-bytes", file.segment_max_bytes)?)
                 .unwrap_or(d.segment_max_bytes),
-            retention_bytes: args.retention_bytes.or(size("retention-bytes", file.retention_bytes)?),
-            retention_age: args.retention_age.or(duration("retention-age", file.retention_age)?),
+            retention_bytes: args
+                .retention_bytes
+                .or(size("retention-bytes", file.retention_bytes)?),
+            retention_age: args
+                .retention_age
+                .or(duration("retention-age", file.retention_age)?),
             max_record_bytes: args
                 .max_record_bytes
                 .or(size("max-record-bytes", file.max_record_bytes)?)
@@ -234,19 +257,34 @@ impl Config {
             return Err(invalid("node-id", "must not be empty"));
         }
         if self.segment_max_bytes < 4096 {
-            return Err(invalid("segment-max-bytes", format!("{} is below the 4KiB minimum", self.segment_max_bytes)));
+            return Err(invalid(
+                "segment-max-bytes",
+                format!("{} is below the 4KiB minimum", self.segment_max_bytes),
+            ));
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
-            return Err(invalid("max-record-bytes", "must be between 1 byte and 4GiB"));
+            return Err(invalid(
+                "max-record-bytes",
+                "must be between 1 byte and 4GiB",
+            ));
         }
         if self.max_record_bytes > 256 << 20 {
-            return Err(invalid("max-record-bytes", "must be at most 256MiB (a record travels in one gRPC message)"));
+            return Err(invalid(
+                "max-record-bytes",
+                "must be at most 256MiB (a record travels in one gRPC message)",
+            ));
         }
         if self.client_addr == self.http_addr && self.client_addr.port() != 0 {
-            return Err(invalid("http-addr", format!("{} is also the client address", self.http_addr)));
+            return Err(invalid(
+                "http-addr",
+                format!("{} is also the client address", self.http_addr),
+            ));
         }
         if !self.insecure {
-            for (key, addr) in [("client-addr", self.client_addr), ("http-addr", self.http_addr)] {
+            for (key, addr) in [
+                ("client-addr", self.client_addr),
+                ("http-addr", self.http_addr),
+            ] {
                 if !addr.ip().is_loopback() {
                     return Err(invalid(
                         key,
@@ -262,7 +300,10 @@ impl Config {
     }
 
     pub fn retention(&self) -> Retention {
-        Retention { max_bytes: self.retention_bytes, max_age: self.retention_age }
+        Retention {
+            max_bytes: self.retention_bytes,
+            max_age: self.retention_age,
+        }
     }
 }
 
@@ -288,7 +329,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 1048576, 64MiB or 1GiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 1048576, 64MiB or 1GiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -299,18 +342,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses "30s", "12h", "7d", "1h 30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
 }
 
 mod humantime_opt {
-    pub fn serialize<S: serde::Serializer>(v: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        v: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
@@ -319,7 +371,10 @@ mod humantime_opt {
 }
 
 mod humantime_secs {
-    pub fn serialize<S: serde::Serializer>(v: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        v: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
 }
@@ -342,8 +397,16 @@ mod tests {
     fn flag_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "data-dir = \"/from/file\"\nnode-id = \"file-node\"\nmax-record-bytes = \"2MiB\"\n").unwrap();
-        let args = AgentArgs { config: Some(path), node_id: Some("flag-node".into()), ..Default::default() };
+        std::fs::write(
+            &path,
+            "data-dir = \"/from/file\"\nnode-id = \"file-node\"\nmax-record-bytes = \"2MiB\"\n",
+        )
+        .unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            node_id: Some("flag-node".into()),
+            ..Default::default()
+        };
         let c = Config::resolve(args).unwrap();
         assert_eq!(c.node_id, "flag-node");
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
@@ -356,19 +419,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "data-dri = \"x\"\n").unwrap();
-        let err = Config::resolve(AgentArgs { config: Some(path.clone()), ..Default::default() }).unwrap_err();
+        let err = Config::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("data-dri"), "{err}");
         std::fs::write(&path, "retention-age = \"soon\"\n").unwrap();
-        let err = Config::resolve(AgentArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        let err = Config::resolve(AgentArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("retention-age"), "{err}");
     }
 
     #[test]
     fn plaintext_on_a_public_address_needs_insecure() {
-        let args = AgentArgs { client_addr: Some("0.0.0.0:8400".parse().unwrap()), ..Default::default() };
+        let args = AgentArgs {
+            client_addr: Some("0.0.0.0:8400".parse().unwrap()),
+            ..Default::default()
+        };
         let err = Config::resolve(args.clone()).unwrap_err();
         assert!(err.to_string().contains("--insecure"), "{err}");
-        let ok = Config::resolve(AgentArgs { insecure: Some(true), ..args }).unwrap();
+        let ok = Config::resolve(AgentArgs {
+            insecure: Some(true),
+            ..args
+        })
+        .unwrap();
         assert!(ok.insecure);
     }
 }

@@ -12,7 +12,10 @@ use sidelog::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with 2
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sidelog: cannot start the runtime: {e}");

@@ -63,10 +63,23 @@ pub struct LogNode {
 }
 
 impl LogNode {
-    pub fn new(log: Arc<Log>, fsync: FsyncPolicy, max_record_bytes: u64, id: String, advertise_client_addr: String) -> Self {
+    pub fn new(
+        log: Arc<Log>,
+        fsync: FsyncPolicy,
+        max_record_bytes: u64,
+        id: String,
+        advertise_client_addr: String,
+    ) -> Self {
         // Everything that survived recovery is durable.
         let (commit, _) = watch::channel(log.next_offset());
-        LogNode { log, fsync, max_record_bytes, commit, id, advertise_client_addr }
+        LogNode {
+            log,
+            fsync,
+            max_record_bytes,
+            commit,
+            id,
+            advertise_client_addr,
+        }
     }
 
     pub fn log(&self) -> &Arc<Log> {
@@ -80,7 +93,10 @@ impl LogNode {
     /// Checks a value against the record limit.
     pub fn check_size(&self, value: &[u8]) -> Result<()> {
         if value.len() as u64 > self.max_record_bytes {
-            return Err(NodeError::TooLarge { len: value.len(), max: self.max_record_bytes });
+            return Err(NodeError::TooLarge {
+                len: value.len(),
+                max: self.max_record_bytes,
+            });
         }
         Ok(())
     }
@@ -110,7 +126,11 @@ impl LogNode {
                 self.log.append(&entries)?
             }
         };
-        Ok(Pending { next_index: appended.next_index, first_offset: appended.first_offset, next_offset: appended.next_offset })
+        Ok(Pending {
+            next_index: appended.next_index,
+            first_offset: appended.first_offset,
+            next_offset: appended.next_offset,
+        })
     }
 
     /// The asynchronous half: waits until the appended records are
@@ -140,7 +160,11 @@ impl LogNode {
     }
 
     fn out_of_range(&self, offset: u64) -> NodeError {
-        NodeError::OutOfRange { offset, first: self.log.first_offset(), next: self.committed() }
+        NodeError::OutOfRange {
+            offset,
+            first: self.log.first_offset(),
+            next: self.committed(),
+        }
     }
 
     /// The committed record at `offset`.
@@ -158,19 +182,30 @@ impl LogNode {
     /// `max_bytes` (at least one if any is committed). Empty when `offset`
     /// is the commit watermark; out of range below the first retained or
     /// beyond the watermark.
-    pub fn read_batch(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+    pub fn read_batch(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
         let committed = self.committed();
         if offset > committed || offset < self.log.first_offset() {
             return Err(self.out_of_range(offset));
         }
-        self.log.read_data(offset, committed, max_records, max_bytes).map_err(|e| match e {
-            storage::Error::OffsetOutOfRange { .. } => self.out_of_range(offset),
-            e => e.into(),
-        })
+        self.log
+            .read_data(offset, committed, max_records, max_bytes)
+            .map_err(|e| match e {
+                storage::Error::OffsetOutOfRange { .. } => self.out_of_range(offset),
+                e => e.into(),
+            })
     }
 
     pub fn servers(&self) -> Vec<ServerInfo> {
-        vec![ServerInfo { id: self.id.clone(), rpc_addr: self.advertise_client_addr.clone(), is_leader: true }]
+        vec![ServerInfo {
+            id: self.id.clone(),
+            rpc_addr: self.advertise_client_addr.clone(),
+            is_leader: true,
+        }]
     }
 
     /// Ready to take writes (single node: always, unless the log failed).

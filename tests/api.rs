@@ -6,7 +6,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sidelog::api::pb;
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::common::TestNode;
 
@@ -17,7 +19,10 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 async fn produce_then_consume_round_trips() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    assert_eq!(c.produce(Bytes::from_static(b"hello world")).await.unwrap(), 0);
+    assert_eq!(
+        c.produce(Bytes::from_static(b"hello world")).await.unwrap(),
+        0
+    );
     assert_eq!(c.produce(Bytes::from_static(b"second")).await.unwrap(), 1);
     let r = c.consume(0).await.unwrap();
     assert_eq!((&r.value[..], r.offset), (&b"hello world"[..], 0));
@@ -44,13 +49,31 @@ async fn stream_sends_records_with_their_offsets_then_follows_the_tail() {
     c.produce(Bytes::from_static(b"second")).await.unwrap();
     let mut stream = c.consume_stream(0).await.unwrap();
     for (want_offset, want_value) in [(0, &b"first"[..]), (1, &b"second"[..])] {
-        let r = tokio::time::timeout(PROMPTLY, stream.message()).await.unwrap().unwrap().unwrap().record.unwrap();
+        let r = tokio::time::timeout(PROMPTLY, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .record
+            .unwrap();
         assert_eq!((r.offset, &r.value[..]), (want_offset, want_value));
     }
     // Nothing more yet; a record produced now must arrive on the open stream.
     let mut producer = node.client().await;
-    assert_eq!(producer.produce(Bytes::from_static(b"later")).await.unwrap(), 2);
-    let r = tokio::time::timeout(PROMPTLY, stream.message()).await.unwrap().unwrap().unwrap().record.unwrap();
+    assert_eq!(
+        producer
+            .produce(Bytes::from_static(b"later"))
+            .await
+            .unwrap(),
+        2
+    );
+    let r = tokio::time::timeout(PROMPTLY, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .record
+        .unwrap();
     assert_eq!((r.offset, &r.value[..]), (2, &b"later"[..]));
 }
 
@@ -70,7 +93,13 @@ async fn oversize_record_is_rejected_and_nothing_is_written() {
     let err = c.produce(Bytes::from(vec![7u8; 1025])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("1025"), "{}", err.message());
-    let err = c.produce_batch(vec![Bytes::from_static(b"ok"), Bytes::from(vec![0u8; 2000])]).await.unwrap_err();
+    let err = c
+        .produce_batch(vec![
+            Bytes::from_static(b"ok"),
+            Bytes::from(vec![0u8; 2000]),
+        ])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // The limit itself is fine, and it gets the first offset: nothing was written before.
     assert_eq!(c.produce(Bytes::from(vec![7u8; 1024])).await.unwrap(), 0);
@@ -79,7 +108,13 @@ async fn oversize_record_is_rejected_and_nothing_is_written() {
 #[tokio::test]
 async fn produce_without_a_record_is_invalid_argument() {
     let node = TestNode::start().await;
-    let err = node.client().await.raw().produce(pb::ProduceRequest { record: None }).await.unwrap_err();
+    let err = node
+        .client()
+        .await
+        .raw()
+        .produce(pb::ProduceRequest { record: None })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -98,7 +133,10 @@ async fn produce_stream_answers_each_request_in_order() {
     let node = TestNode::start().await;
     let c = node.client().await;
     let requests = futures_util::stream::iter((0..100).map(|i| pb::ProduceRequest {
-        record: Some(pb::Record { value: Bytes::from(format!("r{i}")), ..Default::default() }),
+        record: Some(pb::Record {
+            value: Bytes::from(format!("r{i}")),
+            ..Default::default()
+        }),
     }));
     let mut responses = c.raw().produce_stream(requests).await.unwrap().into_inner();
     let mut offsets = Vec::new();
@@ -120,18 +158,36 @@ async fn restart_keeps_every_record() {
     node.restart().await;
     let mut c = node.client().await;
     for i in 0..50u64 {
-        assert_eq!(c.consume(i).await.unwrap().value, Bytes::from(format!("record {i}")));
+        assert_eq!(
+            c.consume(i).await.unwrap().value,
+            Bytes::from(format!("record {i}"))
+        );
     }
-    assert_eq!(c.produce(Bytes::from_static(b"after restart")).await.unwrap(), 50);
+    assert_eq!(
+        c.produce(Bytes::from_static(b"after restart"))
+            .await
+            .unwrap(),
+        50
+    );
 }
 
 #[tokio::test]
 async fn health_is_serving_and_get_servers_lists_this_node() {
     let node = TestNode::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.client_addr())).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.client_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     for service in ["", "log.v1.Log"] {
-        let resp = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        let resp = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(resp.status(), ServingStatus::Serving, "service {service:?}");
     }
     let servers = node.client().await.get_servers().await.unwrap();
@@ -148,10 +204,25 @@ async fn shutdown_ends_open_streams_and_keeps_acknowledged_records() {
     c.produce(Bytes::from_static(b"kept")).await.unwrap();
     let mut stream = c.consume_stream(1).await.unwrap();
     let agent = node.agent.take().unwrap();
-    tokio::time::timeout(PROMPTLY, agent.shutdown()).await.expect("shutdown within the bound").unwrap();
+    tokio::time::timeout(PROMPTLY, agent.shutdown())
+        .await
+        .expect("shutdown within the bound")
+        .unwrap();
     // The tail-following stream ended (with UNAVAILABLE) instead of holding shutdown up.
-    let end = tokio::time::timeout(PROMPTLY, stream.message()).await.unwrap();
-    assert!(matches!(&end, Err(s) if s.code() == Code::Unavailable) || matches!(end, Ok(None)), "{end:?}");
-    node.agent = Some(sidelog::agent::Agent::start(crate::common::config_in(node.dir.path().join("data"))).await.unwrap());
-    assert_eq!(&node.client().await.consume(0).await.unwrap().value[..], b"kept");
+    let end = tokio::time::timeout(PROMPTLY, stream.message())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&end, Err(s) if s.code() == Code::Unavailable) || matches!(end, Ok(None)),
+        "{end:?}"
+    );
+    node.agent = Some(
+        sidelog::agent::Agent::start(crate::common::config_in(node.dir.path().join("data")))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        &node.client().await.consume(0).await.unwrap().value[..],
+        b"kept"
+    );
 }

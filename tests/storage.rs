@@ -7,7 +7,11 @@ use proptest::prelude::*;
 use sidelog::storage::{Entry, Error, Kind, Log, LogConfig, Retention};
 
 fn small_config() -> LogConfig {
-    LogConfig { segment_max_bytes: 1024, index_max_entries: 64, ..Default::default() }
+    LogConfig {
+        segment_max_bytes: 1024,
+        index_max_entries: 64,
+        ..Default::default()
+    }
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -44,7 +48,10 @@ fn assert_offsets_readable(log: &Log, n: u64) {
 fn append_and_read_three_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    for (i, v) in [b"hello".as_slice(), b"world", b"!"].into_iter().enumerate() {
+    for (i, v) in [b"hello".as_slice(), b"world", b"!"]
+        .into_iter()
+        .enumerate()
+    {
         let a = log.append(&[Entry::data(v)]).unwrap();
         assert_eq!(a.first_offset, i as u64);
         assert_eq!(a.first_index, i as u64);
@@ -60,10 +67,17 @@ fn reading_past_the_end_is_out_of_range() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     append_data(&log, 2);
     match log.read_offset(2) {
-        Err(Error::OffsetOutOfRange { offset: 2, first: 0, next: 2 }) => {}
+        Err(Error::OffsetOutOfRange {
+            offset: 2,
+            first: 0,
+            next: 2,
+        }) => {}
         other => panic!("expected out of range, got {other:?}"),
     }
-    assert!(matches!(log.read(5), Err(Error::IndexOutOfRange { index: 5, .. })));
+    assert!(matches!(
+        log.read(5),
+        Err(Error::IndexOutOfRange { index: 5, .. })
+    ));
 }
 
 #[test]
@@ -85,20 +99,34 @@ fn reopen_continues_at_the_next_offset() {
 fn second_open_of_a_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Log::open(dir.path(), LogConfig::default()),
+        Err(Error::Locked { .. })
+    ));
 }
 
 #[test]
 fn store_at_its_limit_rolls_to_a_new_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), LogConfig { segment_max_bytes: 1024, ..Default::default() }).unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_max_bytes: 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     append_data(&log, 40);
     log.sync().unwrap();
     let logs = segment_files(dir.path(), "log");
     assert!(logs.len() > 1, "expected several segments, got {logs:?}");
     for p in &logs {
         let len = std::fs::metadata(p).unwrap().len();
-        assert!(len <= 1024, "{} is {len} bytes, over the limit", p.display());
+        assert!(
+            len <= 1024,
+            "{} is {len} bytes, over the limit",
+            p.display()
+        );
     }
     assert_offsets_readable(&log, 40);
 }
@@ -106,7 +134,14 @@ fn store_at_its_limit_rolls_to_a_new_segment() {
 #[test]
 fn index_at_its_limit_rolls_to_a_new_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), LogConfig { index_max_entries: 3, ..Default::default() }).unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            index_max_entries: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     append_data(&log, 10);
     log.sync().unwrap();
     // 10 records, 3 per index: 4 segments; sealed indexes hold exactly 3 entries.
@@ -117,7 +152,14 @@ fn index_at_its_limit_rolls_to_a_new_segment() {
     }
     assert_offsets_readable(&log, 10);
     drop(log);
-    let log = Log::open(dir.path(), LogConfig { index_max_entries: 3, ..Default::default() }).unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            index_max_entries: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_offsets_readable(&log, 10);
 }
 
@@ -140,12 +182,37 @@ fn truncate_drops_a_suffix_and_appends_continue() {
 #[test]
 fn control_entries_do_not_consume_data_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), LogConfig { initial_index: 1, ..Default::default() }).unwrap();
-    let blank = Entry { index: Some(1), term: 1, kind: Kind::Control, payload: b"" };
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            initial_index: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let blank = Entry {
+        index: Some(1),
+        term: 1,
+        kind: Kind::Control,
+        payload: b"",
+    };
     log.append(&[blank]).unwrap();
-    let a = log.append(&[Entry { index: None, term: 1, kind: Kind::Data, payload: b"a" }]).unwrap();
+    let a = log
+        .append(&[Entry {
+            index: None,
+            term: 1,
+            kind: Kind::Data,
+            payload: b"a",
+        }])
+        .unwrap();
     assert_eq!((a.first_index, a.first_offset), (2, 0));
-    log.append(&[Entry { index: None, term: 2, kind: Kind::Control, payload: b"m" }]).unwrap();
+    log.append(&[Entry {
+        index: None,
+        term: 2,
+        kind: Kind::Control,
+        payload: b"m",
+    }])
+    .unwrap();
     log.append(&[Entry::data(b"b")]).unwrap();
     assert_eq!(log.read_offset(0).unwrap().index, 2);
     let r = log.read_offset(1).unwrap();
@@ -153,15 +220,32 @@ fn control_entries_do_not_consume_data_offsets() {
     let data: Vec<_> = log.iter_from_offset(0).map(|r| r.unwrap().index).collect();
     assert_eq!(data, vec![2, 4]);
     let all: Vec<_> = log.iter_from_index(1).map(|r| r.unwrap().kind).collect();
-    assert_eq!(all, vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]);
+    assert_eq!(
+        all,
+        vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]
+    );
 }
 
 #[test]
 fn non_sequential_index_is_rejected_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    let batch = [Entry::data(b"ok"), Entry { index: Some(7), term: 0, kind: Kind::Data, payload: b"x" }];
-    assert!(matches!(log.append(&batch), Err(Error::NonSequential { expected: 1, got: 7 })));
+    let batch = [
+        Entry::data(b"ok"),
+        Entry {
+            index: Some(7),
+            term: 0,
+            kind: Kind::Data,
+            payload: b"x",
+        },
+    ];
+    assert!(matches!(
+        log.append(&batch),
+        Err(Error::NonSequential {
+            expected: 1,
+            got: 7
+        })
+    ));
     assert_eq!(log.next_index(), 0);
 }
 
@@ -193,16 +277,30 @@ fn retention_by_bytes_keeps_the_newest_segments() {
     append_data(&log, 200);
     log.sync().unwrap();
     let total = log.disk_bytes();
-    let policy = Retention { max_bytes: Some(3000), max_age: None };
+    let policy = Retention {
+        max_bytes: Some(3000),
+        max_age: None,
+    };
     let removed = log.apply_retention(&policy, u64::MAX).unwrap();
     assert!(removed > 0);
-    assert!(log.disk_bytes() <= 3000, "{} > 3000 (was {total})", log.disk_bytes());
+    assert!(
+        log.disk_bytes() <= 3000,
+        "{} > 3000 (was {total})",
+        log.disk_bytes()
+    );
     assert_eq!(log.read_offset(199).unwrap().offset, 199);
     // Retention by age: everything sealed is older than zero seconds.
-    let policy = Retention { max_bytes: None, max_age: Some(std::time::Duration::ZERO) };
+    let policy = Retention {
+        max_bytes: None,
+        max_age: Some(std::time::Duration::ZERO),
+    };
     std::thread::sleep(std::time::Duration::from_millis(5));
     log.apply_retention(&policy, u64::MAX).unwrap();
-    assert_eq!(segment_files(dir.path(), "log").len(), 1, "only the active segment remains");
+    assert_eq!(
+        segment_files(dir.path(), "log").len(),
+        1,
+        "only the active segment remains"
+    );
 }
 
 #[test]
@@ -211,7 +309,10 @@ fn reset_restarts_the_log_at_a_given_point() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     append_data(&log, 10);
     log.reset(1000, 700).unwrap();
-    assert_eq!((log.first_index(), log.next_index(), log.next_offset()), (1000, 1000, 700));
+    assert_eq!(
+        (log.first_index(), log.next_index(), log.next_offset()),
+        (1000, 1000, 700)
+    );
     let a = log.append(&[Entry::data(b"x")]).unwrap();
     assert_eq!((a.first_index, a.first_offset), (1000, 700));
     drop(log);
@@ -228,7 +329,9 @@ async fn concurrent_appenders_share_fsyncs() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
-                let a = log.append(&[Entry::data(format!("{t}-{i}").as_bytes())]).unwrap();
+                let a = log
+                    .append(&[Entry::data(format!("{t}-{i}").as_bytes())])
+                    .unwrap();
                 let d = log.wait_durable(a.next_index).await.unwrap();
                 assert!(d >= a.next_index);
             }
@@ -239,7 +342,12 @@ async fn concurrent_appenders_share_fsyncs() {
     }
     let stats = log.stats();
     assert_eq!(stats.next_offset, 64 * 50);
-    assert!(stats.fsyncs < 64 * 50, "{} fsyncs for {} records: no sharing", stats.fsyncs, 64 * 50);
+    assert!(
+        stats.fsyncs < 64 * 50,
+        "{} fsyncs for {} records: no sharing",
+        stats.fsyncs,
+        64 * 50
+    );
     assert_eq!(log.durable().next_index, 64 * 50);
 }
 
@@ -254,7 +362,10 @@ fn synced_log(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     append_data(&log, N);
     log.sync().unwrap();
     drop(log);
-    (segment_files(dir, "log").pop().unwrap(), segment_files(dir, "idx").pop().unwrap())
+    (
+        segment_files(dir, "log").pop().unwrap(),
+        segment_files(dir, "idx").pop().unwrap(),
+    )
 }
 
 fn reopen_expect_prefix(dir: &Path, valid: u64) {
@@ -288,7 +399,9 @@ fn crash_garbage_appended_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let (log_path, _) = synced_log(dir.path());
     let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
-    let garbage: Vec<u8> = (0..1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..1000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     f.write_all(&garbage).unwrap();
     reopen_expect_prefix(dir.path(), N);
 }
@@ -298,7 +411,11 @@ fn crash_flipped_bit_in_last_record_drops_only_it() {
     let dir = tempfile::tempdir().unwrap();
     let (log_path, _) = synced_log(dir.path());
     let len = std::fs::metadata(&log_path).unwrap().len();
-    let f = OpenOptions::new().read(true).write(true).open(&log_path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&log_path)
+        .unwrap();
     let at = len - 3; // inside the last payload
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
@@ -330,7 +447,12 @@ fn crash_index_pointing_past_a_cut_log_is_trimmed() {
     let (log_path, _) = synced_log(dir.path());
     // The index (mmap) survived but the log lost its last 5 records.
     let keep: u64 = 32 + (0..N - 5).map(record_len).sum::<u64>();
-    OpenOptions::new().write(true).open(&log_path).unwrap().set_len(keep).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&log_path)
+        .unwrap()
+        .set_len(keep)
+        .unwrap();
     reopen_expect_prefix(dir.path(), N - 5);
 }
 
@@ -346,14 +468,24 @@ fn corrupt_sealed_segment_is_a_clear_error_naming_the_file() {
     assert!(logs.len() > 2);
     let victim = &logs[0];
     let len = std::fs::metadata(victim).unwrap().len();
-    let f = OpenOptions::new().read(true).write(true).open(victim).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(victim)
+        .unwrap();
     f.write_all_at(b"X", len - 1).unwrap();
     match Log::open(dir.path(), small_config()) {
         Err(e @ Error::Corrupt { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(&victim.file_name().unwrap().to_string_lossy().to_string()), "{msg}");
+            assert!(
+                msg.contains(&victim.file_name().unwrap().to_string_lossy().to_string()),
+                "{msg}"
+            );
         }
-        other => panic!("expected a corrupt-segment error, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "expected a corrupt-segment error, got {:?}",
+            other.map(|_| ())
+        ),
     }
 }
 

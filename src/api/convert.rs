@@ -16,8 +16,12 @@ impl From<NodeError> for Status {
                 md.insert(NEXT_OFFSET_KEY, (*next).into());
                 status
             }
-            NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
-            NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
+            NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            NodeError::Storage(crate::storage::Error::Failed(_)) => {
+                Status::unavailable(e.to_string())
+            }
             NodeError::Storage(_) => {
                 tracing::error!(cause = %e, "storage error");
                 Status::internal(e.to_string())
@@ -33,7 +37,13 @@ pub const NEXT_OFFSET_KEY: &str = "x-sidelog-next-offset";
 
 /// The next offset carried by an OUT_OF_RANGE status, if any.
 pub fn next_offset_of(status: &Status) -> Option<u64> {
-    status.metadata().get(NEXT_OFFSET_KEY)?.to_str().ok()?.parse().ok()
+    status
+        .metadata()
+        .get(NEXT_OFFSET_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The HTTP status for a node error.
@@ -50,6 +60,11 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
 
 impl From<Record> for pb::Record {
     fn from(r: Record) -> pb::Record {
-        pb::Record { value: r.payload, offset: r.offset, term: r.term, r#type: r.kind as u32 }
+        pb::Record {
+            value: r.payload,
+            offset: r.offset,
+            term: r.term,
+            r#type: r.kind as u32,
+        }
     }
 }

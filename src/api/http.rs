@@ -49,7 +49,11 @@ pub fn router(state: HttpState) -> Router {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.to_string() })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -79,7 +83,9 @@ fn offset_from_number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Resul
     }
     match N::deserialize(d)? {
         N::Num(n) => Ok(n),
-        N::Str(s) => s.parse().map_err(|_| serde::de::Error::custom(format!("offset {s:?} is not a number"))),
+        N::Str(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("offset {s:?} is not a number"))),
     }
 }
 
@@ -105,7 +111,12 @@ async fn produce(State(s): State<HttpState>, body: Bytes) -> Response {
     };
     let value = match B64.decode(record.value.as_bytes()) {
         Ok(v) => Bytes::from(v),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("record.value is not base64: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("record.value is not base64: {e}"),
+            );
+        }
     };
     match s.node.produce(&[value]).await {
         Ok(offset) => axum::Json(serde_json::json!({ "offset": offset })).into_response(),
@@ -115,14 +126,23 @@ async fn produce(State(s): State<HttpState>, body: Bytes) -> Response {
 
 fn consume_at(s: &HttpState, offset: u64) -> Response {
     match s.node.read(offset) {
-        Ok(r) => axum::Json(ConsumeOut { record: RecordOut { value: B64.encode(&r.payload), offset: r.offset } }).into_response(),
+        Ok(r) => axum::Json(ConsumeOut {
+            record: RecordOut {
+                value: B64.encode(&r.payload),
+                offset: r.offset,
+            },
+        })
+        .into_response(),
         Err(e) => error(http_status(&e), e),
     }
 }
 
 async fn consume_body(State(s): State<HttpState>, body: Bytes) -> Response {
     if body.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "expected a JSON body such as {\"offset\":0}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body such as {\"offset\":0}",
+        );
     }
     match serde_json::from_slice::<ConsumeBody>(&body) {
         Ok(b) => consume_at(&s, b.offset),
@@ -133,7 +153,10 @@ async fn consume_body(State(s): State<HttpState>, body: Bytes) -> Response {
 async fn consume_path(State(s): State<HttpState>, Path(offset): Path<String>) -> Response {
     match offset.parse() {
         Ok(o) => consume_at(&s, o),
-        Err(_) => error(StatusCode::BAD_REQUEST, format!("offset {offset:?} is not a non-negative integer")),
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            format!("offset {offset:?} is not a non-negative integer"),
+        ),
     }
 }
 
@@ -146,5 +169,12 @@ async fn ready(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], (s.metrics)()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        (s.metrics)(),
+    )
+        .into_response()
 }

@@ -33,13 +33,20 @@ impl LogService {
     pub fn into_server(self) -> pb::log_server::LogServer<Self> {
         // Leave room above the record limit for framing and batches, so an
         // oversize record reaches our check and gets INVALID_ARGUMENT.
-        let limit = (self.node.max_record_bytes() as usize).saturating_mul(2).saturating_add(1 << 20).max(4 << 20);
-        pb::log_server::LogServer::new(self).max_decoding_message_size(limit).max_encoding_message_size(limit)
+        let limit = (self.node.max_record_bytes() as usize)
+            .saturating_mul(2)
+            .saturating_add(1 << 20)
+            .max(4 << 20);
+        pb::log_server::LogServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
     }
 }
 
 fn value_of(req: pb::ProduceRequest) -> Result<bytes::Bytes, Status> {
-    req.record.map(|r| r.value).ok_or_else(|| Status::invalid_argument("ProduceRequest.record is required"))
+    req.record
+        .map(|r| r.value)
+        .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is required"))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -47,7 +54,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl LogApi for LogService {
     #[tracing::instrument(skip_all, fields(offset))]
-    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
         let value = value_of(request.into_inner())?;
         let offset = self.node.produce(std::slice::from_ref(&value)).await?;
         tracing::Span::current().record("offset", offset);
@@ -59,17 +69,29 @@ impl LogApi for LogService {
         &self,
         request: Request<pb::ProduceBatchRequest>,
     ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
-        let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
+        let values: Vec<bytes::Bytes> = request
+            .into_inner()
+            .records
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
         tracing::Span::current().record("records", values.len());
         let first = self.node.produce(&values).await?;
         tracing::Span::current().record("offset", first);
-        Ok(Response::new(pb::ProduceBatchResponse { offsets: (first..first + values.len() as u64).collect() }))
+        Ok(Response::new(pb::ProduceBatchResponse {
+            offsets: (first..first + values.len() as u64).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(offset = request.get_ref().offset))]
-    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+    async fn consume(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::ConsumeResponse>, Status> {
         let record = self.node.read(request.into_inner().offset)?;
-        Ok(Response::new(pb::ConsumeResponse { record: Some(record.into()) }))
+        Ok(Response::new(pb::ConsumeResponse {
+            record: Some(record.into()),
+        }))
     }
 
     type ConsumeStreamStream = BoxStream<pb::ConsumeResponse>;
@@ -117,7 +139,13 @@ impl LogApi for LogService {
                     next = record.offset + 1;
                     // A bounded queue: a slow client makes this await, so
                     // the server holds at most STREAM_QUEUE responses for it.
-                    if tx.send(Ok(pb::ConsumeResponse { record: Some(record.into()) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::ConsumeResponse {
+                            record: Some(record.into()),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -170,12 +198,19 @@ impl LogApi for LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_servers(&self, _: Request<pb::GetServersRequest>) -> Result<Response<pb::GetServersResponse>, Status> {
+    async fn get_servers(
+        &self,
+        _: Request<pb::GetServersRequest>,
+    ) -> Result<Response<pb::GetServersResponse>, Status> {
         let servers = self
             .node
             .servers()
             .into_iter()
-            .map(|s| pb::Server { id: s.id, rpc_addr: s.rpc_addr, is_leader: s.is_leader })
+            .map(|s| pb::Server {
+                id: s.id,
+                rpc_addr: s.rpc_addr,
+                is_leader: s.is_leader,
+            })
             .collect();
         Ok(Response::new(pb::GetServersResponse { servers }))
     }

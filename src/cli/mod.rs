@@ -39,7 +39,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// Agent client address.
-    #[arg(long, env = "SIDELOG_ADDR", default_value = "127.0.0.1:8400", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "SIDELOG_ADDR",
+        default_value = "127.0.0.1:8400",
+        value_name = "ADDR"
+    )]
     pub addr: String,
 }
 
@@ -115,7 +120,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             Ok(r) => print_record(&mut stdout.lock(), r.offset, &r.value)?,
             // Reaching the end of the log ends a read that does not follow;
             // an offset before the first retained record is an error.
-            Err(s) if s.code() == tonic::Code::OutOfRange && crate::api::convert::next_offset_of(&s).is_some_and(|n| offset >= n) => {
+            Err(s)
+                if s.code() == tonic::Code::OutOfRange
+                    && crate::api::convert::next_offset_of(&s).is_some_and(|n| offset >= n) =>
+            {
                 return Ok(());
             }
             Err(s) => return Err(s.into()),

@@ -136,7 +136,10 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(p: ProducePerf) -> anyhow::Result<()> {
-    anyhow::ensure!(p.inflight > 0 && p.records > 0 && p.batch > 0, "--records, --inflight and --batch must be positive");
+    anyhow::ensure!(
+        p.inflight > 0 && p.records > 0 && p.batch > 0,
+        "--records, --inflight and --batch must be positive"
+    );
     let client = Client::connect(&p.connect.addr).await?;
     let value = Bytes::from(vec![b'x'; p.size]);
     let done = Arc::new(AtomicU64::new(0));
@@ -149,16 +152,34 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
     };
     let elapsed = start.elapsed();
     reporter.abort();
-    summary(&format!("produce ({:?}, {} in flight)", p.mode, p.inflight).to_lowercase(), p.records, p.size, elapsed, Some(lat));
+    summary(
+        &format!("produce ({:?}, {} in flight)", p.mode, p.inflight).to_lowercase(),
+        p.records,
+        p.size,
+        elapsed,
+        Some(lat),
+    );
     Ok(())
 }
 
-async fn produce_unary(client: &Client, p: &ProducePerf, value: Bytes, done: &Arc<AtomicU64>) -> anyhow::Result<Vec<u32>> {
+async fn produce_unary(
+    client: &Client,
+    p: &ProducePerf,
+    value: Bytes,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
     let next = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let mut tasks = Vec::new();
     for _ in 0..p.inflight {
-        let (mut c, next, done, lat, value, total) = (client.clone(), next.clone(), done.clone(), lat.clone(), value.clone(), p.records);
+        let (mut c, next, done, lat, value, total) = (
+            client.clone(),
+            next.clone(),
+            done.clone(),
+            lat.clone(),
+            value.clone(),
+            p.records,
+        );
         tasks.push(tokio::spawn(async move {
             let mut mine = Latencies::default();
             while next.fetch_add(1, Ordering::Relaxed) < total {
@@ -177,14 +198,26 @@ async fn produce_unary(client: &Client, p: &ProducePerf, value: Bytes, done: &Ar
     Ok(std::mem::take(&mut lat.lock().await.0))
 }
 
-async fn produce_batch(client: &Client, p: &ProducePerf, value: Bytes, done: &Arc<AtomicU64>) -> anyhow::Result<Vec<u32>> {
+async fn produce_batch(
+    client: &Client,
+    p: &ProducePerf,
+    value: Bytes,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
     let calls = p.inflight.div_ceil(p.batch).max(1);
     let next = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let mut tasks = Vec::new();
     for _ in 0..calls {
-        let (mut c, next, done, lat, value, total, batch) =
-            (client.clone(), next.clone(), done.clone(), lat.clone(), value.clone(), p.records, p.batch as u64);
+        let (mut c, next, done, lat, value, total, batch) = (
+            client.clone(),
+            next.clone(),
+            done.clone(),
+            lat.clone(),
+            value.clone(),
+            p.records,
+            p.batch as u64,
+        );
         tasks.push(tokio::spawn(async move {
             let mut mine = Latencies::default();
             loop {
@@ -208,9 +241,18 @@ async fn produce_batch(client: &Client, p: &ProducePerf, value: Bytes, done: &Ar
     Ok(std::mem::take(&mut lat.lock().await.0))
 }
 
-async fn produce_stream(client: &Client, p: &ProducePerf, value: Bytes, done: &Arc<AtomicU64>) -> anyhow::Result<Vec<u32>> {
+async fn produce_stream(
+    client: &Client,
+    p: &ProducePerf,
+    value: Bytes,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
     let (tx, rx) = mpsc::channel::<pb::ProduceRequest>(p.inflight);
-    let mut responses = client.raw().produce_stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut responses = client
+        .raw()
+        .produce_stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let window = Arc::new(tokio::sync::Semaphore::new(p.inflight));
     let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(p.inflight)));
     let sender = {
@@ -219,8 +261,17 @@ async fn produce_stream(client: &Client, p: &ProducePerf, value: Bytes, done: &A
             for _ in 0..total {
                 window.acquire().await.expect("open").forget();
                 sent_at.lock().expect("lock").push_back(Instant::now());
-                let record = pb::Record { value: value.clone(), ..Default::default() };
-                if tx.send(pb::ProduceRequest { record: Some(record) }).await.is_err() {
+                let record = pb::Record {
+                    value: value.clone(),
+                    ..Default::default()
+                };
+                if tx
+                    .send(pb::ProduceRequest {
+                        record: Some(record),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -232,7 +283,11 @@ async fn produce_stream(client: &Client, p: &ProducePerf, value: Bytes, done: &A
         let Some(_resp) = responses.message().await? else {
             anyhow::bail!("the server ended the stream after {received} responses");
         };
-        let t = sent_at.lock().expect("lock").pop_front().expect("a request per response");
+        let t = sent_at
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .expect("a request per response");
         lat.record(t, 1);
         window.add_permits(1);
         received += 1;
@@ -251,13 +306,21 @@ async fn consume(c: ConsumePerf) -> anyhow::Result<()> {
     let mut bytes = 0usize;
     let mut n = 0;
     while n < c.records {
-        let Some(resp) = stream.message().await? else { break };
+        let Some(resp) = stream.message().await? else {
+            break;
+        };
         bytes += resp.record.map_or(0, |r| r.value.len());
         n += 1;
         done.fetch_add(1, Ordering::Relaxed);
     }
     let elapsed = start.elapsed();
     reporter.abort();
-    summary("consume (stream)", n, bytes / n.max(1) as usize, elapsed, None);
+    summary(
+        "consume (stream)",
+        n,
+        bytes / n.max(1) as usize,
+        elapsed,
+        None,
+    );
     Ok(())
 }

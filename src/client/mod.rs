@@ -31,18 +31,33 @@ pub struct Client {
 
 /// `127.0.0.1:8400` or `http://127.0.0.1:8400` → a URI.
 fn uri_of(addr: &str) -> String {
-    if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let endpoint = Endpoint::from_shared(uri_of(addr))
-            .map_err(|e| ClientError::Address { addr: addr.to_owned(), message: e.to_string() })?
+            .map_err(|e| ClientError::Address {
+                addr: addr.to_owned(),
+                message: e.to_string(),
+            })?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30));
-        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
-        let inner = LogClient::new(channel).max_decoding_message_size(512 << 20).max_encoding_message_size(512 << 20);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let inner = LogClient::new(channel)
+            .max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20);
         Ok(Client { inner })
     }
 
@@ -53,29 +68,60 @@ impl Client {
 
     /// Produces one record; returns its offset once it is committed.
     pub async fn produce(&mut self, value: impl Into<Bytes>) -> Result<u64, Status> {
-        let record = pb::Record { value: value.into(), ..Default::default() };
-        let resp = self.inner.produce(pb::ProduceRequest { record: Some(record) }).await?;
+        let record = pb::Record {
+            value: value.into(),
+            ..Default::default()
+        };
+        let resp = self
+            .inner
+            .produce(pb::ProduceRequest {
+                record: Some(record),
+            })
+            .await?;
         Ok(resp.into_inner().offset)
     }
 
     /// Produces records atomically in one call; returns their offsets.
     pub async fn produce_batch(&mut self, values: Vec<Bytes>) -> Result<Vec<u64>, Status> {
-        let records = values.into_iter().map(|value| pb::Record { value, ..Default::default() }).collect();
-        let resp = self.inner.produce_batch(pb::ProduceBatchRequest { records }).await?;
+        let records = values
+            .into_iter()
+            .map(|value| pb::Record {
+                value,
+                ..Default::default()
+            })
+            .collect();
+        let resp = self
+            .inner
+            .produce_batch(pb::ProduceBatchRequest { records })
+            .await?;
         Ok(resp.into_inner().offsets)
     }
 
     pub async fn consume(&mut self, offset: u64) -> Result<pb::Record, Status> {
         let resp = self.inner.consume(pb::ConsumeRequest { offset }).await?;
-        resp.into_inner().record.ok_or_else(|| Status::internal("response without a record"))
+        resp.into_inner()
+            .record
+            .ok_or_else(|| Status::internal("response without a record"))
     }
 
     /// Every record from `offset`, then new ones as they are committed.
-    pub async fn consume_stream(&mut self, offset: u64) -> Result<Streaming<pb::ConsumeResponse>, Status> {
-        Ok(self.inner.consume_stream(pb::ConsumeRequest { offset }).await?.into_inner())
+    pub async fn consume_stream(
+        &mut self,
+        offset: u64,
+    ) -> Result<Streaming<pb::ConsumeResponse>, Status> {
+        Ok(self
+            .inner
+            .consume_stream(pb::ConsumeRequest { offset })
+            .await?
+            .into_inner())
     }
 
     pub async fn get_servers(&mut self) -> Result<Vec<pb::Server>, Status> {
-        Ok(self.inner.get_servers(pb::GetServersRequest {}).await?.into_inner().servers)
+        Ok(self
+            .inner
+            .get_servers(pb::GetServersRequest {})
+            .await?
+            .into_inner()
+            .servers)
     }
 }

@@ -55,22 +55,41 @@ impl Index {
             // the mapping cannot change under us.
             Map::ReadOnly(unsafe { MmapOptions::new().len(len * ENTRY_LEN).map(&file)? })
         };
-        Ok(Index { file, map, len, capacity: len })
+        Ok(Index {
+            file,
+            map,
+            len,
+            capacity: len,
+        })
     }
 
     /// Opens (creating if needed) a writable index sized for `capacity`
     /// entries. `len` is left 0: the caller establishes how many entries are
     /// valid and calls [`Index::set_len`].
     pub fn open_active(path: &Path, capacity: usize) -> std::io::Result<Index> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let existing = file.metadata()?.len() as usize / ENTRY_LEN;
         let capacity = capacity.max(existing).max(1);
         file.set_len((capacity * ENTRY_LEN) as u64)?;
         // Safety: as in `open_sealed`, only this process touches the file; the
         // file is at least `capacity * ENTRY_LEN` bytes long and is never
         // shrunk while mapped (sealing remaps first).
-        let map = unsafe { MmapOptions::new().len(capacity * ENTRY_LEN).map_mut(&file)? };
-        Ok(Index { file, map: Map::Writable(map), len: 0, capacity })
+        let map = unsafe {
+            MmapOptions::new()
+                .len(capacity * ENTRY_LEN)
+                .map_mut(&file)?
+        };
+        Ok(Index {
+            file,
+            map: Map::Writable(map),
+            len: 0,
+            capacity,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -168,7 +187,11 @@ impl Index {
         self.capacity = self.len;
         if self.len > 0 {
             // Safety: see `open_sealed`.
-            self.map = Map::ReadOnly(unsafe { MmapOptions::new().len(self.len * ENTRY_LEN).map(&self.file)? });
+            self.map = Map::ReadOnly(unsafe {
+                MmapOptions::new()
+                    .len(self.len * ENTRY_LEN)
+                    .map(&self.file)?
+            });
         }
         Ok(())
     }

@@ -63,7 +63,11 @@ pub enum Error {
         source: io::Error,
     },
     #[error("corrupt segment file {} at byte {position}: {reason}", path.display())]
-    Corrupt { path: PathBuf, position: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
     #[error("index {index} is out of range: the log holds [{first}, {next})")]
     IndexOutOfRange { index: u64, first: u64, next: u64 },
     #[error("offset {offset} is out of range: the log holds offsets [{first}, {next})")]
@@ -80,12 +84,18 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
-        Error::Io { path: path.as_ref().to_owned(), source }
+        Error::Io {
+            path: path.as_ref().to_owned(),
+            source,
+        }
     }
 
     /// True for the "asked past either end" errors.
     pub fn is_out_of_range(&self) -> bool {
-        matches!(self, Error::IndexOutOfRange { .. } | Error::OffsetOutOfRange { .. })
+        matches!(
+            self,
+            Error::IndexOutOfRange { .. } | Error::OffsetOutOfRange { .. }
+        )
     }
 }
 
@@ -229,7 +239,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 impl Log {
@@ -260,7 +272,10 @@ impl Log {
             }
         }
         bases.sort_unstable();
-        for base in orphan_indexes.into_iter().filter(|b| bases.binary_search(b).is_err()) {
+        for base in orphan_indexes
+            .into_iter()
+            .filter(|b| bases.binary_search(b).is_err())
+        {
             // A retention delete removes the .log first; finish its job.
             let p = dir.join(segment::file_name(base, "idx"));
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -312,7 +327,11 @@ impl Log {
             next_offset,
             failed: None,
         };
-        let (durable, _) = watch::channel(Durable { next_index, next_offset, failed: None });
+        let (durable, _) = watch::channel(Durable {
+            next_index,
+            next_offset,
+            failed: None,
+        });
         let shared = Arc::new(Shared {
             dir,
             config,
@@ -334,7 +353,10 @@ impl Log {
                 .spawn(move || shared.run_flusher())
                 .map_err(|e| Error::io("<flusher thread>", e))?
         };
-        Ok(Log { shared, flusher: Some(flusher) })
+        Ok(Log {
+            shared,
+            flusher: Some(flusher),
+        })
     }
 
     /// The directory this log lives in.
@@ -359,7 +381,9 @@ impl Log {
                 return Err(Error::NonSequential { expected, got });
             }
             if e.payload.len() > u32::MAX as usize {
-                return Err(Error::RecordTooLarge { len: e.payload.len() });
+                return Err(Error::RecordTooLarge {
+                    len: e.payload.len(),
+                });
             }
             expected += 1;
         }
@@ -368,7 +392,9 @@ impl Log {
         for e in entries {
             let rec_len = (record::HEADER_LEN + e.payload.len()) as u64;
             let active = &inner.active;
-            if !active.is_empty() && (active.size + rec_len > s.config.segment_max_bytes || active.index.is_full()) {
+            if !active.is_empty()
+                && (active.size + rec_len > s.config.segment_max_bytes || active.index.is_full())
+            {
                 if let Err(err) = s.roll(&mut inner) {
                     inner.failed = Some(err.to_string());
                     return Err(err);
@@ -376,13 +402,25 @@ impl Log {
             }
             let inner = &mut *inner;
             let pos = inner.active.size;
-            record::encode(&mut inner.pending, inner.next_index, inner.next_offset, e.term, e.kind, e.payload);
+            record::encode(
+                &mut inner.pending,
+                inner.next_index,
+                inner.next_offset,
+                e.term,
+                e.kind,
+                e.payload,
+            );
             inner.active.index.push(pos, inner.next_offset);
             inner.active.size += rec_len;
             inner.next_index += 1;
             inner.next_offset += u64::from(e.kind == Kind::Data);
         }
-        let appended = Appended { first_index, next_index: inner.next_index, first_offset, next_offset: inner.next_offset };
+        let appended = Appended {
+            first_index,
+            next_index: inner.next_index,
+            first_offset,
+            next_offset: inner.next_offset,
+        };
         let large = inner.pending.len() >= WRITE_BEHIND_BYTES;
         drop(inner);
         if large {
@@ -474,7 +512,13 @@ impl Log {
     /// Reads up to `max_records` data records with offsets in `[from, to)`
     /// (control entries skipped), stopping early after `max_bytes` of
     /// payload (at least one record is returned if any is in range).
-    pub fn read_data(&self, from: u64, to: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+    pub fn read_data(
+        &self,
+        from: u64,
+        to: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
         let inner = lock(&self.shared.inner);
         let to = to.min(inner.next_offset);
         let mut out = Vec::new();
@@ -498,12 +542,22 @@ impl Log {
 
     /// Iterates every record (data and control) from Raft index `from`.
     pub fn iter_from_index(&self, from: u64) -> Iter<'_> {
-        Iter { log: self, next: from, by_offset: false, buf: Default::default() }
+        Iter {
+            log: self,
+            next: from,
+            by_offset: false,
+            buf: Default::default(),
+        }
     }
 
     /// Iterates data records from data offset `from`.
     pub fn iter_from_offset(&self, from: u64) -> Iter<'_> {
-        Iter { log: self, next: from, by_offset: true, buf: Default::default() }
+        Iter {
+            log: self,
+            next: from,
+            by_offset: true,
+            buf: Default::default(),
+        }
     }
 
     /// Drops every record with index >= `index` (Raft conflict resolution).
@@ -526,7 +580,11 @@ impl Log {
         let s = &self.shared;
         let _io = lock(&s.io_lock);
         let mut inner = lock(&s.inner);
-        let n = inner.sealed.iter().take_while(|seg| seg.next_index() <= index).count();
+        let n = inner
+            .sealed
+            .iter()
+            .take_while(|seg| seg.next_index() <= index)
+            .count();
         s.remove_sealed_prefix(&mut inner, n)?;
         Ok(n)
     }
@@ -542,7 +600,8 @@ impl Log {
                 seg.remove_files()?;
             }
             inner.active.remove_files()?;
-            inner.active = Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
+            inner.active =
+                Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -593,13 +652,19 @@ impl Log {
             next_offset: inner.next_offset,
             segments: inner.sealed.len() + 1,
             disk_bytes: inner.segments().map(Segment::disk_bytes).sum(),
-            fsyncs: self.shared.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            fsyncs: self
+                .shared
+                .fsyncs
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
     /// Bytes on disk (logs plus meaningful index bytes).
     pub fn disk_bytes(&self) -> u64 {
-        lock(&self.shared.inner).segments().map(Segment::disk_bytes).sum()
+        lock(&self.shared.inner)
+            .segments()
+            .map(Segment::disk_bytes)
+            .sum()
     }
 
     /// Applies a retention policy: deletes the oldest whole sealed segments
@@ -610,7 +675,12 @@ impl Log {
         let s = &self.shared;
         let _io = lock(&s.io_lock);
         let mut inner = lock(&s.inner);
-        let n = policy.segments_to_remove(&inner.sealed, inner.active.disk_bytes(), keep_from, std::time::SystemTime::now());
+        let n = policy.segments_to_remove(
+            &inner.sealed,
+            inner.active.disk_bytes(),
+            keep_from,
+            std::time::SystemTime::now(),
+        );
         if n > 0 {
             tracing::info!(segments = n, "retention removes sealed segments");
         }
@@ -625,7 +695,9 @@ impl Log {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        let Some(handle) = self.flusher.take() else { return Ok(()) };
+        let Some(handle) = self.flusher.take() else {
+            return Ok(());
+        };
         lock(&self.shared.request).shutdown = true;
         // Notified unconditionally: the flusher may be about to park.
         self.shared.wake.notify_one();
@@ -636,7 +708,11 @@ impl Log {
         }
         self.shared.flush(true)?;
         let inner = lock(&self.shared.inner);
-        inner.active.index.flush().map_err(|e| Error::io(&inner.active.idx_path, e))
+        inner
+            .active
+            .index
+            .flush()
+            .map_err(|e| Error::io(&inner.active.idx_path, e))
     }
 }
 
@@ -672,11 +748,15 @@ impl Inner {
     }
 
     fn first_index(&self) -> u64 {
-        self.sealed.first().map_or(self.active.base_index, |s| s.base_index)
+        self.sealed
+            .first()
+            .map_or(self.active.base_index, |s| s.base_index)
     }
 
     fn first_offset(&self) -> u64 {
-        self.sealed.first().map_or(self.active.base_offset, |s| s.base_offset)
+        self.sealed
+            .first()
+            .map_or(self.active.base_offset, |s| s.base_offset)
     }
 
     fn segment_of_index(&self, index: u64) -> &Segment {
@@ -689,7 +769,11 @@ impl Inner {
 
     fn index_of_offset(&self, offset: u64) -> Result<u64> {
         let (first, next) = (self.first_offset(), self.next_offset);
-        let out_of_range = Error::OffsetOutOfRange { offset, first, next };
+        let out_of_range = Error::OffsetOutOfRange {
+            offset,
+            first,
+            next,
+        };
         if offset < first || offset >= next {
             return Err(out_of_range);
         }
@@ -720,13 +804,16 @@ impl Inner {
         let decoded = if !seg.sealed && pos >= self.pending_pos {
             let at = (pos - self.pending_pos) as usize;
             record::decode_record(&self.pending[at..at + len as usize])
-        } else if let Some(f) = self.inflight.as_ref().filter(|f| f.base_index == seg.base_index && pos >= f.pos && pos < f.pos + f.buf.len() as u64)
-        {
+        } else if let Some(f) = self.inflight.as_ref().filter(|f| {
+            f.base_index == seg.base_index && pos >= f.pos && pos < f.pos + f.buf.len() as u64
+        }) {
             let at = (pos - f.pos) as usize;
             record::decode_record(&f.buf[at..at + len as usize])
         } else {
             let mut buf = vec![0u8; len as usize];
-            seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.log_path, e))?;
+            seg.file
+                .read_exact_at(&mut buf, pos)
+                .map_err(|e| Error::io(&seg.log_path, e))?;
             record::decode_record(&buf)
         };
         match decoded {
@@ -742,7 +829,8 @@ impl Inner {
 
 impl Shared {
     fn is_durable(&self, next_index: u64) -> bool {
-        self.durable_index.load(Ordering::Acquire) >= next_index || self.failed.load(Ordering::Acquire)
+        self.durable_index.load(Ordering::Acquire) >= next_index
+            || self.failed.load(Ordering::Acquire)
     }
 
     /// Updates the durable watermark and wakes the waiters it satisfies
@@ -807,7 +895,11 @@ impl Shared {
                             r.idle = false;
                             break true;
                         }
-                        r = self.wake.wait_timeout(r, period - elapsed).unwrap_or_else(|p| p.into_inner()).0;
+                        r = self
+                            .wake
+                            .wait_timeout(r, period - elapsed)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
                     }
                     None => r = self.wake.wait(r).unwrap_or_else(|p| p.into_inner()),
                 }
@@ -822,7 +914,10 @@ impl Shared {
             // durable watch; nothing else to do here.
             let before = self.durable_index.load(Ordering::Acquire);
             let _ = self.flush(fsync);
-            let batch = self.durable_index.load(Ordering::Acquire).saturating_sub(before);
+            let batch = self
+                .durable_index
+                .load(Ordering::Acquire)
+                .saturating_sub(before);
             if fsync && batch >= LINGER_MIN_BATCH && !self.config.group_commit_linger.is_zero() {
                 // Under load, the appenders this fsync released need a few
                 // microseconds to append again. Syncing at once would leave
@@ -851,12 +946,21 @@ impl Shared {
             } else {
                 let spare = std::mem::take(&mut inner.spare);
                 let buf = std::mem::replace(&mut inner.pending, spare);
-                let f = Arc::new(Inflight { base_index: inner.active.base_index, pos: inner.pending_pos, buf });
+                let f = Arc::new(Inflight {
+                    base_index: inner.active.base_index,
+                    pos: inner.pending_pos,
+                    buf,
+                });
                 inner.pending_pos += f.buf.len() as u64;
                 inner.inflight = Some(f.clone());
                 Some(f)
             };
-            (inner.active.file.clone(), inner.active.log_path.clone(), inflight, target)
+            (
+                inner.active.file.clone(),
+                inner.active.log_path.clone(),
+                inflight,
+                target,
+            )
         };
         let mut result = Ok(());
         if let Some(f) = inflight {
@@ -874,7 +978,8 @@ impl Shared {
         }
         if fsync && result.is_ok() {
             result = file.sync_data();
-            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fsyncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Err(e) = result {
             // After a failed write or fsync the page cache state is unknown
@@ -907,16 +1012,28 @@ impl Shared {
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let active = &mut inner.active;
         if !inner.pending.is_empty() {
-            active.file.write_all_at(&inner.pending, inner.pending_pos).map_err(|e| Error::io(&active.log_path, e))?;
+            active
+                .file
+                .write_all_at(&inner.pending, inner.pending_pos)
+                .map_err(|e| Error::io(&active.log_path, e))?;
             inner.pending.clear();
         }
         // Any buffer still in flight to this file is fsynced by its flusher
         // before the durable watermark covers it.
-        active.file.sync_data().map_err(|e| Error::io(&active.log_path, e))?;
-        self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        active
+            .file
+            .sync_data()
+            .map_err(|e| Error::io(&active.log_path, e))?;
+        self.fsyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         active.end_offset = inner.next_offset;
         active.seal()?;
-        let fresh = Segment::create(&self.dir, inner.next_index, inner.next_offset, self.config.index_max_entries)?;
+        let fresh = Segment::create(
+            &self.dir,
+            inner.next_index,
+            inner.next_offset,
+            self.config.index_max_entries,
+        )?;
         inner.pending_pos = fresh.size;
         let old = std::mem::replace(&mut inner.active, fresh);
         inner.sealed.push(old);
@@ -929,12 +1046,18 @@ impl Shared {
         }
         let first = inner.first_index();
         if index < first {
-            return Err(Error::IndexOutOfRange { index, first, next: inner.next_index });
+            return Err(Error::IndexOutOfRange {
+                index,
+                first,
+                next: inner.next_index,
+            });
         }
         // Put every byte in the file first, so truncation is file-level only.
         if !inner.pending.is_empty() {
             let a = &inner.active;
-            a.file.write_all_at(&inner.pending, inner.pending_pos).map_err(|e| Error::io(&a.log_path, e))?;
+            a.file
+                .write_all_at(&inner.pending, inner.pending_pos)
+                .map_err(|e| Error::io(&a.log_path, e))?;
             inner.pending.clear();
         }
         let new_offset = {
@@ -1003,7 +1126,8 @@ impl Iterator for Iter<'_> {
             let batch = if self.by_offset {
                 self.log.read_data(self.next, u64::MAX, 256, 1 << 20)
             } else {
-                self.log.read_range(self.next, self.next.saturating_add(256), 1 << 20)
+                self.log
+                    .read_range(self.next, self.next.saturating_add(256), 1 << 20)
             };
             match batch {
                 Ok(b) => self.buf.extend(b),
@@ -1012,7 +1136,11 @@ impl Iterator for Iter<'_> {
             }
         }
         let r = self.buf.pop_front()?;
-        self.next = if self.by_offset { r.offset + 1 } else { r.index + 1 };
+        self.next = if self.by_offset {
+            r.offset + 1
+        } else {
+            r.index + 1
+        };
         Some(Ok(r))
     }
 }

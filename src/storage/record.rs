@@ -75,7 +75,12 @@ pub struct Entry<'a> {
 impl<'a> Entry<'a> {
     /// A data record at the next index, term 0.
     pub fn data(payload: &'a [u8]) -> Self {
-        Entry { index: None, term: 0, kind: Kind::Data, payload }
+        Entry {
+            index: None,
+            term: 0,
+            kind: Kind::Data,
+            payload,
+        }
     }
 }
 
@@ -131,7 +136,14 @@ pub fn decode_header(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
     if b[33..36] != [0, 0, 0] {
         return Err(HeaderError::ReservedNotZero);
     }
-    Ok(Header { crc: u32_at(0), len: u32_at(4), index: u64_at(8), offset: u64_at(16), term: u64_at(24), kind })
+    Ok(Header {
+        crc: u32_at(0),
+        len: u32_at(4),
+        index: u64_at(8),
+        offset: u64_at(16),
+        term: u64_at(24),
+        kind,
+    })
 }
 
 /// True when the header's checksum matches its fields and the payload.
@@ -167,7 +179,10 @@ mod tests {
         encode(&mut buf, 7, 3, 2, Kind::Control, b"hello");
         assert_eq!(buf.len(), HEADER_LEN + 5);
         let r = decode_record(&buf).expect("valid record");
-        assert_eq!((r.index, r.offset, r.term, r.kind), (7, 3, 2, Kind::Control));
+        assert_eq!(
+            (r.index, r.offset, r.term, r.kind),
+            (7, 3, 2, Kind::Control)
+        );
         assert_eq!(&r.payload[..], b"hello");
     }
 
@@ -178,7 +193,10 @@ mod tests {
         for bit in 0..buf.len() * 8 {
             let mut copy = buf.clone();
             copy[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_record(&copy).is_none(), "flip of bit {bit} went unnoticed");
+            assert!(
+                decode_record(&copy).is_none(),
+                "flip of bit {bit} went unnoticed"
+            );
         }
     }
 }

@@ -22,7 +22,13 @@ impl Retention {
     }
 
     /// How many of the oldest `sealed` segments to remove.
-    pub(crate) fn segments_to_remove(&self, sealed: &[Segment], active_bytes: u64, keep_from: u64, now: SystemTime) -> usize {
+    pub(crate) fn segments_to_remove(
+        &self,
+        sealed: &[Segment],
+        active_bytes: u64,
+        keep_from: u64,
+        now: SystemTime,
+    ) -> usize {
         let mut total: u64 = sealed.iter().map(Segment::disk_bytes).sum::<u64>() + active_bytes;
         let mut n = 0;
         for seg in sealed {

@@ -89,9 +89,14 @@ fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE_HEADER_LEN
 /// Reads and checks the file header; returns the base offset.
 fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
-    file.read_exact_at(&mut h, 0).map_err(|e| Error::io(path, e))?;
+    file.read_exact_at(&mut h, 0)
+        .map_err(|e| Error::io(path, e))?;
     let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
-    let corrupt = |reason: &str| Error::Corrupt { path: path.to_owned(), position: 0, reason: reason.to_owned() };
+    let corrupt = |reason: &str| Error::Corrupt {
+        path: path.to_owned(),
+        position: 0,
+        reason: reason.to_owned(),
+    };
     if &h[0..8] != MAGIC {
         return Err(corrupt("bad magic: not a sidelog segment"));
     }
@@ -99,14 +104,21 @@ fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
         return Err(corrupt("file header checksum mismatch"));
     }
     if u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")) != base_index {
-        return Err(corrupt("file header base index does not match the file name"));
+        return Err(corrupt(
+            "file header base index does not match the file name",
+        ));
     }
     Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
 }
 
 impl Segment {
     /// Creates a new, empty active segment and makes its header durable.
-    pub fn create(dir: &Path, base_index: u64, base_offset: u64, capacity: usize) -> Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        base_index: u64,
+        base_offset: u64,
+        capacity: usize,
+    ) -> Result<Segment> {
         let log_path = dir.join(file_name(base_index, "log"));
         let idx_path = dir.join(file_name(base_index, "idx"));
         let file = OpenOptions::new()
@@ -154,7 +166,11 @@ impl Segment {
             sealed: true,
             end_offset: base_offset,
         };
-        let corrupt = |position: u64, reason: String| Error::Corrupt { path: seg.log_path.clone(), position, reason };
+        let corrupt = |position: u64, reason: String| Error::Corrupt {
+            path: seg.log_path.clone(),
+            position,
+            reason,
+        };
         let n = seg.index.len();
         if n == 0 {
             return Err(Error::Corrupt {
@@ -164,20 +180,40 @@ impl Segment {
             });
         }
         if seg.index.entry(0) != (FILE_HEADER_LEN, base_offset) {
-            return Err(corrupt(FILE_HEADER_LEN, "first index entry does not match the file header".into()));
+            return Err(corrupt(
+                FILE_HEADER_LEN,
+                "first index entry does not match the file header".into(),
+            ));
         }
         let (pos, len) = seg.span(n - 1);
         if len < HEADER_LEN as u64 {
-            return Err(corrupt(pos, format!("last record is truncated ({len} bytes)")));
+            return Err(corrupt(
+                pos,
+                format!("last record is truncated ({len} bytes)"),
+            ));
         }
-        let bytes = seg.read_file(pos, len).map_err(|e| Error::io(&seg.log_path, e))?;
+        let bytes = seg
+            .read_file(pos, len)
+            .map_err(|e| Error::io(&seg.log_path, e))?;
         match record::decode_record(&bytes) {
-            Some(r) if r.index == base_index + n as u64 - 1 && r.offset == seg.index.entry(n - 1).1 => {
+            Some(r)
+                if r.index == base_index + n as u64 - 1 && r.offset == seg.index.entry(n - 1).1 =>
+            {
                 seg.end_offset = r.offset + u64::from(r.kind == Kind::Data);
                 Ok(seg)
             }
-            Some(r) => Err(corrupt(pos, format!("last record has index {} where the index expects {}", r.index, base_index + n as u64 - 1))),
-            None => Err(corrupt(pos, "last record fails its checksum or is truncated".into())),
+            Some(r) => Err(corrupt(
+                pos,
+                format!(
+                    "last record has index {} where the index expects {}",
+                    r.index,
+                    base_index + n as u64 - 1
+                ),
+            )),
+            None => Err(corrupt(
+                pos,
+                "last record fails its checksum or is truncated".into(),
+            )),
         }
     }
 
@@ -188,10 +224,19 @@ impl Segment {
     ///
     /// `fallback_offset` is used only when the file header itself is torn
     /// (a crash while the segment was being created, before any record).
-    pub fn recover_active(dir: &Path, base_index: u64, capacity: usize, fallback_offset: u64) -> Result<(Segment, Recovery)> {
+    pub fn recover_active(
+        dir: &Path,
+        base_index: u64,
+        capacity: usize,
+        fallback_offset: u64,
+    ) -> Result<(Segment, Recovery)> {
         let log_path = dir.join(file_name(base_index, "log"));
         let idx_path = dir.join(file_name(base_index, "idx"));
-        let file = OpenOptions::new().read(true).write(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(&log_path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(&log_path, e))?.len();
         let base_offset = match read_file_header(&file, &log_path, base_index) {
             Ok(o) => o,
@@ -201,12 +246,18 @@ impl Segment {
                 tracing::warn!(path = %log_path.display(), cause = %e, "recreating a segment whose creation was interrupted");
                 drop(file);
                 let seg = Segment::create(dir, base_index, fallback_offset, capacity)?;
-                let rec = Recovery { path: log_path, truncated_bytes: file_len, reason: Some(e.to_string()), ..Default::default() };
+                let rec = Recovery {
+                    path: log_path,
+                    truncated_bytes: file_len,
+                    reason: Some(e.to_string()),
+                    ..Default::default()
+                };
                 return Ok((seg, rec));
             }
             Err(e) => return Err(e),
         };
-        let mut index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
+        let mut index =
+            Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
 
         // 1. The longest prefix of index entries that is plausible: positions
         //    strictly increase inside the file, offsets grow by 0 or 1.
@@ -250,7 +301,10 @@ impl Segment {
         let mut expect_index = base_index + n as u64;
 
         // 3. Scan the log past the verified prefix.
-        let mut rec = Recovery { path: log_path.clone(), ..Default::default() };
+        let mut rec = Recovery {
+            path: log_path.clone(),
+            ..Default::default()
+        };
         let mut reader = BufReader::with_capacity(1 << 20, FileReadAt { file: &file, pos });
         let mut hb = [0u8; HEADER_LEN];
         let mut payload = Vec::new();
@@ -261,7 +315,9 @@ impl Segment {
             if file_len - pos < HEADER_LEN as u64 {
                 break Some(format!("torn record header at position {pos}"));
             }
-            reader.read_exact(&mut hb).map_err(|e| Error::io(&log_path, e))?;
+            reader
+                .read_exact(&mut hb)
+                .map_err(|e| Error::io(&log_path, e))?;
             let h = match record::decode_header(&hb) {
                 Ok(h) => h,
                 Err(e) => break Some(format!("invalid record header at position {pos}: {e:?}")),
@@ -273,16 +329,24 @@ impl Segment {
                 ));
             }
             if h.record_len() > file_len - pos {
-                break Some(format!("torn record at position {pos}: {} bytes promised, {} present", h.record_len(), file_len - pos));
+                break Some(format!(
+                    "torn record at position {pos}: {} bytes promised, {} present",
+                    h.record_len(),
+                    file_len - pos
+                ));
             }
             payload.resize(h.len as usize, 0);
-            reader.read_exact(&mut payload).map_err(|e| Error::io(&log_path, e))?;
+            reader
+                .read_exact(&mut payload)
+                .map_err(|e| Error::io(&log_path, e))?;
             if !record::verify(&hb, &payload) {
                 break Some(format!("checksum mismatch in record at position {pos}"));
             }
             if index.is_full() {
                 let cap = index.capacity() * 2;
-                index = index.grow(&idx_path, cap).map_err(|e| Error::io(&idx_path, e))?;
+                index = index
+                    .grow(&idx_path, cap)
+                    .map_err(|e| Error::io(&idx_path, e))?;
             }
             index.push(pos, h.offset);
             rec.rebuilt_entries += 1;
@@ -292,7 +356,9 @@ impl Segment {
         };
         drop(reader);
         if pos < file_len {
-            file.set_len(pos).and_then(|_| file.sync_all()).map_err(|e| Error::io(&log_path, e))?;
+            file.set_len(pos)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| Error::io(&log_path, e))?;
             rec.truncated_bytes = file_len - pos;
             rec.reason = cut_reason;
         }
@@ -322,7 +388,11 @@ impl Segment {
     /// (position, length) of entry `i`.
     pub fn span(&self, i: usize) -> (u64, u64) {
         let pos = self.index.entry(i).0;
-        let end = if i + 1 < self.index.len() { self.index.entry(i + 1).0 } else { self.size };
+        let end = if i + 1 < self.index.len() {
+            self.index.entry(i + 1).0
+        } else {
+            self.size
+        };
         (pos, end - pos)
     }
 
@@ -346,7 +416,9 @@ impl Segment {
     /// Seals the segment: the caller has already written and fsynced every
     /// record; this trims and fsyncs the index.
     pub fn seal(&mut self) -> Result<()> {
-        self.index.seal().map_err(|e| Error::io(&self.idx_path, e))?;
+        self.index
+            .seal()
+            .map_err(|e| Error::io(&self.idx_path, e))?;
         self.sealed = true;
         Ok(())
     }
@@ -355,8 +427,13 @@ impl Segment {
     /// truncation removed the segments after it).
     pub fn reopen_active(&mut self, capacity: usize) -> Result<()> {
         let len = self.index.len();
-        let file = OpenOptions::new().read(true).write(true).open(&self.log_path).map_err(|e| Error::io(&self.log_path, e))?;
-        let mut index = Index::open_active(&self.idx_path, capacity.max(len)).map_err(|e| Error::io(&self.idx_path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.log_path)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        let mut index = Index::open_active(&self.idx_path, capacity.max(len))
+            .map_err(|e| Error::io(&self.idx_path, e))?;
         index.set_len(len);
         self.index = index;
         self.file = Arc::new(file);
@@ -366,8 +443,15 @@ impl Segment {
 
     /// Drops entries from `i` on: the file and the index shrink.
     pub fn truncate_entries(&mut self, i: usize) -> Result<()> {
-        let new_size = if i < self.index.len() { self.index.entry(i).0 } else { self.size };
-        self.file.set_len(new_size).and_then(|_| self.file.sync_all()).map_err(|e| Error::io(&self.log_path, e))?;
+        let new_size = if i < self.index.len() {
+            self.index.entry(i).0
+        } else {
+            self.size
+        };
+        self.file
+            .set_len(new_size)
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| Error::io(&self.log_path, e))?;
         self.index.set_len(i);
         self.size = new_size;
         Ok(())
