@@ -79,16 +79,14 @@ fn dd_mb_per_s(dir: &Path) -> f64 {
 }
 
 fn main() {
-    let base = std::env::var_os("SIDELOG_BENCH_DIR")
-        .map_or_else(|| Path::new("target/bench-storage").to_owned(), Into::into);
+    let base =
+        std::env::var_os("SIDELOG_BENCH_DIR").map_or_else(|| Path::new("target/bench-storage").to_owned(), Into::into);
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let dir = base.join("log");
     if std::env::args().any(|a| a == "--small-only") {
         let (rps, _, fpr) = durable_appends(&dir, 256, 8000 / scale, 100);
-        println!(
-            "durable 100 B appends, 256 appenders: {rps:.0} records/s, fsyncs/record {fpr:.5}"
-        );
+        println!("durable 100 B appends, 256 appenders: {rps:.0} records/s, fsyncs/record {fpr:.5}");
         return;
     }
 
@@ -142,10 +140,6 @@ fn main() {
             );
         }
     }
-    println!(
-        "open of that log: median {:.2} ms over {} opens",
-        median(opens),
-        5
-    );
+    println!("open of that log: median {:.2} ms over {} opens", median(opens), 5);
     let _ = std::fs::remove_dir_all(&base);
 }

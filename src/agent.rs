@@ -8,7 +8,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -16,6 +18,7 @@ use crate::{
     api::{self, LogService, http::HttpState},
     config::{Config, FsyncPolicy},
     node::LogNode,
+    security::{AclError, Authorizer, ClientAuth, ReloadableTls, TlsError, tls},
     storage::{self, Log, LogConfig},
     telemetry,
 };
@@ -31,6 +34,10 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("invalid ACL: {0}")]
+    Acl(#[from] AclError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
     #[error("{what} server failed: {message}")]
@@ -77,20 +84,16 @@ impl Agent {
 
         let client_listener = bind("client API", config.client_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|source| AgentError::Bind {
-                what: "client API",
-                addr: config.client_addr,
-                source,
-            })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| AgentError::Bind {
-                what: "HTTP",
-                addr: config.http_addr,
-                source,
-            })?;
+        let client_addr = client_listener.local_addr().map_err(|source| AgentError::Bind {
+            what: "client API",
+            addr: config.client_addr,
+            source,
+        })?;
+        let http_addr = http_listener.local_addr().map_err(|source| AgentError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?;
         let advertise = config
             .advertise_client_addr
             .clone()
@@ -104,6 +107,24 @@ impl Agent {
             advertise,
         ));
         let shutdown = CancellationToken::new();
+
+        // Security first: a bad certificate or policy must stop the start.
+        let client_tls = match &config.tls {
+            Some(files) => Some(ReloadableTls::new(files.clone(), ClientAuth::Optional, vec![b"h2"])?),
+            None => None,
+        };
+        let http_tls = match &config.tls {
+            Some(files) => Some(ReloadableTls::new(
+                files.clone(),
+                ClientAuth::Optional,
+                vec![b"h2", b"http/1.1"],
+            )?),
+            None => None,
+        };
+        let auth = Arc::new(match &config.tls {
+            Some(files) => Authorizer::new(files.ca.is_some(), config.acl.clone())?,
+            None => Authorizer::open(),
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
@@ -121,41 +142,64 @@ impl Agent {
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
-            .add_service(LogService::new(node.clone(), shutdown.clone()).into_server());
+            .add_service(LogService::new(node.clone(), auth.clone(), shutdown.clone()).into_server());
 
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true));
         let grpc = {
             let token = shutdown.clone();
-            tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            let server = tonic::transport::Server::builder().add_routes(routes);
+            match &client_tls {
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true));
+                    tokio::spawn(async move {
+                        server
+                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                Some(tls) => {
+                    let conns = tls::accept_loop(client_listener, tls.clone(), token.clone());
+                    let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
+                    tokio::spawn(async move {
+                        server
+                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+            }
         };
 
         let http_state = {
             let n = node.clone();
             HttpState {
                 node: node.clone(),
+                auth: auth.clone(),
                 metrics: Arc::new(move || telemetry::render_metrics(&n)),
             }
         };
         let http = {
             use axum::serve::ListenerExt;
             let token = shutdown.clone();
-            let listener = http_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
             let app = api::http::router(http_state);
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            match &http_tls {
+                None => {
+                    let listener = http_listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(token.cancelled_owned())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                Some(tls) => {
+                    let conns = tls::accept_loop(http_listener, tls.clone(), token.clone());
+                    tokio::spawn(api::http::serve_tls(conns, app, token))
+                }
+            }
         };
 
         let mut background = Vec::new();
@@ -166,8 +210,7 @@ impl Agent {
                 loop {
                     let l = log.clone();
                     let r = retention.clone();
-                    match tokio::task::spawn_blocking(move || l.apply_retention(&r, u64::MAX)).await
-                    {
+                    match tokio::task::spawn_blocking(move || l.apply_retention(&r, u64::MAX)).await {
                         Ok(Err(e)) => tracing::error!(cause = %e, "retention failed"),
                         Err(e) => tracing::error!(cause = %e, "retention task panicked"),
                         Ok(Ok(_)) => {}
@@ -180,10 +223,18 @@ impl Agent {
             }));
         }
 
+        if client_tls.is_some() || config.acl.is_some() {
+            let reloadable: Vec<Arc<ReloadableTls>> = client_tls.iter().chain(http_tls.iter()).cloned().collect();
+            background.push(tokio::spawn(reload_loop(
+                reloadable,
+                auth.clone(),
+                config.tls_reload_interval,
+                shutdown.clone(),
+            )));
+        }
+
         health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_serving::<api::pb::log_server::LogServer<LogService>>()
-            .await;
+        health.set_serving::<api::pb::log_server::LogServer<LogService>>().await;
         tracing::info!(
             client_addr = %client_addr,
             http_addr = %http_addr,
@@ -214,10 +265,7 @@ impl Agent {
     }
 
     /// Runs until `signal` resolves or a server fails, then shuts down.
-    pub async fn run_until(
-        mut self,
-        signal: impl std::future::Future<Output = ()>,
-    ) -> Result<(), AgentError> {
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
         let failed = {
             let watch = futures_util::future::select_all(self.servers.iter_mut().map(|(_, h)| h));
             tokio::select! {
@@ -241,9 +289,7 @@ impl Agent {
     /// Graceful shutdown: NOT_SERVING, stop accepting, finish in-flight
     /// requests (bounded by the grace period), fsync, close.
     pub async fn shutdown(self) -> Result<(), AgentError> {
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        self.health.set_service_status("", ServingStatus::NotServing).await;
         self.health
             .set_not_serving::<api::pb::log_server::LogServer<LogService>>()
             .await;
@@ -275,5 +321,29 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+/// Picks up rotated certificates and policies: checks the files every
+/// `period` and at once on SIGHUP. A bad new file keeps the old config.
+async fn reload_loop(
+    tls: Vec<Arc<ReloadableTls>>,
+    auth: Arc<Authorizer>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: checking certificates and policy");
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        for t in &tls {
+            t.reload_if_changed();
+        }
+        auth.reload_if_changed();
     }
 }

@@ -12,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Retention;
+use crate::{security::TlsFiles, storage::Retention};
 
 /// Errors in configuration; each names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,34 @@ pub struct AgentArgs {
     #[arg(long, env = "SIDELOG_INSECURE", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
+    /// Server certificate (PEM) for the client and HTTP ports; enables TLS.
+    #[arg(long, env = "SIDELOG_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SIDELOG_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates: enables mutual TLS; the
+    /// certificate's Common Name is the subject the ACL judges.
+    #[arg(long, env = "SIDELOG_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Peer-port certificate [default: --tls-cert]. Peers always use mutual TLS.
+    #[arg(long, env = "SIDELOG_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Peer-port key [default: --tls-key].
+    #[arg(long, env = "SIDELOG_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// Peer-port CA [default: --tls-ca].
+    #[arg(long, env = "SIDELOG_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Casbin-format ACL model (needs --tls-ca: subjects come from client certificates).
+    #[arg(long, env = "SIDELOG_ACL_MODEL", value_name = "FILE")]
+    pub acl_model: Option<PathBuf>,
+    /// Casbin-format ACL policy, lines like `p, root, *, produce`.
+    #[arg(long, env = "SIDELOG_ACL_POLICY", value_name = "FILE")]
+    pub acl_policy: Option<PathBuf>,
+    /// How often certificate and policy files are checked for changes (SIGHUP checks at once) [default: 5s].
+    #[arg(long, env = "SIDELOG_TLS_RELOAD_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub tls_reload_interval: Option<Duration>,
     /// When a produce is acknowledged [default: always].
     #[arg(long, env = "SIDELOG_FSYNC", value_enum)]
     pub fsync: Option<FsyncPolicy>,
@@ -118,6 +146,15 @@ pub struct FileConfig {
     pub http_addr: Option<String>,
     pub advertise_client_addr: Option<String>,
     pub insecure: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub peer_tls_cert: Option<PathBuf>,
+    pub peer_tls_key: Option<PathBuf>,
+    pub peer_tls_ca: Option<PathBuf>,
+    pub acl_model: Option<PathBuf>,
+    pub acl_policy: Option<PathBuf>,
+    pub tls_reload_interval: Option<String>,
     pub fsync: Option<FsyncPolicy>,
     pub segment_max_bytes: Option<SizeValue>,
     pub retention_bytes: Option<SizeValue>,
@@ -145,6 +182,14 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub advertise_client_addr: Option<String>,
     pub insecure: bool,
+    /// TLS for the client and HTTP ports.
+    pub tls: Option<TlsFiles>,
+    /// Mutual TLS for the peer port.
+    pub peer_tls: Option<TlsFiles>,
+    /// ACL (model, policy).
+    pub acl: Option<(PathBuf, PathBuf)>,
+    #[serde(with = "humantime_secs")]
+    pub tls_reload_interval: Duration,
     pub fsync: FsyncPolicy,
     pub segment_max_bytes: u64,
     pub retention_bytes: Option<u64>,
@@ -166,6 +211,10 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".parse().expect("valid"),
             advertise_client_addr: None,
             insecure: false,
+            tls: None,
+            peer_tls: None,
+            acl: None,
+            tls_reload_interval: Duration::from_secs(5),
             fsync: FsyncPolicy::Always,
             segment_max_bytes: 64 << 20,
             retention_bytes: None,
@@ -195,11 +244,10 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let addr =
-            |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
-                v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}"))))
-                    .transpose()
-            };
+        let addr = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+            v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}"))))
+                .transpose()
+        };
         let size = |key: &'static str, v: Option<SizeValue>| -> Result<Option<u64>, ConfigError> {
             v.map(|v| match v {
                 SizeValue::Bytes(n) => Ok(n),
@@ -207,11 +255,66 @@ impl Config {
             })
             .transpose()
         };
-        let duration =
-            |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
-                v.map(|s| parse_duration(&s).map_err(|e| invalid(key, e)))
-                    .transpose()
-            };
+        let duration = |key: &'static str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.map(|s| parse_duration(&s).map_err(|e| invalid(key, e))).transpose()
+        };
+        let pair = |a: Option<PathBuf>, b: Option<PathBuf>, ka: &'static str, kb: &'static str| match (a, b) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(invalid(kb, format!("is required with --{ka}"))),
+            (None, Some(_)) => Err(invalid(ka, format!("is required with --{kb}"))),
+        };
+        let tls_ca = args.tls_ca.or(file.tls_ca);
+        let tls = match pair(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            "tls-cert",
+            "tls-key",
+        )? {
+            Some((cert, key)) => Some(TlsFiles { cert, key, ca: tls_ca }),
+            None if tls_ca.is_some() => return Err(invalid("tls-ca", "needs --tls-cert and --tls-key")),
+            None => None,
+        };
+        let (pc, pk, pca) = (
+            args.peer_tls_cert.or(file.peer_tls_cert),
+            args.peer_tls_key.or(file.peer_tls_key),
+            args.peer_tls_ca.or(file.peer_tls_ca),
+        );
+        let peer_explicit = pc.is_some() || pk.is_some() || pca.is_some();
+        let peer_tls = match (
+            pc.or_else(|| tls.as_ref().map(|t| t.cert.clone())),
+            pk.or_else(|| tls.as_ref().map(|t| t.key.clone())),
+        ) {
+            (Some(cert), Some(key)) => match pca.or_else(|| tls.as_ref().and_then(|t| t.ca.clone())) {
+                Some(ca) => Some(TlsFiles {
+                    cert,
+                    key,
+                    ca: Some(ca),
+                }),
+                None if peer_explicit => {
+                    return Err(invalid(
+                        "peer-tls-ca",
+                        "peers always use mutual TLS: give --peer-tls-ca or --tls-ca",
+                    ));
+                }
+                None => None,
+            },
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("peer-tls-key", "is required with --peer-tls-cert")),
+            (None, Some(_)) => return Err(invalid("peer-tls-cert", "is required with --peer-tls-key")),
+        };
+        let acl = pair(
+            args.acl_model.or(file.acl_model),
+            args.acl_policy.or(file.acl_policy),
+            "acl-model",
+            "acl-policy",
+        )?;
+        if acl.is_some() && tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
+            return Err(invalid(
+                "acl-model",
+                "ACL decisions need client certificates: give --tls-cert, --tls-key and --tls-ca",
+            ));
+        }
         let config = Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             node_id: args.node_id.or(file.node_id).unwrap_or(d.node_id),
@@ -225,17 +328,20 @@ impl Config {
                 .unwrap_or(d.http_addr),
             advertise_client_addr: args.advertise_client_addr.or(file.advertise_client_addr),
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
+            tls,
+            peer_tls,
+            acl,
+            tls_reload_interval: args
+                .tls_reload_interval
+                .or(duration("tls-reload-interval", file.tls_reload_interval)?)
+                .unwrap_or(d.tls_reload_interval),
             fsync: args.fsync.or(file.fsync).unwrap_or(d.fsync),
             segment_max_bytes: args
                 .segment_max_bytes
                 .or(size("segment-max-bytes", file.segment_max_bytes)?)
                 .unwrap_or(d.segment_max_bytes),
-            retention_bytes: args
-                .retention_bytes
-                .or(size("retention-bytes", file.retention_bytes)?),
-            retention_age: args
-                .retention_age
-                .or(duration("retention-age", file.retention_age)?),
+            retention_bytes: args.retention_bytes.or(size("retention-bytes", file.retention_bytes)?),
+            retention_age: args.retention_age.or(duration("retention-age", file.retention_age)?),
             max_record_bytes: args
                 .max_record_bytes
                 .or(size("max-record-bytes", file.max_record_bytes)?)
@@ -263,10 +369,7 @@ impl Config {
             ));
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
-            return Err(invalid(
-                "max-record-bytes",
-                "must be between 1 byte and 4GiB",
-            ));
+            return Err(invalid("max-record-bytes", "must be between 1 byte and 4GiB"));
         }
         if self.max_record_bytes > 256 << 20 {
             return Err(invalid(
@@ -280,11 +383,8 @@ impl Config {
                 format!("{} is also the client address", self.http_addr),
             ));
         }
-        if !self.insecure {
-            for (key, addr) in [
-                ("client-addr", self.client_addr),
-                ("http-addr", self.http_addr),
-            ] {
+        if !self.insecure && self.tls.is_none() {
+            for (key, addr) in [("client-addr", self.client_addr), ("http-addr", self.http_addr)] {
                 if !addr.ip().is_loopback() {
                     return Err(invalid(
                         key,
@@ -348,21 +448,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses "30s", "12h", "7d", "1h 30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
 }
 
 mod humantime_opt {
-    pub fn serialize<S: serde::Serializer>(
-        v: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(v: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
@@ -371,10 +466,7 @@ mod humantime_opt {
 }
 
 mod humantime_secs {
-    pub fn serialize<S: serde::Serializer>(
-        v: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(v: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
 }
@@ -432,6 +524,49 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("retention-age"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_must_come_in_usable_combinations() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let err = Config::resolve(AgentArgs {
+            tls_cert: p("c.pem"),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("tls-key"), "{err}");
+        let args = AgentArgs {
+            tls_cert: p("c.pem"),
+            tls_key: p("k.pem"),
+            acl_model: p("m"),
+            acl_policy: p("p"),
+            ..Default::default()
+        };
+        let err = Config::resolve(args).unwrap_err();
+        assert!(
+            err.to_string().contains("acl-model") && err.to_string().contains("--tls-ca"),
+            "{err}"
+        );
+        let args = AgentArgs {
+            tls_cert: p("c.pem"),
+            tls_key: p("k.pem"),
+            peer_tls_cert: p("pc.pem"),
+            peer_tls_key: p("pk.pem"),
+            ..Default::default()
+        };
+        let err = Config::resolve(args).unwrap_err();
+        assert!(err.to_string().contains("peer-tls-ca"), "{err}");
+        // With TLS, a public address is fine; peer TLS defaults to the client files.
+        let args = AgentArgs {
+            tls_cert: p("c.pem"),
+            tls_key: p("k.pem"),
+            tls_ca: p("ca.pem"),
+            client_addr: Some("0.0.0.0:8400".parse().unwrap()),
+            http_addr: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.peer_tls, c.tls);
     }
 
     #[test]

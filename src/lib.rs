@@ -23,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod node;
+pub mod security;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -12,10 +12,7 @@ use sidelog::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with 2
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sidelog: cannot start the runtime: {e}");
@@ -42,6 +39,7 @@ fn main() -> ExitCode {
         Command::Produce(a) => runtime.block_on(cli::produce(a)),
         Command::Consume(a) => runtime.block_on(cli::consume(a)),
         Command::Perf(a) => runtime.block_on(cli::perf::run(a)),
+        Command::DevCerts(a) => cli::dev_certs(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -182,12 +182,7 @@ impl LogNode {
     /// `max_bytes` (at least one if any is committed). Empty when `offset`
     /// is the commit watermark; out of range below the first retained or
     /// beyond the watermark.
-    pub fn read_batch(
-        &self,
-        offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>> {
+    pub fn read_batch(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let committed = self.committed();
         if offset > committed || offset < self.log.first_offset() {
             return Err(self.out_of_range(offset));

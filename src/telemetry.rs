@@ -16,12 +16,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };
@@ -32,10 +27,7 @@ pub fn render_metrics(node: &LogNode) -> String {
     let stats = node.log().stats();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     gauge(
         "sidelog_log_first_offset",

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sidelog::api::pb;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::common::TestNode;
 
@@ -19,10 +17,7 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 async fn produce_then_consume_round_trips() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    assert_eq!(
-        c.produce(Bytes::from_static(b"hello world")).await.unwrap(),
-        0
-    );
+    assert_eq!(c.produce(Bytes::from_static(b"hello world")).await.unwrap(), 0);
     assert_eq!(c.produce(Bytes::from_static(b"second")).await.unwrap(), 1);
     let r = c.consume(0).await.unwrap();
     assert_eq!((&r.value[..], r.offset), (&b"hello world"[..], 0));
@@ -60,13 +55,7 @@ async fn stream_sends_records_with_their_offsets_then_follows_the_tail() {
     }
     // Nothing more yet; a record produced now must arrive on the open stream.
     let mut producer = node.client().await;
-    assert_eq!(
-        producer
-            .produce(Bytes::from_static(b"later"))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(producer.produce(Bytes::from_static(b"later")).await.unwrap(), 2);
     let r = tokio::time::timeout(PROMPTLY, stream.message())
         .await
         .unwrap()
@@ -94,10 +83,7 @@ async fn oversize_record_is_rejected_and_nothing_is_written() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("1025"), "{}", err.message());
     let err = c
-        .produce_batch(vec![
-            Bytes::from_static(b"ok"),
-            Bytes::from(vec![0u8; 2000]),
-        ])
+        .produce_batch(vec![Bytes::from_static(b"ok"), Bytes::from(vec![0u8; 2000])])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -158,17 +144,9 @@ async fn restart_keeps_every_record() {
     node.restart().await;
     let mut c = node.client().await;
     for i in 0..50u64 {
-        assert_eq!(
-            c.consume(i).await.unwrap().value,
-            Bytes::from(format!("record {i}"))
-        );
+        assert_eq!(c.consume(i).await.unwrap().value, Bytes::from(format!("record {i}")));
     }
-    assert_eq!(
-        c.produce(Bytes::from_static(b"after restart"))
-            .await
-            .unwrap(),
-        50
-    );
+    assert_eq!(c.produce(Bytes::from_static(b"after restart")).await.unwrap(), 50);
 }
 
 #[tokio::test]
@@ -209,9 +187,7 @@ async fn shutdown_ends_open_streams_and_keeps_acknowledged_records() {
         .expect("shutdown within the bound")
         .unwrap();
     // The tail-following stream ended (with UNAVAILABLE) instead of holding shutdown up.
-    let end = tokio::time::timeout(PROMPTLY, stream.message())
-        .await
-        .unwrap();
+    let end = tokio::time::timeout(PROMPTLY, stream.message()).await.unwrap();
     assert!(
         matches!(&end, Err(s) if s.code() == Code::Unavailable) || matches!(end, Ok(None)),
         "{end:?}"
@@ -221,8 +197,5 @@ async fn shutdown_ends_open_streams_and_keeps_acknowledged_records() {
             .await
             .unwrap(),
     );
-    assert_eq!(
-        &node.client().await.consume(0).await.unwrap().value[..],
-        b"kept"
-    );
+    assert_eq!(&node.client().await.consume(0).await.unwrap().value[..], b"kept");
 }

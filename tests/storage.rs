@@ -48,10 +48,7 @@ fn assert_offsets_readable(log: &Log, n: u64) {
 fn append_and_read_three_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    for (i, v) in [b"hello".as_slice(), b"world", b"!"]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, v) in [b"hello".as_slice(), b"world", b"!"].into_iter().enumerate() {
         let a = log.append(&[Entry::data(v)]).unwrap();
         assert_eq!(a.first_offset, i as u64);
         assert_eq!(a.first_index, i as u64);
@@ -74,10 +71,7 @@ fn reading_past_the_end_is_out_of_range() {
         }) => {}
         other => panic!("expected out of range, got {other:?}"),
     }
-    assert!(matches!(
-        log.read(5),
-        Err(Error::IndexOutOfRange { index: 5, .. })
-    ));
+    assert!(matches!(log.read(5), Err(Error::IndexOutOfRange { index: 5, .. })));
 }
 
 #[test]
@@ -122,11 +116,7 @@ fn store_at_its_limit_rolls_to_a_new_segment() {
     assert!(logs.len() > 1, "expected several segments, got {logs:?}");
     for p in &logs {
         let len = std::fs::metadata(p).unwrap().len();
-        assert!(
-            len <= 1024,
-            "{} is {len} bytes, over the limit",
-            p.display()
-        );
+        assert!(len <= 1024, "{} is {len} bytes, over the limit", p.display());
     }
     assert_offsets_readable(&log, 40);
 }
@@ -220,10 +210,7 @@ fn control_entries_do_not_consume_data_offsets() {
     let data: Vec<_> = log.iter_from_offset(0).map(|r| r.unwrap().index).collect();
     assert_eq!(data, vec![2, 4]);
     let all: Vec<_> = log.iter_from_index(1).map(|r| r.unwrap().kind).collect();
-    assert_eq!(
-        all,
-        vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]
-    );
+    assert_eq!(all, vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]);
 }
 
 #[test]
@@ -241,10 +228,7 @@ fn non_sequential_index_is_rejected_and_nothing_written() {
     ];
     assert!(matches!(
         log.append(&batch),
-        Err(Error::NonSequential {
-            expected: 1,
-            got: 7
-        })
+        Err(Error::NonSequential { expected: 1, got: 7 })
     ));
     assert_eq!(log.next_index(), 0);
 }
@@ -283,11 +267,7 @@ fn retention_by_bytes_keeps_the_newest_segments() {
     };
     let removed = log.apply_retention(&policy, u64::MAX).unwrap();
     assert!(removed > 0);
-    assert!(
-        log.disk_bytes() <= 3000,
-        "{} > 3000 (was {total})",
-        log.disk_bytes()
-    );
+    assert!(log.disk_bytes() <= 3000, "{} > 3000 (was {total})", log.disk_bytes());
     assert_eq!(log.read_offset(199).unwrap().offset, 199);
     // Retention by age: everything sealed is older than zero seconds.
     let policy = Retention {
@@ -329,9 +309,7 @@ async fn concurrent_appenders_share_fsyncs() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
-                let a = log
-                    .append(&[Entry::data(format!("{t}-{i}").as_bytes())])
-                    .unwrap();
+                let a = log.append(&[Entry::data(format!("{t}-{i}").as_bytes())]).unwrap();
                 let d = log.wait_durable(a.next_index).await.unwrap();
                 assert!(d >= a.next_index);
             }
@@ -399,9 +377,7 @@ fn crash_garbage_appended_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let (log_path, _) = synced_log(dir.path());
     let mut f = OpenOptions::new().append(true).open(&log_path).unwrap();
-    let garbage: Vec<u8> = (0..1000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     f.write_all(&garbage).unwrap();
     reopen_expect_prefix(dir.path(), N);
 }
@@ -411,11 +387,7 @@ fn crash_flipped_bit_in_last_record_drops_only_it() {
     let dir = tempfile::tempdir().unwrap();
     let (log_path, _) = synced_log(dir.path());
     let len = std::fs::metadata(&log_path).unwrap().len();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&log_path)
-        .unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&log_path).unwrap();
     let at = len - 3; // inside the last payload
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
@@ -468,11 +440,7 @@ fn corrupt_sealed_segment_is_a_clear_error_naming_the_file() {
     assert!(logs.len() > 2);
     let victim = &logs[0];
     let len = std::fs::metadata(victim).unwrap().len();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(victim)
-        .unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(victim).unwrap();
     f.write_all_at(b"X", len - 1).unwrap();
     match Log::open(dir.path(), small_config()) {
         Err(e @ Error::Corrupt { .. }) => {
@@ -482,10 +450,7 @@ fn corrupt_sealed_segment_is_a_clear_error_naming_the_file() {
                 "{msg}"
             );
         }
-        other => panic!(
-            "expected a corrupt-segment error, got {:?}",
-            other.map(|_| ())
-        ),
+        other => panic!("expected a corrupt-segment error, got {:?}", other.map(|_| ())),
     }
 }
 

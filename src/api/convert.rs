@@ -4,7 +4,24 @@
 use tonic::Status;
 
 use super::pb;
-use crate::{node::NodeError, storage::Record};
+use crate::{node::NodeError, security::AuthError, storage::Record};
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        match e {
+            AuthError::Unauthenticated => Status::unauthenticated(e.to_string()),
+            AuthError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
+        }
+    }
+}
+
+/// The HTTP status for an authorization failure.
+pub fn http_auth_status(e: &AuthError) -> http::StatusCode {
+    match e {
+        AuthError::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+        AuthError::PermissionDenied { .. } => http::StatusCode::FORBIDDEN,
+    }
+}
 
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
@@ -16,12 +33,8 @@ impl From<NodeError> for Status {
                 md.insert(NEXT_OFFSET_KEY, (*next).into());
                 status
             }
-            NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => {
-                Status::invalid_argument(e.to_string())
-            }
-            NodeError::Storage(crate::storage::Error::Failed(_)) => {
-                Status::unavailable(e.to_string())
-            }
+            NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+            NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
             NodeError::Storage(_) => {
                 tracing::error!(cause = %e, "storage error");
                 Status::internal(e.to_string())
@@ -37,13 +50,7 @@ pub const NEXT_OFFSET_KEY: &str = "x-sidelog-next-offset";
 
 /// The next offset carried by an OUT_OF_RANGE status, if any.
 pub fn next_offset_of(status: &Status) -> Option<u64> {
-    status
-        .metadata()
-        .get(NEXT_OFFSET_KEY)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    status.metadata().get(NEXT_OFFSET_KEY)?.to_str().ok()?.parse().ok()
 }
 
 /// The HTTP status for a node error.

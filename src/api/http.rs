@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{Path, State},
     http::{StatusCode, header},
@@ -26,12 +26,16 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::{Deserialize, Serialize};
 
-use super::convert::http_status;
-use crate::node::LogNode;
+use super::convert::{http_auth_status, http_status};
+use crate::{
+    node::LogNode,
+    security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo, tls::TlsConn},
+};
 
 #[derive(Clone)]
 pub struct HttpState {
     pub node: Arc<LogNode>,
+    pub auth: Arc<Authorizer>,
     /// Renders the Prometheus exposition.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
@@ -49,11 +53,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.to_string() })),
-    )
-        .into_response()
+    (status, axum::Json(serde_json::json!({ "error": message.to_string() }))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -101,7 +101,18 @@ struct RecordOut {
     offset: u64,
 }
 
-async fn produce(State(s): State<HttpState>, body: Bytes) -> Response {
+type Peer = Option<Extension<PeerInfo>>;
+
+fn authorize(s: &HttpState, peer: &Peer, action: &'static str) -> Result<(), Response> {
+    s.auth
+        .check(peer.as_ref().map(|p| &p.0), action)
+        .map_err(|e| error(http_auth_status(&e), e))
+}
+
+async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Response {
+    if let Err(r) = authorize(&s, &peer, ACT_PRODUCE) {
+        return r;
+    }
     let parsed: ProduceBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
@@ -112,10 +123,7 @@ async fn produce(State(s): State<HttpState>, body: Bytes) -> Response {
     let value = match B64.decode(record.value.as_bytes()) {
         Ok(v) => Bytes::from(v),
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("record.value is not base64: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("record.value is not base64: {e}"));
         }
     };
     match s.node.produce(&[value]).await {
@@ -137,12 +145,12 @@ fn consume_at(s: &HttpState, offset: u64) -> Response {
     }
 }
 
-async fn consume_body(State(s): State<HttpState>, body: Bytes) -> Response {
+async fn consume_body(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Response {
+    if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
+        return r;
+    }
     if body.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected a JSON body such as {\"offset\":0}",
-        );
+        return error(StatusCode::BAD_REQUEST, "expected a JSON body such as {\"offset\":0}");
     }
     match serde_json::from_slice::<ConsumeBody>(&body) {
         Ok(b) => consume_at(&s, b.offset),
@@ -150,7 +158,10 @@ async fn consume_body(State(s): State<HttpState>, body: Bytes) -> Response {
     }
 }
 
-async fn consume_path(State(s): State<HttpState>, Path(offset): Path<String>) -> Response {
+async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path<String>) -> Response {
+    if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
+        return r;
+    }
     match offset.parse() {
         Ok(o) => consume_at(&s, o),
         Err(_) => error(
@@ -170,11 +181,44 @@ async fn ready(State(s): State<HttpState>) -> Response {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         (s.metrics)(),
     )
         .into_response()
+}
+
+/// Serves HTTP (1.1 and 2) over TLS connections from the accept loop until
+/// `shutdown`, then lets open connections finish gracefully (the caller
+/// bounds how long).
+pub async fn serve_tls(
+    mut conns: tokio::sync::mpsc::Receiver<TlsConn>,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::{conn::auto::Builder, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    let graceful = GracefulShutdown::new();
+    let builder = Builder::new(TokioExecutor::new());
+    loop {
+        let conn = tokio::select! {
+            c = conns.recv() => match c { Some(c) => c, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let svc = TowerToHyperService::new(app.clone().layer(Extension(conn.info().clone())));
+        let served = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(cause = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

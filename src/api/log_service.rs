@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, log_server::Log as LogApi};
-use crate::node::LogNode;
+use crate::{
+    node::LogNode,
+    security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
+};
 
 /// Responses a ConsumeStream may have queued for a slow client. Together
 /// with the batch size below this bounds the memory one stream can hold.
@@ -22,12 +25,22 @@ const PRODUCE_STREAM_WINDOW: usize = 1024;
 #[derive(Clone)]
 pub struct LogService {
     node: Arc<LogNode>,
+    auth: Arc<Authorizer>,
     shutdown: CancellationToken,
 }
 
 impl LogService {
-    pub fn new(node: Arc<LogNode>, shutdown: CancellationToken) -> Self {
-        LogService { node, shutdown }
+    pub fn new(node: Arc<LogNode>, auth: Arc<Authorizer>, shutdown: CancellationToken) -> Self {
+        LogService { node, auth, shutdown }
+    }
+
+    /// Checks the caller (the client certificate's subject, with TLS) may do `action`.
+    fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> Result<(), Status> {
+        let peer = request.extensions().get::<PeerInfo>();
+        if let Some(subject) = peer.and_then(|p| p.subject.as_deref()) {
+            tracing::Span::current().record("subject", subject);
+        }
+        self.auth.check(peer, action).map_err(Status::from)
     }
 
     pub fn into_server(self) -> pb::log_server::LogServer<Self> {
@@ -53,28 +66,22 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl LogApi for LogService {
-    #[tracing::instrument(skip_all, fields(offset))]
-    async fn produce(
-        &self,
-        request: Request<pb::ProduceRequest>,
-    ) -> Result<Response<pb::ProduceResponse>, Status> {
+    #[tracing::instrument(skip_all, fields(subject, offset))]
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        self.authorize(&request, ACT_PRODUCE)?;
         let value = value_of(request.into_inner())?;
         let offset = self.node.produce(std::slice::from_ref(&value)).await?;
         tracing::Span::current().record("offset", offset);
         Ok(Response::new(pb::ProduceResponse { offset }))
     }
 
-    #[tracing::instrument(skip_all, fields(records, offset))]
+    #[tracing::instrument(skip_all, fields(subject, records, offset))]
     async fn produce_batch(
         &self,
         request: Request<pb::ProduceBatchRequest>,
     ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
-        let values: Vec<bytes::Bytes> = request
-            .into_inner()
-            .records
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
+        self.authorize(&request, ACT_PRODUCE)?;
+        let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
         tracing::Span::current().record("records", values.len());
         let first = self.node.produce(&values).await?;
         tracing::Span::current().record("offset", first);
@@ -83,11 +90,9 @@ impl LogApi for LogService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(offset = request.get_ref().offset))]
-    async fn consume(
-        &self,
-        request: Request<pb::ConsumeRequest>,
-    ) -> Result<Response<pb::ConsumeResponse>, Status> {
+    #[tracing::instrument(skip_all, fields(subject, offset = request.get_ref().offset))]
+    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+        self.authorize(&request, ACT_CONSUME)?;
         let record = self.node.read(request.into_inner().offset)?;
         Ok(Response::new(pb::ConsumeResponse {
             record: Some(record.into()),
@@ -96,11 +101,12 @@ impl LogApi for LogService {
 
     type ConsumeStreamStream = BoxStream<pb::ConsumeResponse>;
 
-    #[tracing::instrument(skip_all, fields(offset = request.get_ref().offset))]
+    #[tracing::instrument(skip_all, fields(subject, offset = request.get_ref().offset))]
     async fn consume_stream(
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        self.authorize(&request, ACT_CONSUME)?;
         let mut next = request.into_inner().offset;
         // Fail fast, as a status on the call, for an offset that is out of range now.
         self.node.read_batch(next, 0, 0)?;
@@ -160,6 +166,7 @@ impl LogApi for LogService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        self.authorize(&request, ACT_PRODUCE)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let node = self.node.clone();
@@ -200,8 +207,13 @@ impl LogApi for LogService {
 
     async fn get_servers(
         &self,
-        _: Request<pb::GetServersRequest>,
+        request: Request<pb::GetServersRequest>,
     ) -> Result<Response<pb::GetServersResponse>, Status> {
+        // Membership is no secret to any authenticated client (the book's
+        // resolver needs it before it can produce or consume).
+        self.auth
+            .authenticate(request.extensions().get::<PeerInfo>())
+            .map_err(Status::from)?;
         let servers = self
             .node
             .servers()

@@ -7,7 +7,12 @@ use std::io::{BufRead, Write};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{client::Client, config::AgentArgs};
+use std::path::PathBuf;
+
+use crate::{
+    client::{Client, ClientTls},
+    config::AgentArgs,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,18 +39,58 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Load generator: produce or consume and report throughput and latency.
     Perf(perf::PerfArgs),
+    /// Write a development CA, server and client certificates, and an ACL model and policy.
+    DevCerts(DevCertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevCertsArgs {
+    /// Directory to write into (created if missing; existing files are overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Extra subject alternative names for the server certificate (DNS names or IPs).
+    #[arg(long = "san", value_name = "NAME")]
+    pub sans: Vec<String>,
+}
+
+pub fn dev_certs(args: DevCertsArgs) -> anyhow::Result<()> {
+    let files = crate::security::certs::write_dev_certs(&args.out, &args.sans)?;
+    for f in &files {
+        println!("{}", f.display());
+    }
+    let d = args.out.display();
+    eprintln!(
+        "\nAn agent with mutual TLS and the ACL:\n  sidelog agent --tls-cert {d}/server.pem --tls-key {d}/server-key.pem \\\n    --tls-ca {d}/ca.pem --acl-model {d}/model.conf --acl-policy {d}/policy.csv\nA client as root:\n  sidelog produce --value hi --tls-ca {d}/ca.pem --tls-cert {d}/root-client.pem --tls-key {d}/root-client-key.pem"
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// Agent client address.
-    #[arg(
-        long,
-        env = "SIDELOG_ADDR",
-        default_value = "127.0.0.1:8400",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "SIDELOG_ADDR", default_value = "127.0.0.1:8400", value_name = "ADDR")]
     pub addr: String,
+    /// CA (PEM) that signed the agent's certificate: connect over TLS.
+    #[arg(long, env = "SIDELOG_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "SIDELOG_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key (PEM) of --tls-cert.
+    #[arg(long, env = "SIDELOG_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let tls = (self.tls_ca.is_some() || self.tls_cert.is_some()).then(|| ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            domain: None,
+        });
+        Ok(Client::connect_with(&self.addr, tls.as_ref()).await?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -73,7 +118,7 @@ pub struct ConsumeArgs {
 const STDIN_BATCH: usize = 1000;
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&args.connect.addr).await?;
+    let mut client = args.connect.connect().await?;
     let mut out = std::io::stdout().lock();
     if let Some(v) = args.value {
         writeln!(out, "{}", client.produce(v).await?)?;
@@ -103,7 +148,7 @@ fn print_record(out: &mut impl Write, offset: u64, value: &[u8]) -> std::io::Res
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&args.connect.addr).await?;
+    let mut client = args.connect.connect().await?;
     let stdout = std::io::stdout();
     if args.follow {
         let mut stream = client.consume_stream(args.offset).await?;

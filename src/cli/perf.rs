@@ -140,7 +140,7 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
         p.inflight > 0 && p.records > 0 && p.batch > 0,
         "--records, --inflight and --batch must be positive"
     );
-    let client = Client::connect(&p.connect.addr).await?;
+    let client = p.connect.connect().await?;
     let value = Bytes::from(vec![b'x'; p.size]);
     let done = Arc::new(AtomicU64::new(0));
     let reporter = progress(done.clone(), p.records, "produced");
@@ -248,11 +248,7 @@ async fn produce_stream(
     done: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<u32>> {
     let (tx, rx) = mpsc::channel::<pb::ProduceRequest>(p.inflight);
-    let mut responses = client
-        .raw()
-        .produce_stream(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut responses = client.raw().produce_stream(ReceiverStream::new(rx)).await?.into_inner();
     let window = Arc::new(tokio::sync::Semaphore::new(p.inflight));
     let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(p.inflight)));
     let sender = {
@@ -265,13 +261,7 @@ async fn produce_stream(
                     value: value.clone(),
                     ..Default::default()
                 };
-                if tx
-                    .send(pb::ProduceRequest {
-                        record: Some(record),
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(pb::ProduceRequest { record: Some(record) }).await.is_err() {
                     return;
                 }
             }
@@ -298,7 +288,7 @@ async fn produce_stream(
 }
 
 async fn consume(c: ConsumePerf) -> anyhow::Result<()> {
-    let mut client = Client::connect(&c.connect.addr).await?;
+    let mut client = c.connect.connect().await?;
     let done = Arc::new(AtomicU64::new(0));
     let reporter = progress(done.clone(), c.records, "consumed");
     let start = Instant::now();
@@ -315,12 +305,6 @@ async fn consume(c: ConsumePerf) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     reporter.abort();
-    summary(
-        "consume (stream)",
-        n,
-        bytes / n.max(1) as usize,
-        elapsed,
-        None,
-    );
+    summary("consume (stream)", n, bytes / n.max(1) as usize, elapsed, None);
     Ok(())
 }

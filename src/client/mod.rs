@@ -1,12 +1,12 @@
 //! The Rust client the CLI and tests use: a thin, typed layer over the
-//! `log.v1` gRPC API with sensible connection settings.
+//! `log.v1` gRPC API with sensible connection settings, plaintext or TLS.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use bytes::Bytes;
 use tonic::{
     Status, Streaming,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::api::pb::{self, log_client::LogClient};
@@ -15,12 +15,35 @@ use crate::api::pb::{self, log_client::LogClient};
 pub enum ClientError {
     #[error("invalid address {addr:?}: {message}")]
     Address { addr: String, message: String },
+    #[error("cannot read {}: {source}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup for {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// TLS settings for a client: the CA that signed the server's certificate
+/// and, for mutual TLS, this client's certificate and key.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to verify in the server certificate [default: the address's host].
+    pub domain: Option<String>,
 }
 
 /// A connection to one sidelog agent. Cloning shares the connection.
@@ -30,17 +53,30 @@ pub struct Client {
 }
 
 /// `127.0.0.1:8400` or `http://127.0.0.1:8400` → a URI.
-fn uri_of(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+fn uri_of(addr: &str, tls: bool) -> String {
+    match (addr.contains("://"), tls) {
+        (true, _) => addr.to_owned(),
+        (false, false) => format!("http://{addr}"),
+        (false, true) => format!("https://{addr}"),
     }
 }
 
+fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::TlsFile {
+        path: path.clone(),
+        source,
+    })
+}
+
 impl Client {
+    /// Connects over plaintext.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(uri_of(addr))
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects, over TLS when `tls` is given.
+    pub async fn connect_with(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        let mut endpoint = Endpoint::from_shared(uri_of(addr, tls.is_some()))
             .map_err(|e| ClientError::Address {
                 addr: addr.to_owned(),
                 message: e.to_string(),
@@ -48,13 +84,26 @@ impl Client {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
+        if let Some(t) = tls {
+            let mut config = ClientTlsConfig::new();
+            if let Some(ca) = &t.ca {
+                config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(domain) = &t.domain {
+                config = config.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(config).map_err(|source| ClientError::Tls {
                 addr: addr.to_owned(),
                 source,
             })?;
+        }
+        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
         let inner = LogClient::new(channel)
             .max_decoding_message_size(512 << 20)
             .max_encoding_message_size(512 << 20);
@@ -72,12 +121,7 @@ impl Client {
             value: value.into(),
             ..Default::default()
         };
-        let resp = self
-            .inner
-            .produce(pb::ProduceRequest {
-                record: Some(record),
-            })
-            .await?;
+        let resp = self.inner.produce(pb::ProduceRequest { record: Some(record) }).await?;
         Ok(resp.into_inner().offset)
     }
 
@@ -90,10 +134,7 @@ impl Client {
                 ..Default::default()
             })
             .collect();
-        let resp = self
-            .inner
-            .produce_batch(pb::ProduceBatchRequest { records })
-            .await?;
+        let resp = self.inner.produce_batch(pb::ProduceBatchRequest { records }).await?;
         Ok(resp.into_inner().offsets)
     }
 
@@ -105,10 +146,7 @@ impl Client {
     }
 
     /// Every record from `offset`, then new ones as they are committed.
-    pub async fn consume_stream(
-        &mut self,
-        offset: u64,
-    ) -> Result<Streaming<pb::ConsumeResponse>, Status> {
+    pub async fn consume_stream(&mut self, offset: u64) -> Result<Streaming<pb::ConsumeResponse>, Status> {
         Ok(self
             .inner
             .consume_stream(pb::ConsumeRequest { offset })

@@ -79,11 +79,7 @@ impl Index {
         // Safety: as in `open_sealed`, only this process touches the file; the
         // file is at least `capacity * ENTRY_LEN` bytes long and is never
         // shrunk while mapped (sealing remaps first).
-        let map = unsafe {
-            MmapOptions::new()
-                .len(capacity * ENTRY_LEN)
-                .map_mut(&file)?
-        };
+        let map = unsafe { MmapOptions::new().len(capacity * ENTRY_LEN).map_mut(&file)? };
         Ok(Index {
             file,
             map: Map::Writable(map),
@@ -187,11 +183,7 @@ impl Index {
         self.capacity = self.len;
         if self.len > 0 {
             // Safety: see `open_sealed`.
-            self.map = Map::ReadOnly(unsafe {
-                MmapOptions::new()
-                    .len(self.len * ENTRY_LEN)
-                    .map(&self.file)?
-            });
+            self.map = Map::ReadOnly(unsafe { MmapOptions::new().len(self.len * ENTRY_LEN).map(&self.file)? });
         }
         Ok(())
     }

@@ -92,10 +92,7 @@ impl Error {
 
     /// True for the "asked past either end" errors.
     pub fn is_out_of_range(&self) -> bool {
-        matches!(
-            self,
-            Error::IndexOutOfRange { .. } | Error::OffsetOutOfRange { .. }
-        )
+        matches!(self, Error::IndexOutOfRange { .. } | Error::OffsetOutOfRange { .. })
     }
 }
 
@@ -272,10 +269,7 @@ impl Log {
             }
         }
         bases.sort_unstable();
-        for base in orphan_indexes
-            .into_iter()
-            .filter(|b| bases.binary_search(b).is_err())
-        {
+        for base in orphan_indexes.into_iter().filter(|b| bases.binary_search(b).is_err()) {
             // A retention delete removes the .log first; finish its job.
             let p = dir.join(segment::file_name(base, "idx"));
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
@@ -381,9 +375,7 @@ impl Log {
                 return Err(Error::NonSequential { expected, got });
             }
             if e.payload.len() > u32::MAX as usize {
-                return Err(Error::RecordTooLarge {
-                    len: e.payload.len(),
-                });
+                return Err(Error::RecordTooLarge { len: e.payload.len() });
             }
             expected += 1;
         }
@@ -392,9 +384,7 @@ impl Log {
         for e in entries {
             let rec_len = (record::HEADER_LEN + e.payload.len()) as u64;
             let active = &inner.active;
-            if !active.is_empty()
-                && (active.size + rec_len > s.config.segment_max_bytes || active.index.is_full())
-            {
+            if !active.is_empty() && (active.size + rec_len > s.config.segment_max_bytes || active.index.is_full()) {
                 if let Err(err) = s.roll(&mut inner) {
                     inner.failed = Some(err.to_string());
                     return Err(err);
@@ -512,13 +502,7 @@ impl Log {
     /// Reads up to `max_records` data records with offsets in `[from, to)`
     /// (control entries skipped), stopping early after `max_bytes` of
     /// payload (at least one record is returned if any is in range).
-    pub fn read_data(
-        &self,
-        from: u64,
-        to: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>> {
+    pub fn read_data(&self, from: u64, to: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let inner = lock(&self.shared.inner);
         let to = to.min(inner.next_offset);
         let mut out = Vec::new();
@@ -580,11 +564,7 @@ impl Log {
         let s = &self.shared;
         let _io = lock(&s.io_lock);
         let mut inner = lock(&s.inner);
-        let n = inner
-            .sealed
-            .iter()
-            .take_while(|seg| seg.next_index() <= index)
-            .count();
+        let n = inner.sealed.iter().take_while(|seg| seg.next_index() <= index).count();
         s.remove_sealed_prefix(&mut inner, n)?;
         Ok(n)
     }
@@ -600,8 +580,7 @@ impl Log {
                 seg.remove_files()?;
             }
             inner.active.remove_files()?;
-            inner.active =
-                Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
+            inner.active = Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -652,19 +631,13 @@ impl Log {
             next_offset: inner.next_offset,
             segments: inner.sealed.len() + 1,
             disk_bytes: inner.segments().map(Segment::disk_bytes).sum(),
-            fsyncs: self
-                .shared
-                .fsyncs
-                .load(std::sync::atomic::Ordering::Relaxed),
+            fsyncs: self.shared.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
     /// Bytes on disk (logs plus meaningful index bytes).
     pub fn disk_bytes(&self) -> u64 {
-        lock(&self.shared.inner)
-            .segments()
-            .map(Segment::disk_bytes)
-            .sum()
+        lock(&self.shared.inner).segments().map(Segment::disk_bytes).sum()
     }
 
     /// Applies a retention policy: deletes the oldest whole sealed segments
@@ -748,15 +721,11 @@ impl Inner {
     }
 
     fn first_index(&self) -> u64 {
-        self.sealed
-            .first()
-            .map_or(self.active.base_index, |s| s.base_index)
+        self.sealed.first().map_or(self.active.base_index, |s| s.base_index)
     }
 
     fn first_offset(&self) -> u64 {
-        self.sealed
-            .first()
-            .map_or(self.active.base_offset, |s| s.base_offset)
+        self.sealed.first().map_or(self.active.base_offset, |s| s.base_offset)
     }
 
     fn segment_of_index(&self, index: u64) -> &Segment {
@@ -769,11 +738,7 @@ impl Inner {
 
     fn index_of_offset(&self, offset: u64) -> Result<u64> {
         let (first, next) = (self.first_offset(), self.next_offset);
-        let out_of_range = Error::OffsetOutOfRange {
-            offset,
-            first,
-            next,
-        };
+        let out_of_range = Error::OffsetOutOfRange { offset, first, next };
         if offset < first || offset >= next {
             return Err(out_of_range);
         }
@@ -804,9 +769,11 @@ impl Inner {
         let decoded = if !seg.sealed && pos >= self.pending_pos {
             let at = (pos - self.pending_pos) as usize;
             record::decode_record(&self.pending[at..at + len as usize])
-        } else if let Some(f) = self.inflight.as_ref().filter(|f| {
-            f.base_index == seg.base_index && pos >= f.pos && pos < f.pos + f.buf.len() as u64
-        }) {
+        } else if let Some(f) = self
+            .inflight
+            .as_ref()
+            .filter(|f| f.base_index == seg.base_index && pos >= f.pos && pos < f.pos + f.buf.len() as u64)
+        {
             let at = (pos - f.pos) as usize;
             record::decode_record(&f.buf[at..at + len as usize])
         } else {
@@ -829,8 +796,7 @@ impl Inner {
 
 impl Shared {
     fn is_durable(&self, next_index: u64) -> bool {
-        self.durable_index.load(Ordering::Acquire) >= next_index
-            || self.failed.load(Ordering::Acquire)
+        self.durable_index.load(Ordering::Acquire) >= next_index || self.failed.load(Ordering::Acquire)
     }
 
     /// Updates the durable watermark and wakes the waiters it satisfies
@@ -914,10 +880,7 @@ impl Shared {
             // durable watch; nothing else to do here.
             let before = self.durable_index.load(Ordering::Acquire);
             let _ = self.flush(fsync);
-            let batch = self
-                .durable_index
-                .load(Ordering::Acquire)
-                .saturating_sub(before);
+            let batch = self.durable_index.load(Ordering::Acquire).saturating_sub(before);
             if fsync && batch >= LINGER_MIN_BATCH && !self.config.group_commit_linger.is_zero() {
                 // Under load, the appenders this fsync released need a few
                 // microseconds to append again. Syncing at once would leave
@@ -978,8 +941,7 @@ impl Shared {
         }
         if fsync && result.is_ok() {
             result = file.sync_data();
-            self.fsyncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Err(e) = result {
             // After a failed write or fsync the page cache state is unknown
@@ -1020,12 +982,8 @@ impl Shared {
         }
         // Any buffer still in flight to this file is fsynced by its flusher
         // before the durable watermark covers it.
-        active
-            .file
-            .sync_data()
-            .map_err(|e| Error::io(&active.log_path, e))?;
-        self.fsyncs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        active.file.sync_data().map_err(|e| Error::io(&active.log_path, e))?;
+        self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         active.end_offset = inner.next_offset;
         active.seal()?;
         let fresh = Segment::create(
@@ -1126,8 +1084,7 @@ impl Iterator for Iter<'_> {
             let batch = if self.by_offset {
                 self.log.read_data(self.next, u64::MAX, 256, 1 << 20)
             } else {
-                self.log
-                    .read_range(self.next, self.next.saturating_add(256), 1 << 20)
+                self.log.read_range(self.next, self.next.saturating_add(256), 1 << 20)
             };
             match batch {
                 Ok(b) => self.buf.extend(b),
@@ -1136,11 +1093,7 @@ impl Iterator for Iter<'_> {
             }
         }
         let r = self.buf.pop_front()?;
-        self.next = if self.by_offset {
-            r.offset + 1
-        } else {
-            r.index + 1
-        };
+        self.next = if self.by_offset { r.offset + 1 } else { r.index + 1 };
         Some(Ok(r))
     }
 }

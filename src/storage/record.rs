@@ -179,10 +179,7 @@ mod tests {
         encode(&mut buf, 7, 3, 2, Kind::Control, b"hello");
         assert_eq!(buf.len(), HEADER_LEN + 5);
         let r = decode_record(&buf).expect("valid record");
-        assert_eq!(
-            (r.index, r.offset, r.term, r.kind),
-            (7, 3, 2, Kind::Control)
-        );
+        assert_eq!((r.index, r.offset, r.term, r.kind), (7, 3, 2, Kind::Control));
         assert_eq!(&r.payload[..], b"hello");
     }
 
@@ -193,10 +190,7 @@ mod tests {
         for bit in 0..buf.len() * 8 {
             let mut copy = buf.clone();
             copy[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_record(&copy).is_none(),
-                "flip of bit {bit} went unnoticed"
-            );
+            assert!(decode_record(&copy).is_none(), "flip of bit {bit} went unnoticed");
         }
     }
 }

@@ -89,8 +89,7 @@ fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE_HEADER_LEN
 /// Reads and checks the file header; returns the base offset.
 fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
-    file.read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(path, e))?;
+    file.read_exact_at(&mut h, 0).map_err(|e| Error::io(path, e))?;
     let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
     let corrupt = |reason: &str| Error::Corrupt {
         path: path.to_owned(),
@@ -104,21 +103,14 @@ fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
         return Err(corrupt("file header checksum mismatch"));
     }
     if u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")) != base_index {
-        return Err(corrupt(
-            "file header base index does not match the file name",
-        ));
+        return Err(corrupt("file header base index does not match the file name"));
     }
     Ok(u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")))
 }
 
 impl Segment {
     /// Creates a new, empty active segment and makes its header durable.
-    pub fn create(
-        dir: &Path,
-        base_index: u64,
-        base_offset: u64,
-        capacity: usize,
-    ) -> Result<Segment> {
+    pub fn create(dir: &Path, base_index: u64, base_offset: u64, capacity: usize) -> Result<Segment> {
         let log_path = dir.join(file_name(base_index, "log"));
         let idx_path = dir.join(file_name(base_index, "idx"));
         let file = OpenOptions::new()
@@ -187,18 +179,11 @@ impl Segment {
         }
         let (pos, len) = seg.span(n - 1);
         if len < HEADER_LEN as u64 {
-            return Err(corrupt(
-                pos,
-                format!("last record is truncated ({len} bytes)"),
-            ));
+            return Err(corrupt(pos, format!("last record is truncated ({len} bytes)")));
         }
-        let bytes = seg
-            .read_file(pos, len)
-            .map_err(|e| Error::io(&seg.log_path, e))?;
+        let bytes = seg.read_file(pos, len).map_err(|e| Error::io(&seg.log_path, e))?;
         match record::decode_record(&bytes) {
-            Some(r)
-                if r.index == base_index + n as u64 - 1 && r.offset == seg.index.entry(n - 1).1 =>
-            {
+            Some(r) if r.index == base_index + n as u64 - 1 && r.offset == seg.index.entry(n - 1).1 => {
                 seg.end_offset = r.offset + u64::from(r.kind == Kind::Data);
                 Ok(seg)
             }
@@ -210,10 +195,7 @@ impl Segment {
                     base_index + n as u64 - 1
                 ),
             )),
-            None => Err(corrupt(
-                pos,
-                "last record fails its checksum or is truncated".into(),
-            )),
+            None => Err(corrupt(pos, "last record fails its checksum or is truncated".into())),
         }
     }
 
@@ -256,8 +238,7 @@ impl Segment {
             }
             Err(e) => return Err(e),
         };
-        let mut index =
-            Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
+        let mut index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
 
         // 1. The longest prefix of index entries that is plausible: positions
         //    strictly increase inside the file, offsets grow by 0 or 1.
@@ -315,9 +296,7 @@ impl Segment {
             if file_len - pos < HEADER_LEN as u64 {
                 break Some(format!("torn record header at position {pos}"));
             }
-            reader
-                .read_exact(&mut hb)
-                .map_err(|e| Error::io(&log_path, e))?;
+            reader.read_exact(&mut hb).map_err(|e| Error::io(&log_path, e))?;
             let h = match record::decode_header(&hb) {
                 Ok(h) => h,
                 Err(e) => break Some(format!("invalid record header at position {pos}: {e:?}")),
@@ -336,17 +315,13 @@ impl Segment {
                 ));
             }
             payload.resize(h.len as usize, 0);
-            reader
-                .read_exact(&mut payload)
-                .map_err(|e| Error::io(&log_path, e))?;
+            reader.read_exact(&mut payload).map_err(|e| Error::io(&log_path, e))?;
             if !record::verify(&hb, &payload) {
                 break Some(format!("checksum mismatch in record at position {pos}"));
             }
             if index.is_full() {
                 let cap = index.capacity() * 2;
-                index = index
-                    .grow(&idx_path, cap)
-                    .map_err(|e| Error::io(&idx_path, e))?;
+                index = index.grow(&idx_path, cap).map_err(|e| Error::io(&idx_path, e))?;
             }
             index.push(pos, h.offset);
             rec.rebuilt_entries += 1;
@@ -416,9 +391,7 @@ impl Segment {
     /// Seals the segment: the caller has already written and fsynced every
     /// record; this trims and fsyncs the index.
     pub fn seal(&mut self) -> Result<()> {
-        self.index
-            .seal()
-            .map_err(|e| Error::io(&self.idx_path, e))?;
+        self.index.seal().map_err(|e| Error::io(&self.idx_path, e))?;
         self.sealed = true;
         Ok(())
     }
@@ -432,8 +405,8 @@ impl Segment {
             .write(true)
             .open(&self.log_path)
             .map_err(|e| Error::io(&self.log_path, e))?;
-        let mut index = Index::open_active(&self.idx_path, capacity.max(len))
-            .map_err(|e| Error::io(&self.idx_path, e))?;
+        let mut index =
+            Index::open_active(&self.idx_path, capacity.max(len)).map_err(|e| Error::io(&self.idx_path, e))?;
         index.set_len(len);
         self.index = index;
         self.file = Arc::new(file);

@@ -44,19 +44,12 @@ impl TestNode {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.client_addr())
-            .await
-            .expect("client connects")
+        Client::connect(&self.client_addr()).await.expect("client connects")
     }
 
     /// Graceful shutdown, then a new agent on the same data dir.
     pub async fn restart(&mut self) {
-        self.agent
-            .take()
-            .unwrap()
-            .shutdown()
-            .await
-            .expect("clean shutdown");
+        self.agent.take().unwrap().shutdown().await.expect("clean shutdown");
         let config = config_in(self.dir.path().join("data"));
         self.agent = Some(Agent::start(config).await.expect("agent restarts"));
     }
