@@ -20,7 +20,7 @@ use crate::{
     node::LogNode,
     security::{AclError, Authorizer, ClientAuth, ReloadableTls, TlsError, tls},
     storage::{self, Log, LogConfig},
-    telemetry,
+    telemetry::Metrics,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,13 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Agent
 impl Agent {
     /// Starts an agent; returns once it serves (health SERVING).
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        Self::start_with(config, Metrics::new()).await
+    }
+
+    /// Starts an agent that reports into `metrics` (shared with telemetry).
+    pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Agent, AgentError> {
         let log_config = LogConfig {
+            observer: Some(metrics.clone()),
             segment_max_bytes: config.segment_max_bytes,
             sync_interval: (config.fsync == FsyncPolicy::Interval).then_some(FSYNC_INTERVAL),
             ..LogConfig::default()
@@ -142,11 +148,13 @@ impl Agent {
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
-            .add_service(LogService::new(node.clone(), auth.clone(), shutdown.clone()).into_server());
+            .add_service(LogService::new(node.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server());
 
         let grpc = {
             let token = shutdown.clone();
-            let server = tonic::transport::Server::builder().add_routes(routes);
+            let server = tonic::transport::Server::builder()
+                .layer(api::observe::GrpcObserveLayer::new(metrics.clone()))
+                .add_routes(routes);
             match &client_tls {
                 None => {
                     let incoming =
@@ -171,14 +179,7 @@ impl Agent {
             }
         };
 
-        let http_state = {
-            let n = node.clone();
-            HttpState {
-                node: node.clone(),
-                auth: auth.clone(),
-                metrics: Arc::new(move || telemetry::render_metrics(&n)),
-            }
-        };
+        let http_state = HttpState { node: node.clone(), auth: auth.clone(), metrics: metrics.clone() };
         let http = {
             use axum::serve::ListenerExt;
             let token = shutdown.clone();

@@ -28,13 +28,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init_logging(config.log_format, &config.log_level);
+            let metrics = telemetry::Metrics::new();
+            let _rt = runtime.enter();
+            let telemetry = telemetry::init(config.log_format, &config.log_level, metrics.clone());
             tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
-            runtime.block_on(async {
-                let agent = Agent::start(config).await?;
+            let result = runtime.block_on(async {
+                let agent = Agent::start_with(config, metrics).await?;
                 agent.run_until(shutdown::signal()).await?;
                 Ok::<_, anyhow::Error>(())
-            })
+            });
+            // Spans are flushed last, after the agent's own shutdown spans.
+            telemetry.shutdown();
+            result
         }
         Command::Produce(a) => runtime.block_on(cli::produce(a)),
         Command::Consume(a) => runtime.block_on(cli::consume(a)),

@@ -119,6 +119,7 @@ impl LogNode {
         for v in values {
             self.check_size(v)?;
         }
+        let _span = tracing::debug_span!("log.append", records = values.len()).entered();
         let appended = match values {
             [one] => self.log.append(&[Entry::data(one)])?,
             many => {
@@ -137,7 +138,9 @@ impl LogNode {
     /// committed and returns the first one's offset.
     pub async fn commit(&self, p: Pending) -> Result<u64> {
         if self.fsync == FsyncPolicy::Always {
-            self.log.wait_durable(p.next_index).await?;
+            use tracing::Instrument;
+            // Covers the shared group-commit fdatasync this record waits for.
+            self.log.wait_durable(p.next_index).instrument(tracing::debug_span!("log.fsync")).await?;
         }
         self.commit.send_if_modified(|c| {
             let advance = *c < p.next_offset;

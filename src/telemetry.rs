@@ -1,69 +1,392 @@
-//! Logging setup and the metrics exposition, in one place.
+//! All three signals, set up in one place: structured logs (tracing), the
+//! Prometheus registry, and OpenTelemetry traces exported over OTLP/gRPC.
+//!
+//! Traces are on only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. Request and storage spans are
+//! at DEBUG level with a per-layer filter: with tracing off (and logs at
+//! info) they are disabled at their call sites and cost nothing; with it on,
+//! only the OpenTelemetry layer sees them. The exporter runs on its own
+//! thread behind a bounded queue: finishing a span is a `try_send`, and a
+//! full queue drops the span and counts it (`sidelog_trace_spans_dropped_total`)
+//! rather than slow a request.
 
-use std::fmt::Write;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{
+    Resource,
+    error::{OTelSdkError, OTelSdkResult},
+    trace::{SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
-use crate::{config::LogFormat, node::LogNode};
+use crate::{config::LogFormat, node::LogNode, storage::FlushObserver};
 
-/// Installs the global tracing subscriber: JSON lines (default) or text on
-/// stdout, filtered by `RUST_LOG` if set, else by `level`. Safe to call more
-/// than once (later calls are no-ops), which tests rely on.
-pub fn init_logging(format: LogFormat, level: &str) {
+// ---------------------------------------------------------------- metrics
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// gRPC method (`Produce`, `ConsumeStream`, ...) or HTTP route.
+    pub method: String,
+    /// gRPC status code name (`OK`, `OUT_OF_RANGE`, ...) or HTTP status.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+/// Every metric sidelog exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<MethodLabels, Histogram>,
+    pub records_in: Counter,
+    pub bytes_in: Counter,
+    pub records_out: Counter,
+    pub bytes_out: Counter,
+    pub fsyncs: Counter,
+    pub fsync_seconds: Histogram,
+    pub records_per_fsync: Histogram,
+    pub consume_streams: Gauge,
+    pub spans_dropped: Counter,
+    pub span_export_failures: Counter,
+    log_first_offset: Gauge,
+    log_next_offset: Gauge,
+    log_committed_offset: Gauge,
+    log_segments: Gauge,
+    log_bytes: Gauge,
+    /// Rendering sets the log gauges first; one scrape at a time.
+    render: Mutex<()>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 50 µs .. ~3.3 s
+    prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17)
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("sidelog");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let fsync_seconds = Histogram::new(latency_buckets());
+        let records_per_fsync = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14));
+        let m = Metrics {
+            requests,
+            request_seconds,
+            records_in: Counter::default(),
+            bytes_in: Counter::default(),
+            records_out: Counter::default(),
+            bytes_out: Counter::default(),
+            fsyncs: Counter::default(),
+            fsync_seconds,
+            records_per_fsync,
+            consume_streams: Gauge::default(),
+            spans_dropped: Counter::default(),
+            span_export_failures: Counter::default(),
+            log_first_offset: Gauge::default(),
+            log_next_offset: Gauge::default(),
+            log_committed_offset: Gauge::default(),
+            log_segments: Gauge::default(),
+            log_bytes: Gauge::default(),
+            render: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("requests", "Requests by method and status code", m.requests.clone());
+        r.register("request_duration_seconds", "Request latency (to the response headers for streams)", m.request_seconds.clone());
+        r.register("records_in", "Records produced", m.records_in.clone());
+        r.register("bytes_in", "Record bytes produced", m.bytes_in.clone());
+        r.register("records_out", "Records consumed", m.records_out.clone());
+        r.register("bytes_out", "Record bytes consumed", m.bytes_out.clone());
+        r.register("fsyncs", "fdatasync calls by group commit", m.fsyncs.clone());
+        r.register("fsync_duration_seconds", "fdatasync latency", m.fsync_seconds.clone());
+        r.register("records_per_fsync", "Records made durable by one fdatasync", m.records_per_fsync.clone());
+        r.register("consume_streams_active", "Open ConsumeStream calls", m.consume_streams.clone());
+        r.register("trace_spans_dropped", "Spans dropped because the export queue was full", m.spans_dropped.clone());
+        r.register("trace_export_failures", "Span batches the collector did not take", m.span_export_failures.clone());
+        r.register("log_first_offset", "First data offset retained", m.log_first_offset.clone());
+        r.register("log_next_offset", "Offset the next record will get", m.log_next_offset.clone());
+        r.register("log_committed_offset", "One past the last committed offset", m.log_committed_offset.clone());
+        r.register("log_segments", "Segments on disk", m.log_segments.clone());
+        r.register("log_size_bytes", "Bytes of segments and indexes on disk", m.log_bytes.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Counts one finished request.
+    pub fn observe_request(&self, method: &str, code: &str, took: Duration) {
+        self.requests.get_or_create(&RequestLabels { method: method.to_owned(), code: code.to_owned() }).inc();
+        self.request_seconds.get_or_create(&MethodLabels { method: method.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    /// Prometheus text exposition, with the log's current figures.
+    pub fn render(&self, node: &LogNode) -> String {
+        let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = node.log().stats();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.log_first_offset.set(as_i64(stats.first_offset));
+        self.log_next_offset.set(as_i64(stats.next_offset));
+        self.log_committed_offset.set(as_i64(node.committed()));
+        self.log_segments.set(as_i64(stats.segments as u64));
+        self.log_bytes.set(as_i64(stats.disk_bytes));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(cause = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl FlushObserver for Metrics {
+    fn on_fsync(&self, took: Duration, records: u64) {
+        self.fsyncs.inc();
+        self.fsync_seconds.observe(took.as_secs_f64());
+        if records > 0 {
+            self.records_per_fsync.observe(records as f64);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- logs + traces
+
+/// Where to send traces, from the standard environment variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+}
+
+impl OtlpConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// `None` (tracing off) when neither is set.
+    pub fn from_env() -> Option<OtlpConfig> {
+        ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+            .map(|endpoint| OtlpConfig { endpoint })
+    }
+}
+
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes buffered spans (bounded by the exporter timeout) and stops.
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(cause = %e, "flushing traces failed");
+            }
+        }
+    }
+}
+
+/// Builds the subscriber: logs on stdout (JSON or text, filtered by
+/// `RUST_LOG` or `level`), plus OpenTelemetry when `otlp` is set. Install
+/// it globally (`tracing::subscriber::set_global_default`) or per thread.
+pub fn subscriber(
+    format: LogFormat,
+    level: &str,
+    otlp: Option<OtlpConfig>,
+    metrics: Arc<Metrics>,
+) -> (Box<dyn tracing::Subscriber + Send + Sync>, Telemetry) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
-            .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+    let logs = match format {
+        LogFormat::Json => fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Text => fmt::layer().boxed(),
+    }
+    .with_filter(filter);
+    let (otel, provider) = match otlp {
+        Some(cfg) => {
+            opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(QueueProcessor::start(cfg.endpoint.clone(), metrics))
+                .with_resource(resource())
+                .build();
+            let tracer = provider.tracer("sidelog");
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target("sidelog", tracing::Level::DEBUG));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
     };
+    let subscriber = tracing_subscriber::registry().with(logs).with(otel);
+    (Box::new(subscriber), Telemetry { provider })
 }
 
-/// Prometheus text exposition of the node's log figures.
-pub fn render_metrics(node: &LogNode) -> String {
-    let stats = node.log().stats();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+/// `service.name` defaults to "sidelog" unless `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` names the service (the SDK reads both).
+fn resource() -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    let builder = Resource::builder();
+    if named { builder.build() } else { builder.with_service_name("sidelog").build() }
+}
+
+/// Installs the subscriber for the whole process.
+pub fn init(format: LogFormat, level: &str, metrics: Arc<Metrics>) -> Telemetry {
+    let (subscriber, telemetry) = subscriber(format, level, OtlpConfig::from_env(), metrics);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    telemetry
+}
+
+/// Spans waiting for export; beyond this, new spans are dropped and counted.
+const QUEUE_SPANS: usize = 4096;
+const BATCH_SPANS: usize = 512;
+const BATCH_WAIT: Duration = Duration::from_millis(500);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(mpsc::Sender<()>),
+    Shutdown(mpsc::Sender<()>),
+}
+
+/// A span processor that never blocks the caller: spans go into a bounded
+/// queue, and a dedicated thread (with its own small runtime, so a stalled
+/// collector cannot occupy the server's workers) batches and exports them.
+#[derive(Debug)]
+struct QueueProcessor {
+    tx: mpsc::SyncSender<Msg>,
+    metrics: Arc<Metrics>,
+    resource: Arc<Mutex<Option<Resource>>>,
+}
+
+impl QueueProcessor {
+    fn start(endpoint: String, metrics: Arc<Metrics>) -> QueueProcessor {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_SPANS);
+        let resource: Arc<Mutex<Option<Resource>>> = Arc::default();
+        let (m, res) = (metrics.clone(), resource.clone());
+        let spawned = std::thread::Builder::new().name("sidelog-otlp".into()).spawn(move || export_loop(endpoint, rx, m, res));
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "cannot start the trace exporter; spans will be dropped");
+        }
+        QueueProcessor { tx, metrics, resource }
+    }
+
+    fn call(&self, make: impl FnOnce(mpsc::Sender<()>) -> Msg, timeout: Duration) -> OTelSdkResult {
+        let (ack, done) = mpsc::channel();
+        self.tx.send(make(ack)).map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        done.recv_timeout(timeout).map_err(|_| OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
+            self.metrics.spans_dropped.inc();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.call(Msg::Flush, EXPORT_TIMEOUT * 2)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.call(Msg::Shutdown, timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        *self.resource.lock().unwrap_or_else(|p| p.into_inner()) = Some(resource.clone());
+    }
+}
+
+fn export_loop(endpoint: String, rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, resource: Arc<Mutex<Option<Resource>>>) {
+    use opentelemetry_otlp::WithExportConfig;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return eprintln!("sidelog: trace exporter runtime failed: {e}"),
     };
-    gauge(
-        "sidelog_log_first_offset",
-        "First data offset retained.",
-        "gauge",
-        stats.first_offset,
-    );
-    gauge(
-        "sidelog_log_next_offset",
-        "Offset the next record will get.",
-        "gauge",
-        stats.next_offset,
-    );
-    gauge(
-        "sidelog_log_committed_offset",
-        "One past the last committed offset.",
-        "gauge",
-        node.committed(),
-    );
-    gauge(
-        "sidelog_log_segments",
-        "Segments on disk.",
-        "gauge",
-        stats.segments as u64,
-    );
-    gauge(
-        "sidelog_log_size_bytes",
-        "Bytes of segments and indexes on disk.",
-        "gauge",
-        stats.disk_bytes,
-    );
-    gauge(
-        "sidelog_fsyncs_total",
-        "fdatasync calls on the log.",
-        "counter",
-        stats.fsyncs,
-    );
-    out
+    let built = rt.block_on(async {
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).with_timeout(EXPORT_TIMEOUT).build()
+    });
+    let mut exporter = match built {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot build the OTLP exporter; spans will be dropped");
+            // Keep draining so senders never block and acks are answered.
+            for msg in rx {
+                match msg {
+                    Msg::Span(_) => {}
+                    Msg::Flush(ack) => {
+                        let _ = ack.send(());
+                    }
+                    Msg::Shutdown(ack) => {
+                        let _ = ack.send(());
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+    };
+    let failures = AtomicU64::new(0);
+    let mut resource_set = false;
+    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH_SPANS);
+    let mut export = |batch: &mut Vec<SpanData>, exporter: &mut opentelemetry_otlp::SpanExporter| {
+        if !resource_set && let Some(r) = resource.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            exporter.set_resource(r);
+            resource_set = true;
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let spans = std::mem::take(batch);
+        let result = rt.block_on(async { tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await });
+        if !matches!(result, Ok(Ok(()))) {
+            metrics.span_export_failures.inc();
+            // Log the first failure and then every 100th: a down collector
+            // must not flood the logs either.
+            if failures.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                tracing::warn!(result = ?result.map_err(|_| "timeout"), "exporting spans failed; they are dropped");
+            }
+        }
+    };
+    loop {
+        match rx.recv_timeout(BATCH_WAIT) {
+            Ok(Msg::Span(span)) => {
+                batch.push(*span);
+                if batch.len() >= BATCH_SPANS {
+                    export(&mut batch, &mut exporter);
+                }
+            }
+            Ok(Msg::Flush(ack)) => {
+                export(&mut batch, &mut exporter);
+                let _ = ack.send(());
+            }
+            Ok(Msg::Shutdown(ack)) => {
+                // Take what is already queued, export it, then stop.
+                while let Ok(Msg::Span(span)) = rx.try_recv() {
+                    batch.push(*span);
+                }
+                export(&mut batch, &mut exporter);
+                let _ = exporter.shutdown();
+                let _ = ack.send(());
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => export(&mut batch, &mut exporter),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return export(&mut batch, &mut exporter),
+        }
+    }
 }

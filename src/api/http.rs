@@ -30,14 +30,14 @@ use super::convert::{http_auth_status, http_status};
 use crate::{
     node::LogNode,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo, tls::TlsConn},
+    telemetry::Metrics,
 };
 
 #[derive(Clone)]
 pub struct HttpState {
     pub node: Arc<LogNode>,
     pub auth: Arc<Authorizer>,
-    /// Renders the Prometheus exposition.
-    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -48,6 +48,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), super::observe::http_observe))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -126,21 +127,26 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Respons
             return error(StatusCode::BAD_REQUEST, format!("record.value is not base64: {e}"));
         }
     };
+    let len = value.len() as u64;
     match s.node.produce(&[value]).await {
-        Ok(offset) => axum::Json(serde_json::json!({ "offset": offset })).into_response(),
+        Ok(offset) => {
+            s.metrics.records_in.inc();
+            s.metrics.bytes_in.inc_by(len);
+            tracing::Span::current().record("offset", offset);
+            axum::Json(serde_json::json!({ "offset": offset })).into_response()
+        }
         Err(e) => error(http_status(&e), e),
     }
 }
 
 fn consume_at(s: &HttpState, offset: u64) -> Response {
+    tracing::Span::current().record("offset", offset);
     match s.node.read(offset) {
-        Ok(r) => axum::Json(ConsumeOut {
-            record: RecordOut {
-                value: B64.encode(&r.payload),
-                offset: r.offset,
-            },
-        })
-        .into_response(),
+        Ok(r) => {
+            s.metrics.records_out.inc();
+            s.metrics.bytes_out.inc_by(r.payload.len() as u64);
+            axum::Json(ConsumeOut { record: RecordOut { value: B64.encode(&r.payload), offset: r.offset } }).into_response()
+        }
         Err(e) => error(http_status(&e), e),
     }
 }
@@ -180,11 +186,8 @@ async fn ready(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        (s.metrics)(),
-    )
-        .into_response()
+    let body = s.metrics.render(&s.node);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Serves HTTP (1.1 and 2) over TLS connections from the accept loop until

@@ -12,6 +12,7 @@ use super::pb::{self, log_server::Log as LogApi};
 use crate::{
     node::LogNode,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
+    telemetry::Metrics,
 };
 
 /// Responses a ConsumeStream may have queued for a slow client. Together
@@ -26,12 +27,18 @@ const PRODUCE_STREAM_WINDOW: usize = 1024;
 pub struct LogService {
     node: Arc<LogNode>,
     auth: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
 impl LogService {
-    pub fn new(node: Arc<LogNode>, auth: Arc<Authorizer>, shutdown: CancellationToken) -> Self {
-        LogService { node, auth, shutdown }
+    pub fn new(node: Arc<LogNode>, auth: Arc<Authorizer>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        LogService { node, auth, metrics, shutdown }
+    }
+
+    fn count_in(&self, records: u64, bytes: usize) {
+        self.metrics.records_in.inc_by(records);
+        self.metrics.bytes_in.inc_by(bytes as u64);
     }
 
     /// Checks the caller (the client certificate's subject, with TLS) may do `action`.
@@ -66,16 +73,15 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl LogApi for LogService {
-    #[tracing::instrument(skip_all, fields(subject, offset))]
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
         let value = value_of(request.into_inner())?;
         let offset = self.node.produce(std::slice::from_ref(&value)).await?;
+        self.count_in(1, value.len());
         tracing::Span::current().record("offset", offset);
         Ok(Response::new(pb::ProduceResponse { offset }))
     }
 
-    #[tracing::instrument(skip_all, fields(subject, records, offset))]
     async fn produce_batch(
         &self,
         request: Request<pb::ProduceBatchRequest>,
@@ -84,16 +90,18 @@ impl LogApi for LogService {
         let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
         tracing::Span::current().record("records", values.len());
         let first = self.node.produce(&values).await?;
+        self.count_in(values.len() as u64, values.iter().map(|v| v.len()).sum());
         tracing::Span::current().record("offset", first);
         Ok(Response::new(pb::ProduceBatchResponse {
             offsets: (first..first + values.len() as u64).collect(),
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(subject, offset = request.get_ref().offset))]
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
         let record = self.node.read(request.into_inner().offset)?;
+        self.metrics.records_out.inc();
+        self.metrics.bytes_out.inc_by(record.payload.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
             record: Some(record.into()),
         }))
@@ -101,7 +109,6 @@ impl LogApi for LogService {
 
     type ConsumeStreamStream = BoxStream<pb::ConsumeResponse>;
 
-    #[tracing::instrument(skip_all, fields(subject, offset = request.get_ref().offset))]
     async fn consume_stream(
         &self,
         request: Request<pb::ConsumeRequest>,
@@ -113,7 +120,12 @@ impl LogApi for LogService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let node = self.node.clone();
         let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            metrics.consume_streams.inc();
+            let _open = scopeguard(|| {
+                metrics.consume_streams.dec();
+            });
             let mut commit = node.subscribe_commit();
             loop {
                 let batch = match node.read_batch(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES) {
@@ -143,6 +155,8 @@ impl LogApi for LogService {
                 }
                 for record in batch {
                     next = record.offset + 1;
+                    metrics.records_out.inc();
+                    metrics.bytes_out.inc_by(record.payload.len() as u64);
                     // A bounded queue: a slow client makes this await, so
                     // the server holds at most STREAM_QUEUE responses for it.
                     if tx
@@ -170,6 +184,7 @@ impl LogApi for LogService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let node = self.node.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             // Appends happen in request order as requests arrive; commits
             // are awaited concurrently and answered in order.
@@ -180,10 +195,17 @@ impl LogApi for LogService {
                     req = inbound.next(), if inbound_open && waiting.len() < PRODUCE_STREAM_WINDOW => match req {
                         Some(Ok(req)) => {
                             let node = node.clone();
-                            let pending = value_of(req).and_then(|v| node.append(std::slice::from_ref(&v)).map_err(Status::from));
+                            let pending = value_of(req).and_then(|v| {
+                                let len = v.len();
+                                node.append(std::slice::from_ref(&v)).map(|p| (p, len)).map_err(Status::from)
+                            });
+                            let metrics = metrics.clone();
                             waiting.push_back(async move {
-                                let p = pending?;
-                                node.commit(p).await.map(|offset| pb::ProduceResponse { offset }).map_err(Status::from)
+                                let (p, len) = pending?;
+                                let offset = node.commit(p).await.map_err(Status::from)?;
+                                metrics.records_in.inc();
+                                metrics.bytes_in.inc_by(len as u64);
+                                Ok(pb::ProduceResponse { offset })
                             });
                         }
                         Some(Err(status)) => {
@@ -226,4 +248,17 @@ impl LogApi for LogService {
             .collect();
         Ok(Response::new(pb::GetServersResponse { servers }))
     }
+}
+
+/// Runs `f` when dropped (however the task ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

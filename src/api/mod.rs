@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod http;
 pub mod log_service;
+pub mod observe;
 
 /// Generated protobuf and gRPC code for `log.v1`.
 pub mod pb {

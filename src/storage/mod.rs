@@ -98,6 +98,12 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Told about every fsync of the log (for metrics; must be cheap).
+pub trait FlushObserver: Send + Sync + std::fmt::Debug {
+    /// `records` is how many records the fsync made durable.
+    fn on_fsync(&self, took: Duration, records: u64);
+}
+
 /// Tuning of a [`Log`].
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -114,6 +120,7 @@ pub struct LogConfig {
     /// Pause after an fsync that released a large batch, so the released
     /// appenders join the next one (see `run_flusher`). Zero disables it.
     pub group_commit_linger: Duration,
+    pub observer: Option<Arc<dyn FlushObserver>>,
 }
 
 impl Default for LogConfig {
@@ -124,6 +131,7 @@ impl Default for LogConfig {
             initial_index: 0,
             sync_interval: None,
             group_commit_linger: Duration::from_micros(LINGER_MICROS),
+            observer: None,
         }
     }
 }
@@ -940,8 +948,13 @@ impl Shared {
             }
         }
         if fsync && result.is_ok() {
+            let started = Instant::now();
             result = file.sync_data();
             self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(o) = &self.config.observer {
+                let before = self.durable_index.load(Ordering::Acquire);
+                o.on_fsync(started.elapsed(), target.0.saturating_sub(before));
+            }
         }
         if let Err(e) = result {
             // After a failed write or fsync the page cache state is unknown
@@ -982,8 +995,12 @@ impl Shared {
         }
         // Any buffer still in flight to this file is fsynced by its flusher
         // before the durable watermark covers it.
+        let started = Instant::now();
         active.file.sync_data().map_err(|e| Error::io(&active.log_path, e))?;
         self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(o) = &self.config.observer {
+            o.on_fsync(started.elapsed(), 0);
+        }
         active.end_offset = inner.next_offset;
         active.seal()?;
         let fresh = Segment::create(

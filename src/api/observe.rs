@@ -1,0 +1,209 @@
+//! Per-request observation for gRPC and HTTP: one span per request (with the
+//! W3C `traceparent` of the caller as its parent), request metrics, and a
+//! debug log line when the request finishes.
+//!
+//! The span is declared with every field the handlers may fill in
+//! (`subject`, `offset`, `records`); handlers record into
+//! `Span::current()`, which is this span while they run.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use opentelemetry::propagation::Extractor;
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{security::PeerInfo, telemetry::Metrics};
+
+/// Reads W3C trace context from request headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+fn parent_context(headers: &HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// The remote address and certificate subject of the caller, whichever
+/// transport carried the request.
+fn peer_of<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
+    if let Some(p) = req.extensions().get::<PeerInfo>() {
+        return (p.remote.map(|a| a.to_string()), p.subject.clone());
+    }
+    let remote = req
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .map(|a| a.to_string());
+    (remote, None)
+}
+
+/// Canonical gRPC status names, as Prometheus labels and span attributes.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+/// tower layer for the gRPC server.
+#[derive(Clone)]
+pub struct GrpcObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcObserveLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        GrpcObserveLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcObserveLayer {
+    type Service = GrpcObserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcObserve { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcObserve<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for GrpcObserve<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path.as_str()));
+        let (service, method) = (service.to_owned(), method.to_owned());
+        let (remote, subject) = peer_of(&req);
+        let span = tracing::debug_span!(
+            "grpc.request",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            peer = remote.as_deref().unwrap_or(""),
+            subject = subject.as_deref().unwrap_or(""),
+            offset = Empty,
+            records = Empty,
+            rpc.grpc.status_code = Empty,
+            status = Empty,
+            duration_ms = Empty,
+        );
+        if !span.is_disabled() {
+            let _ = span.set_parent(parent_context(req.headers()));
+        }
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        // Take the service that was driven to readiness; leave a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let fut = inner.call(req);
+        Box::pin(async move {
+            let result = fut.instrument(span.clone()).await;
+            let took = started.elapsed();
+            // Errors travel as trailers-only responses (grpc-status in the
+            // headers); a successful call's OK arrives in the trailers.
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                Err(_) => 13,
+            };
+            let name = grpc_code_name(code);
+            metrics.observe_request(&method, name, took);
+            span.record("rpc.grpc.status_code", code);
+            span.record("status", name);
+            span.record("duration_ms", took.as_secs_f64() * 1e3);
+            tracing::debug!(parent: &span, method = %method, status = name, duration_ms = took.as_secs_f64() * 1e3, "request finished");
+            result
+        })
+    }
+}
+
+/// axum middleware: the same for HTTP routes.
+pub async fn http_observe(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let method = format!("{} {}", req.method(), route);
+    let (remote, subject) = peer_of(&req);
+    let span = tracing::debug_span!(
+        "http.request",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        peer = remote.as_deref().unwrap_or(""),
+        subject = subject.as_deref().unwrap_or(""),
+        offset = Empty,
+        records = Empty,
+        status = Empty,
+        duration_ms = Empty,
+    );
+    if !span.is_disabled() {
+        let _ = span.set_parent(parent_context(req.headers()));
+    }
+    let started = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = resp.status().as_u16().to_string();
+    metrics.observe_request(&method, &status, took);
+    span.record("status", status.as_str());
+    span.record("duration_ms", took.as_secs_f64() * 1e3);
+    tracing::debug!(parent: &span, method = %method, status = %status, "request finished");
+    resp
+}
