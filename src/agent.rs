@@ -179,7 +179,11 @@ impl Agent {
             }
         };
 
-        let http_state = HttpState { node: node.clone(), auth: auth.clone(), metrics: metrics.clone() };
+        let http_state = HttpState {
+            node: node.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+        };
         let http = {
             use axum::serve::ListenerExt;
             let token = shutdown.clone();

@@ -140,7 +140,10 @@ impl LogNode {
         if self.fsync == FsyncPolicy::Always {
             use tracing::Instrument;
             // Covers the shared group-commit fdatasync this record waits for.
-            self.log.wait_durable(p.next_index).instrument(tracing::debug_span!("log.fsync")).await?;
+            self.log
+                .wait_durable(p.next_index)
+                .instrument(tracing::debug_span!("log.fsync"))
+                .await?;
         }
         self.commit.send_if_modified(|c| {
             let advance = *c < p.next_offset;

@@ -83,9 +83,11 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("sidelog");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let request_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         let fsync_seconds = Histogram::new(latency_buckets());
-        let records_per_fsync = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14));
+        let records_per_fsync =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14));
         let m = Metrics {
             requests,
             request_seconds,
@@ -109,29 +111,74 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("requests", "Requests by method and status code", m.requests.clone());
-        r.register("request_duration_seconds", "Request latency (to the response headers for streams)", m.request_seconds.clone());
+        r.register(
+            "request_duration_seconds",
+            "Request latency (to the response headers for streams)",
+            m.request_seconds.clone(),
+        );
         r.register("records_in", "Records produced", m.records_in.clone());
         r.register("bytes_in", "Record bytes produced", m.bytes_in.clone());
         r.register("records_out", "Records consumed", m.records_out.clone());
         r.register("bytes_out", "Record bytes consumed", m.bytes_out.clone());
         r.register("fsyncs", "fdatasync calls by group commit", m.fsyncs.clone());
         r.register("fsync_duration_seconds", "fdatasync latency", m.fsync_seconds.clone());
-        r.register("records_per_fsync", "Records made durable by one fdatasync", m.records_per_fsync.clone());
-        r.register("consume_streams_active", "Open ConsumeStream calls", m.consume_streams.clone());
-        r.register("trace_spans_dropped", "Spans dropped because the export queue was full", m.spans_dropped.clone());
-        r.register("trace_export_failures", "Span batches the collector did not take", m.span_export_failures.clone());
-        r.register("log_first_offset", "First data offset retained", m.log_first_offset.clone());
-        r.register("log_next_offset", "Offset the next record will get", m.log_next_offset.clone());
-        r.register("log_committed_offset", "One past the last committed offset", m.log_committed_offset.clone());
+        r.register(
+            "records_per_fsync",
+            "Records made durable by one fdatasync",
+            m.records_per_fsync.clone(),
+        );
+        r.register(
+            "consume_streams_active",
+            "Open ConsumeStream calls",
+            m.consume_streams.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "trace_export_failures",
+            "Span batches the collector did not take",
+            m.span_export_failures.clone(),
+        );
+        r.register(
+            "log_first_offset",
+            "First data offset retained",
+            m.log_first_offset.clone(),
+        );
+        r.register(
+            "log_next_offset",
+            "Offset the next record will get",
+            m.log_next_offset.clone(),
+        );
+        r.register(
+            "log_committed_offset",
+            "One past the last committed offset",
+            m.log_committed_offset.clone(),
+        );
         r.register("log_segments", "Segments on disk", m.log_segments.clone());
-        r.register("log_size_bytes", "Bytes of segments and indexes on disk", m.log_bytes.clone());
+        r.register(
+            "log_size_bytes",
+            "Bytes of segments and indexes on disk",
+            m.log_bytes.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
     /// Counts one finished request.
     pub fn observe_request(&self, method: &str, code: &str, took: Duration) {
-        self.requests.get_or_create(&RequestLabels { method: method.to_owned(), code: code.to_owned() }).inc();
-        self.request_seconds.get_or_create(&MethodLabels { method: method.to_owned() }).observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Prometheus text exposition, with the log's current figures.
@@ -210,13 +257,20 @@ pub fn subscriber(
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
-        LogFormat::Json => fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
         LogFormat::Text => fmt::layer().boxed(),
     }
     .with_filter(filter);
     let (otel, provider) = match otlp {
         Some(cfg) => {
-            opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
             let provider = SdkTracerProvider::builder()
                 .with_span_processor(QueueProcessor::start(cfg.endpoint.clone(), metrics))
                 .with_resource(resource())
@@ -239,7 +293,11 @@ fn resource() -> Resource {
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
     let builder = Resource::builder();
-    if named { builder.build() } else { builder.with_service_name("sidelog").build() }
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name("sidelog").build()
+    }
 }
 
 /// Installs the subscriber for the whole process.
@@ -276,7 +334,9 @@ impl QueueProcessor {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_SPANS);
         let resource: Arc<Mutex<Option<Resource>>> = Arc::default();
         let (m, res) = (metrics.clone(), resource.clone());
-        let spawned = std::thread::Builder::new().name("sidelog-otlp".into()).spawn(move || export_loop(endpoint, rx, m, res));
+        let spawned = std::thread::Builder::new()
+            .name("sidelog-otlp".into())
+            .spawn(move || export_loop(endpoint, rx, m, res));
         if let Err(e) = spawned {
             tracing::error!(cause = %e, "cannot start the trace exporter; spans will be dropped");
         }
@@ -312,14 +372,23 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-fn export_loop(endpoint: String, rx: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, resource: Arc<Mutex<Option<Resource>>>) {
+fn export_loop(
+    endpoint: String,
+    rx: mpsc::Receiver<Msg>,
+    metrics: Arc<Metrics>,
+    resource: Arc<Mutex<Option<Resource>>>,
+) {
     use opentelemetry_otlp::WithExportConfig;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return eprintln!("sidelog: trace exporter runtime failed: {e}"),
     };
     let built = rt.block_on(async {
-        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).with_timeout(EXPORT_TIMEOUT).build()
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
     });
     let mut exporter = match built {
         Ok(e) => e,

@@ -48,7 +48,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), super::observe::http_observe))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            super::observe::http_observe,
+        ))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -145,7 +148,13 @@ fn consume_at(s: &HttpState, offset: u64) -> Response {
         Ok(r) => {
             s.metrics.records_out.inc();
             s.metrics.bytes_out.inc_by(r.payload.len() as u64);
-            axum::Json(ConsumeOut { record: RecordOut { value: B64.encode(&r.payload), offset: r.offset } }).into_response()
+            axum::Json(ConsumeOut {
+                record: RecordOut {
+                    value: B64.encode(&r.payload),
+                    offset: r.offset,
+                },
+            })
+            .into_response()
         }
         Err(e) => error(http_status(&e), e),
     }
@@ -187,7 +196,14 @@ async fn ready(State(s): State<HttpState>) -> Response {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let body = s.metrics.render(&s.node);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves HTTP (1.1 and 2) over TLS connections from the accept loop until

@@ -33,7 +33,12 @@ pub struct LogService {
 
 impl LogService {
     pub fn new(node: Arc<LogNode>, auth: Arc<Authorizer>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
-        LogService { node, auth, metrics, shutdown }
+        LogService {
+            node,
+            auth,
+            metrics,
+            shutdown,
+        }
     }
 
     fn count_in(&self, records: u64, bytes: usize) {

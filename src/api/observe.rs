@@ -72,7 +72,11 @@ pub fn grpc_code_name(code: i32) -> &'static str {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 /// tower layer for the gRPC server.
@@ -91,7 +95,10 @@ impl<S> tower::Layer<S> for GrpcObserveLayer {
     type Service = GrpcObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcObserve { inner, metrics: self.metrics.clone() }
+        GrpcObserve {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -117,7 +124,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
-        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path.as_str()));
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", path.as_str()));
         let (service, method) = (service.to_owned(), method.to_owned());
         let (remote, subject) = peer_of(&req);
         let span = tracing::debug_span!(
