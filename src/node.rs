@@ -119,7 +119,16 @@ impl LogNode {
         for v in values {
             self.check_size(v)?;
         }
-        let _span = tracing::debug_span!("log.append", records = values.len()).entered();
+        // Storage spans only under a request span: records of a stream
+        // (appended from the stream's task) would otherwise each start a
+        // trace of their own.
+        let traced = !tracing::Span::current().is_none();
+        let span = if traced {
+            tracing::debug_span!("log.append", records = values.len())
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.entered();
         let appended = match values {
             [one] => self.log.append(&[Entry::data(one)])?,
             many => {
@@ -140,10 +149,13 @@ impl LogNode {
         if self.fsync == FsyncPolicy::Always {
             use tracing::Instrument;
             // Covers the shared group-commit fdatasync this record waits for.
-            self.log
-                .wait_durable(p.next_index)
-                .instrument(tracing::debug_span!("log.fsync"))
-                .await?;
+            let traced = !tracing::Span::current().is_none();
+            let span = if traced {
+                tracing::debug_span!("log.fsync")
+            } else {
+                tracing::Span::none()
+            };
+            self.log.wait_durable(p.next_index).instrument(span).await?;
         }
         self.commit.send_if_modified(|c| {
             let advance = *c < p.next_offset;

@@ -237,7 +237,7 @@ impl Telemetry {
     /// Flushes buffered spans (bounded by the exporter timeout) and stops.
     pub fn shutdown(&self) {
         if let Some(p) = &self.provider {
-            if let Err(e) = p.shutdown() {
+            if let Err(e) = p.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
                 tracing::warn!(cause = %e, "flushing traces failed");
             }
         }
@@ -311,7 +311,9 @@ pub fn init(format: LogFormat, level: &str, metrics: Arc<Metrics>) -> Telemetry 
 const QUEUE_SPANS: usize = 4096;
 const BATCH_SPANS: usize = 512;
 const BATCH_WAIT: Duration = Duration::from_millis(500);
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on the final flush, so a down collector delays exit only this much.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
 
 enum Msg {
     Span(Box<SpanData>),
