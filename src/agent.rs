@@ -112,6 +112,8 @@ impl Agent {
             config.node_id.clone(),
             advertise,
         ));
+        // Detached: it ends by itself when the node is dropped.
+        drop(node.spawn_commit_follower());
         let shutdown = CancellationToken::new();
 
         // Security first: a bad certificate or policy must stop the start.
@@ -152,7 +154,12 @@ impl Agent {
 
         let grpc = {
             let token = shutdown.clone();
+            // Keepalives find clients that vanished without closing, so their
+            // tail-following streams do not park forever.
             let server = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_keepalive(Some(Duration::from_secs(60)))
                 .layer(api::observe::GrpcObserveLayer::new(metrics.clone()))
                 .add_routes(routes);
             match &client_tls {

@@ -136,6 +136,10 @@ impl LogNode {
                 self.log.append(&entries)?
             }
         };
+        if self.fsync != FsyncPolicy::Always {
+            // Visible once written: see `--fsync`.
+            self.advance_commit(appended.next_offset);
+        }
         Ok(Pending {
             next_index: appended.next_index,
             first_offset: appended.first_offset,
@@ -157,14 +161,37 @@ impl LogNode {
             };
             self.log.wait_durable(p.next_index).instrument(span).await?;
         }
+        self.advance_commit(p.next_offset);
+        Ok(p.first_offset)
+    }
+
+    fn advance_commit(&self, next_offset: u64) {
         self.commit.send_if_modified(|c| {
-            let advance = *c < p.next_offset;
+            let advance = *c < next_offset;
             if advance {
-                *c = p.next_offset;
+                *c = next_offset;
             }
             advance
         });
-        Ok(p.first_offset)
+    }
+
+    /// Keeps the commit watermark following the log's durable watermark,
+    /// so records become visible even when the producer that wrote them
+    /// went away before its acknowledgement (`--fsync=always`). Ends when
+    /// the node is dropped.
+    pub fn spawn_commit_follower(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let mut durable = self.log.subscribe_durable();
+        let always = self.fsync == FsyncPolicy::Always;
+        tokio::spawn(async move {
+            while always && durable.changed().await.is_ok() {
+                let next = durable.borrow_and_update().next_offset;
+                match weak.upgrade() {
+                    Some(node) => node.advance_commit(next),
+                    None => return,
+                }
+            }
+        })
     }
 
     /// One past the last committed offset.

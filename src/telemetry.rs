@@ -434,16 +434,23 @@ fn export_loop(
             }
         }
     };
+    // A batch goes out when full or BATCH_WAIT after its first span,
+    // however steadily spans trickle in.
+    let mut deadline: Option<std::time::Instant> = None;
     loop {
-        match rx.recv_timeout(BATCH_WAIT) {
+        let wait = deadline.map_or(BATCH_WAIT, |d| d.saturating_duration_since(std::time::Instant::now()));
+        match rx.recv_timeout(wait) {
             Ok(Msg::Span(span)) => {
                 batch.push(*span);
-                if batch.len() >= BATCH_SPANS {
+                deadline.get_or_insert_with(|| std::time::Instant::now() + BATCH_WAIT);
+                if batch.len() >= BATCH_SPANS || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                     export(&mut batch, &mut exporter);
+                    deadline = None;
                 }
             }
             Ok(Msg::Flush(ack)) => {
                 export(&mut batch, &mut exporter);
+                deadline = None;
                 let _ = ack.send(());
             }
             Ok(Msg::Shutdown(ack)) => {
@@ -456,7 +463,10 @@ fn export_loop(
                 let _ = ack.send(());
                 return;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => export(&mut batch, &mut exporter),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                export(&mut batch, &mut exporter);
+                deadline = None;
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => return export(&mut batch, &mut exporter),
         }
     }

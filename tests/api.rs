@@ -199,3 +199,27 @@ async fn shutdown_ends_open_streams_and_keeps_acknowledged_records() {
     );
     assert_eq!(&node.client().await.consume(0).await.unwrap().value[..], b"kept");
 }
+
+#[tokio::test]
+async fn produce_stream_stops_at_the_first_rejected_request() {
+    let node = TestNode::start_with(|c| c.max_record_bytes = 1024).await;
+    let c = node.client().await;
+    let record = |n: usize| pb::ProduceRequest {
+        record: Some(pb::Record {
+            value: Bytes::from(vec![1u8; n]),
+            ..Default::default()
+        }),
+    };
+    let requests = futures_util::stream::iter(vec![record(10), record(2000), record(10), record(10)]);
+    let mut responses = c.raw().produce_stream(requests).await.unwrap().into_inner();
+    assert_eq!(responses.next().await.unwrap().unwrap().offset, 0);
+    assert_eq!(
+        responses.next().await.unwrap().unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert!(responses.next().await.is_none());
+    // Nothing after the rejected request was written.
+    let mut c = node.client().await;
+    assert_eq!(c.consume(1).await.unwrap_err().code(), Code::OutOfRange);
+    assert_eq!(c.produce(Bytes::from_static(b"next")).await.unwrap(), 1);
+}

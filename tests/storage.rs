@@ -542,3 +542,104 @@ proptest! {
         prop_assert_eq!(data, want);
     }
 }
+
+// ---- cases from review: crash without a clean shutdown, resets, misuse ----
+
+#[test]
+fn crash_with_a_hole_mid_segment_keeps_only_the_prefix_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log_path, _) = synced_log(dir.path());
+    // A crash (no clean-shutdown marker) that lost a page in the middle of
+    // the log while the index and later records survived.
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let hole_at: u64 = 32 + (0..10).map(record_len).sum::<u64>();
+    let f = OpenOptions::new().write(true).open(&log_path).unwrap();
+    f.write_all_at(&vec![0u8; record_len(10) as usize], hole_at).unwrap();
+    reopen_expect_prefix(dir.path(), 10);
+}
+
+#[test]
+fn clean_shutdown_leaves_a_marker_that_open_consumes() {
+    let dir = tempfile::tempdir().unwrap();
+    synced_log(dir.path());
+    assert!(dir.path().join("CLEAN").exists());
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert!(
+        !dir.path().join("CLEAN").exists(),
+        "a crash from here on must not be mistaken for a clean state"
+    );
+    assert_offsets_readable(&log, N);
+}
+
+#[test]
+fn interrupted_reset_is_completed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        append_data(&log, 40);
+        log.sync().unwrap();
+        for p in segment_files(dir.path(), "log")
+            .into_iter()
+            .chain(segment_files(dir.path(), "idx"))
+        {
+            std::fs::copy(&p, saved.path().join(p.file_name().unwrap())).unwrap();
+        }
+        log.reset(1000, 700).unwrap();
+    }
+    // As if the crash came after the new segment was made, before the old
+    // went and before the marker was removed.
+    std::fs::write(dir.path().join("RESET"), "1000 700\n").unwrap();
+    for e in std::fs::read_dir(saved.path()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        (log.first_index(), log.next_index(), log.next_offset()),
+        (1000, 1000, 700)
+    );
+    assert_eq!(segment_files(dir.path(), "log").len(), 1);
+}
+
+#[test]
+fn truncating_below_the_first_index_is_an_error_that_leaves_the_log_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    append_data(&log, 100);
+    log.remove_before(50).unwrap();
+    assert!(log.truncate_from(0).unwrap_err().is_out_of_range());
+    append_data(&log, 1);
+    log.sync().unwrap();
+    assert_eq!(log.next_offset(), 101);
+}
+
+#[tokio::test]
+async fn waiting_after_a_truncation_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    append_data(&log, 10);
+    log.wait_durable(10).await.unwrap();
+    log.truncate_from(5).unwrap();
+    append_data(&log, 5);
+    tokio::time::timeout(std::time::Duration::from_secs(10), log.wait_durable(10))
+        .await
+        .expect("the flusher must be asked again after the watermark went down")
+        .unwrap();
+}
+
+#[test]
+fn damaged_sealed_index_entry_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        append_data(&log, 40);
+    }
+    let idx = segment_files(dir.path(), "idx").into_iter().next().unwrap();
+    let f = OpenOptions::new().write(true).open(&idx).unwrap();
+    f.write_all_at(&u64::MAX.to_le_bytes(), 16).unwrap(); // entry 1's position
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert!(matches!(log.read(1), Err(Error::Corrupt { .. })));
+    assert!(log.read(2).is_ok(), "records whose entries are intact still read");
+}

@@ -152,7 +152,7 @@ impl LogApi for LogService {
                         changed = commit.changed() => if changed.is_err() { return },
                         _ = tx.closed() => return,
                         _ = shutdown.cancelled() => {
-                            let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                            let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
                             return;
                         }
                     }
@@ -164,14 +164,14 @@ impl LogApi for LogService {
                     metrics.bytes_out.inc_by(record.payload.len() as u64);
                     // A bounded queue: a slow client makes this await, so
                     // the server holds at most STREAM_QUEUE responses for it.
-                    if tx
-                        .send(Ok(pb::ConsumeResponse {
-                            record: Some(record.into()),
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    // A client that stays connected but stops reading must not
+                    // hold up a graceful shutdown either.
+                    let response = Ok(pb::ConsumeResponse {
+                        record: Some(record.into()),
+                    });
+                    tokio::select! {
+                        sent = tx.send(response) => if sent.is_err() { return },
+                        _ = shutdown.cancelled() => return,
                     }
                 }
             }
@@ -204,6 +204,12 @@ impl LogApi for LogService {
                                 let len = v.len();
                                 node.append(std::slice::from_ref(&v)).map(|p| (p, len)).map_err(Status::from)
                             });
+                            // The stream ends at the first rejected request: append
+                            // nothing after it, so the log never holds requests the
+                            // client was not answered for past a gap.
+                            if pending.is_err() {
+                                inbound_open = false;
+                            }
                             let metrics = metrics.clone();
                             waiting.push_back(async move {
                                 let (p, len) = pending?;

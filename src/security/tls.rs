@@ -361,7 +361,10 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
         rest = der(rest, tag)?.2; // serial, signature, issuer, validity
     }
     let (_, mut subject, _) = der(rest, 0x30)?;
-    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value string }
+    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value string }.
+    // With several CNs the last one counts, as in Go's Subject.CommonName
+    // (which the book's ACL used).
+    let mut cn = None;
     while !subject.is_empty() {
         let (_, rdn, next) = der(subject, 0x31)?;
         subject = next;
@@ -371,12 +374,15 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
             atvs = next;
             let (_, oid, value) = der(atv, 0x06)?;
             if oid == [0x55, 0x04, 0x03] {
-                let (_, bytes, _) = der_any(value)?;
-                return String::from_utf8(bytes.to_vec()).ok();
+                // UTF8String, PrintableString or IA5String; others are refused.
+                let (tag, bytes, _) = der_any(value)?;
+                if matches!(tag, 0x0c | 0x13 | 0x16) {
+                    cn = String::from_utf8(bytes.to_vec()).ok();
+                }
             }
         }
     }
-    None
+    cn
 }
 
 /// Splits one TLV with the expected tag: (tag, content, rest).

@@ -203,6 +203,12 @@ impl Index {
         Ok(index)
     }
 
+    /// Flushes the mapping and fsyncs the file (clean shutdown).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.flush()?;
+        self.file.sync_all()
+    }
+
     /// Flushes dirty pages of a writable mapping (used on clean close).
     pub fn flush(&self) -> std::io::Result<()> {
         match &self.map {

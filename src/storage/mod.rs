@@ -168,6 +168,17 @@ pub struct Stats {
     pub fsyncs: u64,
 }
 
+/// Left by a clean shutdown; see `Log::shutdown`.
+const CLEAN_MARKER: &str = "CLEAN";
+/// Present while a `Log::reset` is under way: "<next_index> <next_offset>".
+const RESET_MARKER: &str = "RESET";
+
+fn parse_reset(text: &str) -> Option<(u64, u64)> {
+    let mut it = text.split_whitespace();
+    let r = (it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    it.next().is_none().then_some(r)
+}
+
 /// Default group-commit linger, and the batch size that triggers it.
 const LINGER_MICROS: u64 = 20;
 const LINGER_MIN_BATCH: u64 = 16;
@@ -284,6 +295,37 @@ impl Log {
         }
 
         let capacity = config.index_max_entries.max(1);
+        // A clean shutdown leaves a marker vouching for the active segment's
+        // index; it is consumed here, before anything can be appended.
+        let marker_path = dir.join(CLEAN_MARKER);
+        let clean = std::fs::read_to_string(&marker_path)
+            .ok()
+            .and_then(|t| segment::CleanMarker::decode(&t));
+        match std::fs::remove_file(&marker_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&marker_path, e)),
+            _ => sync_dir(&dir)?,
+        }
+        // A `reset` interrupted by a crash: finish it (see `Log::reset`).
+        let reset_path = dir.join(RESET_MARKER);
+        if let Some((index, offset)) = std::fs::read_to_string(&reset_path).ok().and_then(|t| parse_reset(&t)) {
+            tracing::warn!(index, offset, "completing an interrupted reset");
+            for &b in bases.iter().filter(|&&b| b != index) {
+                for ext in ["log", "idx"] {
+                    let p = dir.join(segment::file_name(b, ext));
+                    match std::fs::remove_file(&p) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                        _ => {}
+                    }
+                }
+            }
+            bases.retain(|&b| b == index);
+            if bases.is_empty() {
+                Segment::create(&dir, index, offset, capacity)?;
+                bases.push(index);
+            }
+            std::fs::remove_file(&reset_path).map_err(|e| Error::io(&reset_path, e))?;
+            sync_dir(&dir)?;
+        }
         let mut sealed = Vec::with_capacity(bases.len());
         let active = match bases.split_last() {
             None => Segment::create(&dir, config.initial_index, 0, capacity)?,
@@ -294,7 +336,7 @@ impl Log {
                     sealed.push(seg);
                 }
                 let fallback = sealed.last().map_or(0, |s: &Segment| s.end_offset);
-                let (seg, rec) = Segment::recover_active(&dir, last, capacity, fallback)?;
+                let (seg, rec) = Segment::recover_active(&dir, last, capacity, clean, fallback)?;
                 check_contiguous(sealed.last(), &seg)?;
                 if rec.truncated_bytes > 0 {
                     tracing::warn!(
@@ -394,7 +436,7 @@ impl Log {
             let active = &inner.active;
             if !active.is_empty() && (active.size + rec_len > s.config.segment_max_bytes || active.index.is_full()) {
                 if let Err(err) = s.roll(&mut inner) {
-                    inner.failed = Some(err.to_string());
+                    s.fail(&mut inner, &err);
                     return Err(err);
                 }
             }
@@ -558,9 +600,18 @@ impl Log {
         let s = &self.shared;
         let _io = lock(&s.io_lock);
         let mut inner = lock(&s.inner);
+        let first = inner.first_index();
+        if index < first {
+            // A caller error: nothing was touched, so the log stays usable.
+            return Err(Error::IndexOutOfRange {
+                index,
+                first,
+                next: inner.next_index,
+            });
+        }
         let result = s.truncate_locked(&mut inner, index);
         if let Err(e) = &result {
-            inner.failed = Some(e.to_string());
+            s.fail(&mut inner, e);
         }
         result
     }
@@ -583,17 +634,43 @@ impl Log {
         let s = &self.shared;
         let _io = lock(&s.io_lock);
         let mut inner = lock(&s.inner);
+        // Crash safety: a RESET marker is made durable first; `open` finishes
+        // any reset it finds (keeps only the segment at `next_index`,
+        // creating it if missing). The marker goes once the work is done.
+        let marker = s.dir.join(RESET_MARKER);
         let result = (|| -> Result<()> {
-            for seg in inner.sealed.drain(..) {
+            std::fs::write(&marker, format!("{next_index} {next_offset}\n"))
+                .and_then(|_| File::open(&marker)?.sync_all())
+                .map_err(|e| Error::io(&marker, e))?;
+            sync_dir(&s.dir)?;
+            let old: Vec<Segment> = inner.sealed.drain(..).collect();
+            // An old segment at the same base must go before the new one is made.
+            for seg in old
+                .iter()
+                .chain(std::iter::once(&inner.active))
+                .filter(|seg| seg.base_index == next_index)
+            {
                 seg.remove_files()?;
             }
-            inner.active.remove_files()?;
-            inner.active = Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
+            let fresh = Segment::create(&s.dir, next_index, next_offset, s.config.index_max_entries)?;
+            let previous = std::mem::replace(&mut inner.active, fresh);
+            for seg in old
+                .iter()
+                .chain(std::iter::once(&previous))
+                .filter(|seg| seg.base_index != next_index)
+            {
+                seg.remove_files()?;
+            }
+            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
             Ok(())
         })();
         if let Err(e) = result {
-            inner.failed = Some(e.to_string());
+            s.fail(&mut inner, &e);
             return Err(e);
+        }
+        {
+            let mut r = lock(&s.request);
+            r.sync_to = r.sync_to.min(next_index);
         }
         inner.pending.clear();
         inner.pending_pos = inner.active.size;
@@ -688,12 +765,21 @@ impl Log {
             return Err(Error::Failed(f));
         }
         self.shared.flush(true)?;
+        // Vouch for the index so the next open need not rescan the active
+        // segment: the index is flushed and fsynced, the log was fsynced above.
         let inner = lock(&self.shared.inner);
-        inner
-            .active
-            .index
-            .flush()
-            .map_err(|e| Error::io(&inner.active.idx_path, e))
+        let active = &inner.active;
+        active.index.sync().map_err(|e| Error::io(&active.idx_path, e))?;
+        let marker = segment::CleanMarker {
+            base_index: active.base_index,
+            file_len: active.size,
+            entries: active.index.len(),
+        };
+        let path = self.shared.dir.join(CLEAN_MARKER);
+        std::fs::write(&path, marker.encode())
+            .and_then(|_| File::open(&path)?.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.shared.dir)
     }
 }
 
@@ -773,7 +859,13 @@ impl Inner {
             return Err(Error::IndexOutOfRange { index, first, next });
         }
         let seg = self.segment_of_index(index);
-        let (pos, len) = seg.span((index - seg.base_index) as usize);
+        let Some((pos, len)) = seg.span((index - seg.base_index) as usize) else {
+            return Err(Error::Corrupt {
+                path: seg.idx_path.clone(),
+                position: 0,
+                reason: format!("the index entry of record {index} points outside the log"),
+            });
+        };
         let decoded = if !seg.sealed && pos >= self.pending_pos {
             let at = (pos - self.pending_pos) as usize;
             record::decode_record(&self.pending[at..at + len as usize])
@@ -803,6 +895,17 @@ impl Inner {
 }
 
 impl Shared {
+    /// Poisons the log after an I/O failure and wakes every waiter with the
+    /// error (a write or fsync failure leaves the file's state unknown).
+    fn fail(&self, inner: &mut Inner, err: &Error) {
+        inner.failed = Some(err.to_string());
+        let msg = err.to_string();
+        self.publish(|d| {
+            d.failed = Some(msg);
+            true
+        });
+    }
+
     fn is_durable(&self, next_index: u64) -> bool {
         self.durable_index.load(Ordering::Acquire) >= next_index || self.failed.load(Ordering::Acquire)
     }
@@ -855,10 +958,12 @@ impl Shared {
                     return;
                 }
                 let durable = self.durable.borrow().next_index;
-                if r.sync_to > durable {
+                // After a failure there is nothing to do but wait for shutdown.
+                let failed = self.failed.load(Ordering::Acquire);
+                if r.sync_to > durable && !failed {
                     break true;
                 }
-                if r.write {
+                if r.write && !failed {
                     break false;
                 }
                 r.idle = true;
@@ -993,8 +1098,15 @@ impl Shared {
                 .map_err(|e| Error::io(&active.log_path, e))?;
             inner.pending.clear();
         }
-        // Any buffer still in flight to this file is fsynced by its flusher
-        // before the durable watermark covers it.
+        // A write-behind buffer (flush without fsync) may still be in flight to
+        // this file, and nobody would fsync it after the roll: write it here
+        // too (same bytes, same place) so the fsync below covers it.
+        if let Some(f) = inner.inflight.as_ref().filter(|f| f.base_index == active.base_index) {
+            active
+                .file
+                .write_all_at(&f.buf, f.pos)
+                .map_err(|e| Error::io(&active.log_path, e))?;
+        }
         let started = Instant::now();
         active.file.sync_data().map_err(|e| Error::io(&active.log_path, e))?;
         self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1059,6 +1171,10 @@ impl Shared {
         inner.next_offset = new_offset;
         if removed_files {
             sync_dir(&self.dir)?;
+        }
+        {
+            let mut r = lock(&self.request);
+            r.sync_to = r.sync_to.min(index);
         }
         self.publish(|d| {
             if d.next_index > index {

@@ -48,6 +48,38 @@ pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
     Some((stem.parse().ok()?, ext))
 }
 
+/// What a clean shutdown recorded about the active segment (`CLEAN` file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanMarker {
+    pub base_index: u64,
+    pub file_len: u64,
+    pub entries: usize,
+}
+
+impl CleanMarker {
+    pub fn encode(&self) -> String {
+        format!(
+            "sidelog-clean-v1 {} {} {}\n",
+            self.base_index, self.file_len, self.entries
+        )
+    }
+
+    pub fn decode(text: &str) -> Option<CleanMarker> {
+        let mut it = text.split_whitespace();
+        if it.next()? != "sidelog-clean-v1" {
+            return None;
+        }
+        let base_index = it.next()?.parse().ok()?;
+        let file_len = it.next()?.parse().ok()?;
+        let entries = it.next()?.parse().ok()?;
+        it.next().is_none().then_some(CleanMarker {
+            base_index,
+            file_len,
+            entries,
+        })
+    }
+}
+
 pub(crate) struct Segment {
     pub base_index: u64,
     pub base_offset: u64,
@@ -177,7 +209,9 @@ impl Segment {
                 "first index entry does not match the file header".into(),
             ));
         }
-        let (pos, len) = seg.span(n - 1);
+        let Some((pos, len)) = seg.span(n - 1) else {
+            return Err(corrupt(0, "index entries point outside the file".into()));
+        };
         if len < HEADER_LEN as u64 {
             return Err(corrupt(pos, format!("last record is truncated ({len} bytes)")));
         }
@@ -210,6 +244,7 @@ impl Segment {
         dir: &Path,
         base_index: u64,
         capacity: usize,
+        clean: Option<CleanMarker>,
         fallback_offset: u64,
     ) -> Result<(Segment, Recovery)> {
         let log_path = dir.join(file_name(base_index, "log"));
@@ -240,40 +275,44 @@ impl Segment {
         };
         let mut index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
 
-        // 1. The longest prefix of index entries that is plausible: positions
-        //    strictly increase inside the file, offsets grow by 0 or 1.
+        // 1. After a clean shutdown (the marker matches this file), the index
+        //    was flushed and fsynced with the log: trust it if it is
+        //    plausible (positions strictly increase inside the file, offsets
+        //    grow by 0 or 1) and its last record verifies.
+        // 2. Otherwise (a crash) trust nothing: the mmap'd index may hold
+        //    stale or missing pages, and unsynced log pages may be holes, so
+        //    every record of the active segment is verified from the start.
+        //    This is bounded by one segment (64 MiB by default).
         let mut n = 0;
-        let mut prev = (0u64, 0u64);
-        while n < index.capacity() {
-            let (pos, off) = index.entry(n);
-            let ok = if n == 0 {
-                pos == FILE_HEADER_LEN && off == base_offset
-            } else {
-                pos > prev.0 && off >= prev.1 && off <= prev.1 + 1
-            };
-            if !ok || pos + HEADER_LEN as u64 > file_len {
-                break;
-            }
-            prev = (pos, off);
-            n += 1;
-        }
-        // 2. Walk back until an entry's record verifies (a few tries, then
-        //    rescan the whole segment: rare, and bounded by its size).
-        let mut tries = 0;
         let mut resume = None;
-        while n > 0 {
-            let (pos, off) = index.entry(n - 1);
-            if let Some(r) = read_verified_at(&file, pos, file_len) {
-                if r.index == base_index + n as u64 - 1 && r.offset == off {
-                    let next_off = off + u64::from(r.kind == Kind::Data);
-                    resume = Some((pos + HEADER_LEN as u64 + r.payload.len() as u64, next_off));
+        if let Some(clean) = clean.filter(|c| c.base_index == base_index && c.file_len == file_len) {
+            let mut prev = (0u64, 0u64);
+            while n < clean.entries.min(index.capacity()) {
+                let (pos, off) = index.entry(n);
+                let ok = if n == 0 {
+                    pos == FILE_HEADER_LEN && off == base_offset
+                } else {
+                    pos > prev.0 && off >= prev.1 && off <= prev.1 + 1
+                };
+                if !ok || pos.checked_add(HEADER_LEN as u64).is_none_or(|end| end > file_len) {
                     break;
                 }
+                prev = (pos, off);
+                n += 1;
             }
-            n -= 1;
-            tries += 1;
-            if tries > 8 {
+            let verified = n == clean.entries
+                && n > 0
+                && read_verified_at(&file, prev.0, file_len).is_some_and(|r| {
+                    let ok = r.index == base_index + n as u64 - 1 && r.offset == prev.1;
+                    if ok {
+                        let next_off = prev.1 + u64::from(r.kind == Kind::Data);
+                        resume = Some((prev.0 + HEADER_LEN as u64 + r.payload.len() as u64, next_off));
+                    }
+                    ok
+                });
+            if !verified {
                 n = 0;
+                resume = None;
             }
         }
         index.set_len(n);
@@ -331,12 +370,14 @@ impl Segment {
         };
         drop(reader);
         if pos < file_len {
-            file.set_len(pos)
-                .and_then(|_| file.sync_all())
-                .map_err(|e| Error::io(&log_path, e))?;
+            file.set_len(pos).map_err(|e| Error::io(&log_path, e))?;
             rec.truncated_bytes = file_len - pos;
             rec.reason = cut_reason;
         }
+        // What survived may have been in the page cache only (a killed
+        // process): make it durable before anyone is told it exists.
+        file.sync_all().map_err(|e| Error::io(&log_path, e))?;
+        index.flush().map_err(|e| Error::io(&idx_path, e))?;
         let seg = Segment {
             base_index,
             base_offset,
@@ -361,14 +402,19 @@ impl Segment {
     }
 
     /// (position, length) of entry `i`.
-    pub fn span(&self, i: usize) -> (u64, u64) {
+    pub fn span(&self, i: usize) -> Option<(u64, u64)> {
+        // None when the index is inconsistent (a damaged sealed index): an
+        // error for the caller, never a panic or a huge allocation.
         let pos = self.index.entry(i).0;
         let end = if i + 1 < self.index.len() {
             self.index.entry(i + 1).0
         } else {
             self.size
         };
-        (pos, end - pos)
+        if end > self.size || pos < FILE_HEADER_LEN {
+            return None;
+        }
+        Some((pos, end.checked_sub(pos)?))
     }
 
     pub fn read_file(&self, pos: u64, len: u64) -> std::io::Result<Vec<u8>> {
