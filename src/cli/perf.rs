@@ -162,62 +162,25 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn produce_unary(
+/// Runs `workers` concurrent callers that take `batch` records at a time
+/// until `total` are produced; returns per-record latencies (µs).
+async fn run_workers<F, Fut>(
     client: &Client,
-    p: &ProducePerf,
-    value: Bytes,
+    workers: usize,
+    total: u64,
+    batch: u64,
     done: &Arc<AtomicU64>,
-) -> anyhow::Result<Vec<u32>> {
+    call: F,
+) -> anyhow::Result<Vec<u32>>
+where
+    F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let mut tasks = Vec::new();
-    for _ in 0..p.inflight {
-        let (mut c, next, done, lat, value, total) = (
-            client.clone(),
-            next.clone(),
-            done.clone(),
-            lat.clone(),
-            value.clone(),
-            p.records,
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Latencies::default();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                c.produce(value.clone()).await?;
-                mine.record(t, 1);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            lat.lock().await.0.extend(mine.0);
-            Ok::<_, tonic::Status>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(std::mem::take(&mut lat.lock().await.0))
-}
-
-async fn produce_batch(
-    client: &Client,
-    p: &ProducePerf,
-    value: Bytes,
-    done: &Arc<AtomicU64>,
-) -> anyhow::Result<Vec<u32>> {
-    let calls = p.inflight.div_ceil(p.batch).max(1);
-    let next = Arc::new(AtomicU64::new(0));
-    let lat = Arc::new(Mutex::new(Latencies::default()));
-    let mut tasks = Vec::new();
-    for _ in 0..calls {
-        let (mut c, next, done, lat, value, total, batch) = (
-            client.clone(),
-            next.clone(),
-            done.clone(),
-            lat.clone(),
-            value.clone(),
-            p.records,
-            p.batch as u64,
-        );
+    for _ in 0..workers {
+        let (c, next, done, lat, call) = (client.clone(), next.clone(), done.clone(), lat.clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Latencies::default();
             loop {
@@ -227,7 +190,7 @@ async fn produce_batch(
                 }
                 let n = batch.min(total - from) as usize;
                 let t = Instant::now();
-                c.produce_batch(vec![value.clone(); n]).await?;
+                call(c.clone(), n).await?;
                 mine.record(t, n);
                 done.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -239,6 +202,33 @@ async fn produce_batch(
         t.await??;
     }
     Ok(std::mem::take(&mut lat.lock().await.0))
+}
+
+async fn produce_unary(
+    client: &Client,
+    p: &ProducePerf,
+    value: Bytes,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
+    run_workers(client, p.inflight, p.records, 1, done, move |mut c, _| {
+        let v = value.clone();
+        async move { c.produce(v).await.map(drop) }
+    })
+    .await
+}
+
+async fn produce_batch(
+    client: &Client,
+    p: &ProducePerf,
+    value: Bytes,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Vec<u32>> {
+    let calls = p.inflight.div_ceil(p.batch).max(1);
+    run_workers(client, calls, p.records, p.batch as u64, done, move |mut c, n| {
+        let v = value.clone();
+        async move { c.produce_batch(vec![v; n]).await.map(drop) }
+    })
+    .await
 }
 
 async fn produce_stream(

@@ -1127,17 +1127,10 @@ impl Shared {
         sync_dir(&self.dir)
     }
 
+    /// Called by `truncate_from`, which has checked `index >= first_index`.
     fn truncate_locked(&self, inner: &mut Inner, index: u64) -> Result<()> {
         if index >= inner.next_index {
             return Ok(());
-        }
-        let first = inner.first_index();
-        if index < first {
-            return Err(Error::IndexOutOfRange {
-                index,
-                first,
-                next: inner.next_index,
-            });
         }
         // Put every byte in the file first, so truncation is file-level only.
         if !inner.pending.is_empty() {
