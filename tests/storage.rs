@@ -589,7 +589,7 @@ fn interrupted_reset_is_completed_on_open() {
     }
     // As if the crash came after the new segment was made, before the old
     // went and before the marker was removed.
-    std::fs::write(dir.path().join("RESET"), "1000 700\n").unwrap();
+    std::fs::write(dir.path().join("RESET"), "sidelog-reset-v1 1000 700 end\n").unwrap();
     for e in std::fs::read_dir(saved.path()).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
@@ -642,4 +642,31 @@ fn damaged_sealed_index_entry_is_an_error_not_a_panic() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert!(matches!(log.read(1), Err(Error::Corrupt { .. })));
     assert!(log.read(2).is_ok(), "records whose entries are intact still read");
+}
+
+#[test]
+fn interrupted_reset_onto_an_existing_base_drops_the_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        append_data(&log, 10);
+        log.sync().unwrap();
+    }
+    // The crash came after the marker was durable, before anything else:
+    // the old active segment at base 0 (offset 0) is still there.
+    std::fs::write(dir.path().join("RESET"), "sidelog-reset-v1 0 500 end\n").unwrap();
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((log.first_index(), log.next_index(), log.next_offset()), (0, 0, 500));
+    assert!(!dir.path().join("RESET").exists());
+}
+
+#[test]
+fn a_torn_reset_marker_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    synced_log(dir.path());
+    std::fs::write(dir.path().join("RESET"), "sidelog-reset-v1 12345 6").unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_offsets_readable(&log, N);
+    assert!(!dir.path().join("RESET").exists());
 }

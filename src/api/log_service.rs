@@ -171,7 +171,10 @@ impl LogApi for LogService {
                     });
                     tokio::select! {
                         sent = tx.send(response) => if sent.is_err() { return },
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => {
+                            let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
+                            return;
+                        }
                     }
                 }
             }

@@ -163,14 +163,6 @@ impl Index {
         self.len = len;
     }
 
-    /// Zeroes everything past `len` in the whole mapping (used by recovery,
-    /// where garbage may sit anywhere past the verified prefix).
-    pub fn clear_tail(&mut self) {
-        if let Map::Writable(m) = &mut self.map {
-            m[self.len * ENTRY_LEN..].fill(0);
-        }
-    }
-
     /// Flushes the mapping, trims the file to exactly `len` entries, fsyncs
     /// it and remaps it read-only.
     pub fn seal(&mut self) -> std::io::Result<()> {

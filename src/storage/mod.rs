@@ -173,10 +173,17 @@ const CLEAN_MARKER: &str = "CLEAN";
 /// Present while a `Log::reset` is under way: "<next_index> <next_offset>".
 const RESET_MARKER: &str = "RESET";
 
+fn reset_marker(next_index: u64, next_offset: u64) -> String {
+    format!("sidelog-reset-v1 {next_index} {next_offset} end\n")
+}
+
 fn parse_reset(text: &str) -> Option<(u64, u64)> {
     let mut it = text.split_whitespace();
+    if it.next()? != "sidelog-reset-v1" {
+        return None;
+    }
     let r = (it.next()?.parse().ok()?, it.next()?.parse().ok()?);
-    it.next().is_none().then_some(r)
+    (it.next()? == "end" && it.next().is_none()).then_some(r)
 }
 
 /// Default group-commit linger, and the batch size that triggers it.
@@ -306,23 +313,28 @@ impl Log {
             _ => sync_dir(&dir)?,
         }
         // A `reset` interrupted by a crash: finish it (see `Log::reset`).
+        // While the marker exists nothing was appended after the reset, so
+        // every segment goes and the new one is made afresh.
         let reset_path = dir.join(RESET_MARKER);
-        if let Some((index, offset)) = std::fs::read_to_string(&reset_path).ok().and_then(|t| parse_reset(&t)) {
-            tracing::warn!(index, offset, "completing an interrupted reset");
-            for &b in bases.iter().filter(|&&b| b != index) {
-                for ext in ["log", "idx"] {
-                    let p = dir.join(segment::file_name(b, ext));
-                    match std::fs::remove_file(&p) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
-                        _ => {}
+        if let Ok(text) = std::fs::read_to_string(&reset_path) {
+            if let Some((index, offset)) = parse_reset(&text) {
+                tracing::warn!(index, offset, "completing an interrupted reset");
+                for &b in &bases {
+                    for ext in ["log", "idx"] {
+                        let p = dir.join(segment::file_name(b, ext));
+                        match std::fs::remove_file(&p) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                            _ => {}
+                        }
                     }
                 }
-            }
-            bases.retain(|&b| b == index);
-            if bases.is_empty() {
                 Segment::create(&dir, index, offset, capacity)?;
-                bases.push(index);
+                bases = vec![index];
+            } else {
+                // Torn while being written: no segment was touched yet.
+                tracing::warn!("ignoring an incomplete reset marker");
             }
+            sync_dir(&dir)?;
             std::fs::remove_file(&reset_path).map_err(|e| Error::io(&reset_path, e))?;
             sync_dir(&dir)?;
         }
@@ -639,7 +651,7 @@ impl Log {
         // creating it if missing). The marker goes once the work is done.
         let marker = s.dir.join(RESET_MARKER);
         let result = (|| -> Result<()> {
-            std::fs::write(&marker, format!("{next_index} {next_offset}\n"))
+            std::fs::write(&marker, reset_marker(next_index, next_offset))
                 .and_then(|_| File::open(&marker)?.sync_all())
                 .map_err(|e| Error::io(&marker, e))?;
             sync_dir(&s.dir)?;
@@ -661,8 +673,10 @@ impl Log {
             {
                 seg.remove_files()?;
             }
+            // The new layout is durable before the marker goes.
+            sync_dir(&s.dir)?;
             std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
-            Ok(())
+            sync_dir(&s.dir)
         })();
         if let Err(e) = result {
             s.fail(&mut inner, &e);
@@ -677,7 +691,6 @@ impl Log {
         inner.inflight = None;
         inner.next_index = next_index;
         inner.next_offset = next_offset;
-        sync_dir(&s.dir)?;
         s.publish(|d| {
             d.next_index = next_index;
             d.next_offset = next_offset;
@@ -1016,6 +1029,13 @@ impl Shared {
             let target = (inner.next_index, inner.next_offset);
             let inflight = if inner.pending.is_empty() {
                 if !fsync || self.durable.borrow().next_index >= target.0 {
+                    if fsync {
+                        // A waiter may have asked for more than the log holds
+                        // (it appended, then a truncation cut its records):
+                        // forget that, or the flusher would spin on it.
+                        let mut r = lock(&self.request);
+                        r.sync_to = r.sync_to.min(target.0);
+                    }
                     return Ok(self.durable.borrow().clone());
                 }
                 None
@@ -1096,6 +1116,8 @@ impl Shared {
                 .file
                 .write_all_at(&inner.pending, inner.pending_pos)
                 .map_err(|e| Error::io(&active.log_path, e))?;
+            // The bytes are in the file now: reads must go there.
+            inner.pending_pos += inner.pending.len() as u64;
             inner.pending.clear();
         }
         // A write-behind buffer (flush without fsync) may still be in flight to
@@ -1138,6 +1160,7 @@ impl Shared {
             a.file
                 .write_all_at(&inner.pending, inner.pending_pos)
                 .map_err(|e| Error::io(&a.log_path, e))?;
+            inner.pending_pos += inner.pending.len() as u64;
             inner.pending.clear();
         }
         let new_offset = {

@@ -315,8 +315,19 @@ impl Segment {
                 resume = None;
             }
         }
+        if n == 0 {
+            // Untrusted: start from an empty index. Truncating the file zeroes
+            // it without touching (and dirtying) every page of the mapping.
+            drop(index);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&idx_path)
+                .map_err(|e| Error::io(&idx_path, e))?;
+            f.set_len(0).map_err(|e| Error::io(&idx_path, e))?;
+            drop(f);
+            index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
+        }
         index.set_len(n);
-        index.clear_tail();
         let (mut pos, mut expect_offset) = resume.unwrap_or((FILE_HEADER_LEN, base_offset));
         let mut expect_index = base_index + n as u64;
 
@@ -377,7 +388,6 @@ impl Segment {
         // What survived may have been in the page cache only (a killed
         // process): make it durable before anyone is told it exists.
         file.sync_all().map_err(|e| Error::io(&log_path, e))?;
-        index.flush().map_err(|e| Error::io(&idx_path, e))?;
         let seg = Segment {
             base_index,
             base_offset,
