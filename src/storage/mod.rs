@@ -309,8 +309,9 @@ impl Log {
             .ok()
             .and_then(|t| segment::CleanMarker::decode(&t));
         match std::fs::remove_file(&marker_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&marker_path, e)),
-            _ => sync_dir(&dir)?,
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&marker_path, e)),
         }
         // A `reset` interrupted by a crash: finish it (see `Log::reset`).
         // While the marker exists nothing was appended after the reset, so
