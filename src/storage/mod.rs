@@ -867,6 +867,22 @@ impl Inner {
         }
     }
 
+    /// Writes the write buffer to the active file synchronously (roll and
+    /// truncate need every byte in the file).
+    fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let a = &self.active;
+        a.file
+            .write_all_at(&self.pending, self.pending_pos)
+            .map_err(|e| Error::io(&a.log_path, e))?;
+        // The bytes are in the file now: reads must go there.
+        self.pending_pos += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
     fn read_index(&self, index: u64) -> Result<Record> {
         let (first, next) = (self.first_index(), self.next_index);
         if index < first || index >= next {
@@ -918,6 +934,17 @@ impl Shared {
             d.failed = Some(msg);
             true
         });
+    }
+
+    /// fdatasync with the bookkeeping every fsync gets (count, observer).
+    fn sync_file(&self, file: &File, records: u64) -> io::Result<()> {
+        let started = Instant::now();
+        let result = file.sync_data();
+        self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(o) = &self.config.observer {
+            o.on_fsync(started.elapsed(), records);
+        }
+        result
     }
 
     fn is_durable(&self, next_index: u64) -> bool {
@@ -1074,13 +1101,8 @@ impl Shared {
             }
         }
         if fsync && result.is_ok() {
-            let started = Instant::now();
-            result = file.sync_data();
-            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(o) = &self.config.observer {
-                let before = self.durable_index.load(Ordering::Acquire);
-                o.on_fsync(started.elapsed(), target.0.saturating_sub(before));
-            }
+            let records = target.0.saturating_sub(self.durable_index.load(Ordering::Acquire));
+            result = self.sync_file(&file, records);
         }
         if let Err(e) = result {
             // After a failed write or fsync the page cache state is unknown
@@ -1111,16 +1133,8 @@ impl Shared {
     /// held, from `append`; rare (once per segment), so its fsync under the
     /// lock is acceptable.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
+        inner.write_pending()?;
         let active = &mut inner.active;
-        if !inner.pending.is_empty() {
-            active
-                .file
-                .write_all_at(&inner.pending, inner.pending_pos)
-                .map_err(|e| Error::io(&active.log_path, e))?;
-            // The bytes are in the file now: reads must go there.
-            inner.pending_pos += inner.pending.len() as u64;
-            inner.pending.clear();
-        }
         // A write-behind buffer (flush without fsync) may still be in flight to
         // this file, and nobody would fsync it after the roll: write it here
         // too (same bytes, same place) so the fsync below covers it.
@@ -1130,12 +1144,8 @@ impl Shared {
                 .write_all_at(&f.buf, f.pos)
                 .map_err(|e| Error::io(&active.log_path, e))?;
         }
-        let started = Instant::now();
-        active.file.sync_data().map_err(|e| Error::io(&active.log_path, e))?;
-        self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(o) = &self.config.observer {
-            o.on_fsync(started.elapsed(), 0);
-        }
+        self.sync_file(&active.file, 0)
+            .map_err(|e| Error::io(&active.log_path, e))?;
         active.end_offset = inner.next_offset;
         active.seal()?;
         let fresh = Segment::create(
@@ -1156,14 +1166,7 @@ impl Shared {
             return Ok(());
         }
         // Put every byte in the file first, so truncation is file-level only.
-        if !inner.pending.is_empty() {
-            let a = &inner.active;
-            a.file
-                .write_all_at(&inner.pending, inner.pending_pos)
-                .map_err(|e| Error::io(&a.log_path, e))?;
-            inner.pending_pos += inner.pending.len() as u64;
-            inner.pending.clear();
-        }
+        inner.write_pending()?;
         let new_offset = {
             let seg = inner.segment_of_index(index);
             seg.index.entry((index - seg.base_index) as usize).1
