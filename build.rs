@@ -4,7 +4,7 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/log/v1/log.proto"];
+    let protos = ["proto/log/v1/log.proto", "proto/sidelog/v1/peer.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .bytes(".log.v1.Record.value")
+        .bytes(".sidelog.v1")
         .compile_fds(fds)?;
     Ok(())
 }

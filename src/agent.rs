@@ -2,9 +2,12 @@
 //! retention loop, and shuts everything down in order.
 //!
 //! Start order: open (and recover) the log, bind every listener (so a bad
-//! address fails before anything serves), start serving, then report
-//! SERVING. Shutdown order: NOT_SERVING, stop accepting and let in-flight
-//! requests finish within the grace period, fsync, close.
+//! address fails before anything serves), start Raft and the peer service,
+//! form or join the cluster in the background, serve clients. Health is
+//! SERVING (and `/readyz` 200) while the node is a member with a known
+//! leader and not far behind. Shutdown order: NOT_SERVING, graceful leave
+//! (on SIGTERM), stop accepting and let in-flight requests finish within
+//! the grace period, stop Raft, fsync, close.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,6 +19,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{self, LogService, http::HttpState},
+    cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
     config::{Config, FsyncPolicy},
     node::LogNode,
     security::{AclError, Authorizer, ClientAuth, ReloadableTls, TlsError, tls},
@@ -40,6 +44,10 @@ pub enum AgentError {
     Acl(#[from] AclError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -53,7 +61,9 @@ const RETENTION_PERIOD: Duration = Duration::from_secs(30);
 pub struct Agent {
     pub client_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
     node: Arc<LogNode>,
+    cluster: Arc<Cluster>,
     shutdown: CancellationToken,
     health: tonic_health::server::HealthReporter,
     servers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
@@ -75,6 +85,15 @@ impl Agent {
 
     /// Starts an agent that reports into `metrics` (shared with telemetry).
     pub async fn start_with(config: Config, metrics: Arc<Metrics>) -> Result<Agent, AgentError> {
+        Self::start_opts(config, metrics, None).await
+    }
+
+    /// As [`Agent::start_with`]; `partition` lets tests cut peer traffic.
+    pub async fn start_opts(
+        config: Config,
+        metrics: Arc<Metrics>,
+        partition: Option<Arc<Partition>>,
+    ) -> Result<Agent, AgentError> {
         let log_config = LogConfig {
             observer: Some(metrics.clone()),
             segment_max_bytes: config.segment_max_bytes,
@@ -89,6 +108,12 @@ impl Agent {
         );
 
         let client_listener = bind("client API", config.client_addr).await?;
+        let peer_listener = bind("peer API", config.peer_addr).await?;
+        let peer_addr = peer_listener.local_addr().map_err(|source| AgentError::Bind {
+            what: "peer API",
+            addr: config.peer_addr,
+            source,
+        })?;
         let http_listener = bind("HTTP", config.http_addr).await?;
         let client_addr = client_listener.local_addr().map_err(|source| AgentError::Bind {
             what: "client API",
@@ -105,15 +130,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| client_addr.to_string());
 
-        let node = Arc::new(LogNode::new(
-            log.clone(),
-            config.fsync,
-            config.max_record_bytes,
-            config.node_id.clone(),
-            advertise,
-        ));
-        // Detached: it ends by itself when the node is dropped.
-        drop(node.spawn_commit_follower());
+        let node = Arc::new(LogNode::new(log.clone(), config.max_record_bytes));
         let shutdown = CancellationToken::new();
 
         // Security first: a bad certificate or policy must stop the start.
@@ -134,6 +151,59 @@ impl Agent {
             None => Authorizer::open(),
         });
 
+        let peer_tls = match &config.peer_tls {
+            Some(files) => Some(ReloadableTls::new(files.clone(), ClientAuth::Required, vec![b"h2"])?),
+            None => None,
+        };
+        let mut cluster_config = ClusterConfig::new(NodeInfo {
+                name: config.node_id.clone(),
+                peer_addr: config
+                    .advertise_peer_addr
+                    .clone()
+                    .unwrap_or_else(|| peer_addr.to_string()),
+                client_addr: advertise,
+            });
+        cluster_config.join = config.join.clone();
+        cluster_config.bootstrap_expect = config.bootstrap_expect;
+        cluster_config.fsync = config.fsync;
+        cluster_config.partition = partition;
+        cluster_config.peer_tls = match &config.peer_tls {
+            Some(files) => Some(peer_client_tls(files)?),
+            None => None,
+        };
+        let cluster = Cluster::start(cluster_config, node.clone()).await?;
+        let peer_server = {
+            let token = shutdown.clone();
+            let server = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(16 << 20))
+                .add_service(PeerService::new(cluster.clone()).into_server());
+            match &peer_tls {
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
+                    tokio::spawn(async move {
+                        server
+                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                Some(tls) => {
+                    let conns = tls::accept_loop(peer_listener, tls.clone(), token.clone());
+                    let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
+                    tokio::spawn(async move {
+                        server
+                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+            }
+        };
+        let membership = cluster.spawn_membership();
+
         let (health, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
         let reflection = || {
@@ -150,7 +220,8 @@ impl Agent {
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
-            .add_service(LogService::new(node.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server());
+            .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
+            .add_service(LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server());
 
         let grpc = {
             let token = shutdown.clone();
@@ -187,6 +258,7 @@ impl Agent {
         };
 
         let http_state = HttpState {
+            cluster: cluster.clone(),
             node: node.clone(),
             auth: auth.clone(),
             metrics: metrics.clone(),
@@ -214,18 +286,14 @@ impl Agent {
             }
         };
 
-        let mut background = Vec::new();
+        let mut background = vec![membership];
         let retention = config.retention();
         if !retention.is_unlimited() {
-            let (log, token) = (log.clone(), shutdown.clone());
+            let (cluster, token) = (cluster.clone(), shutdown.clone());
             background.push(tokio::spawn(async move {
                 loop {
-                    let l = log.clone();
-                    let r = retention.clone();
-                    match tokio::task::spawn_blocking(move || l.apply_retention(&r, u64::MAX)).await {
-                        Ok(Err(e)) => tracing::error!(cause = %e, "retention failed"),
-                        Err(e) => tracing::error!(cause = %e, "retention task panicked"),
-                        Ok(Ok(_)) => {}
+                    if let Err(e) = cluster.apply_retention(&retention).await {
+                        tracing::error!(cause = %e, "retention failed");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(RETENTION_PERIOD) => {}
@@ -245,11 +313,25 @@ impl Agent {
             )));
         }
 
-        health.set_service_status("", ServingStatus::Serving).await;
-        health.set_serving::<api::pb::log_server::LogServer<LogService>>().await;
+        background.push(tokio::spawn(readiness_loop(cluster.clone(), health.clone(), shutdown.clone())));
+        if config.join.is_empty() && config.bootstrap_expect <= 1 {
+            // A lone node elects itself at once: return when it serves.
+            let mut metrics = cluster.raft().metrics();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !cluster.is_ready() {
+                if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                    tracing::warn!("the single-node cluster is not ready after 10s");
+                    break;
+                }
+            }
+            if cluster.is_ready() {
+                set_health(&health, true).await;
+            }
+        }
         tracing::info!(
             client_addr = %client_addr,
             http_addr = %http_addr,
+            peer_addr = %peer_addr,
             node_id = %config.node_id,
             first_offset = log.first_offset(),
             next_offset = log.next_offset(),
@@ -258,10 +340,12 @@ impl Agent {
         Ok(Agent {
             client_addr,
             http_addr,
+            peer_addr,
             node,
+            cluster,
             shutdown,
             health,
-            servers: vec![("gRPC", grpc), ("HTTP", http)],
+            servers: vec![("gRPC", grpc), ("HTTP", http), ("peer", peer_server)],
             background,
             grace: config.shutdown_grace,
         })
@@ -269,6 +353,10 @@ impl Agent {
 
     pub fn node(&self) -> &Arc<LogNode> {
         &self.node
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// A token that is cancelled when the agent begins shutting down.
@@ -301,10 +389,20 @@ impl Agent {
     /// Graceful shutdown: NOT_SERVING, stop accepting, finish in-flight
     /// requests (bounded by the grace period), fsync, close.
     pub async fn shutdown(self) -> Result<(), AgentError> {
-        self.health.set_service_status("", ServingStatus::NotServing).await;
-        self.health
-            .set_not_serving::<api::pb::log_server::LogServer<LogService>>()
-            .await;
+        self.stop(true).await
+    }
+
+    /// Stops without leaving the cluster, as a crash or a kill would (the
+    /// node stays a voter); the log is still closed cleanly.
+    pub async fn stop_without_leave(self) -> Result<(), AgentError> {
+        self.stop(false).await
+    }
+
+    async fn stop(self, leave: bool) -> Result<(), AgentError> {
+        set_health(&self.health, false).await;
+        if leave {
+            self.cluster.leave(self.grace).await;
+        }
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.grace;
         for (what, handle) in self.servers {
@@ -321,6 +419,7 @@ impl Agent {
         for b in self.background {
             let _ = b.await;
         }
+        self.cluster.shutdown().await;
         let log = self.node.log().clone();
         let synced = tokio::task::spawn_blocking(move || log.sync())
             .await
@@ -334,6 +433,52 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <api::pb::log_server::LogServer<LogService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Keeps gRPC health in step with readiness.
+async fn readiness_loop(cluster: Arc<Cluster>, health: tonic_health::server::HealthReporter, token: CancellationToken) {
+    let mut metrics = cluster.raft().metrics();
+    let mut last = None;
+    loop {
+        let ready = cluster.is_ready();
+        if last != Some(ready) {
+            set_health(&health, ready).await;
+            tracing::info!(ready, "readiness changed");
+            last = Some(ready);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            // Storage health is not in the Raft metrics.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// The client side of peer mutual TLS.
+fn peer_client_tls(files: &tls::TlsFiles) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| AgentError::PeerTls(format!("{}: {e}", p.display())));
+    let mut c = ClientTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.ca {
+        c = c.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    Ok(c)
 }
 
 /// Picks up rotated certificates and policies: checks the files every

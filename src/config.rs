@@ -78,6 +78,21 @@ pub struct AgentArgs {
     /// The client address other nodes and clients should dial [default: the bound client address].
     #[arg(long, env = "SIDELOG_ADVERTISE_CLIENT_ADDR", value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
+    /// Peer API: Raft replication, join/leave, write forwarding [default: 127.0.0.1:8401].
+    #[arg(long, env = "SIDELOG_PEER_ADDR", value_name = "ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// The peer address other nodes should dial [default: the bound peer address].
+    #[arg(long, env = "SIDELOG_ADVERTISE_PEER_ADDR", value_name = "HOST:PORT")]
+    pub advertise_peer_addr: Option<String>,
+    /// Peer addresses to contact to form or join a cluster (comma-separated).
+    #[arg(long, env = "SIDELOG_JOIN", value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Form a new cluster once this many nodes (this one included) see each
+    /// other; the lowest node id initializes it [default: 1 without --join
+    /// (a lone node forms its own cluster), 0 with --join (only join an
+    /// existing cluster)].
+    #[arg(long, env = "SIDELOG_BOOTSTRAP_EXPECT", value_name = "N")]
+    pub bootstrap_expect: Option<usize>,
     /// Serve plaintext on non-loopback addresses (otherwise refused: give TLS flags instead).
     #[arg(long, env = "SIDELOG_INSECURE", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -145,6 +160,10 @@ pub struct FileConfig {
     pub client_addr: Option<String>,
     pub http_addr: Option<String>,
     pub advertise_client_addr: Option<String>,
+    pub peer_addr: Option<String>,
+    pub advertise_peer_addr: Option<String>,
+    pub join: Option<Vec<String>>,
+    pub bootstrap_expect: Option<usize>,
     pub insecure: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -181,6 +200,10 @@ pub struct Config {
     pub client_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub advertise_client_addr: Option<String>,
+    pub peer_addr: SocketAddr,
+    pub advertise_peer_addr: Option<String>,
+    pub join: Vec<String>,
+    pub bootstrap_expect: usize,
     pub insecure: bool,
     /// TLS for the client and HTTP ports.
     pub tls: Option<TlsFiles>,
@@ -210,6 +233,10 @@ impl Default for Config {
             client_addr: "127.0.0.1:8400".parse().expect("valid"),
             http_addr: "127.0.0.1:8080".parse().expect("valid"),
             advertise_client_addr: None,
+            peer_addr: "127.0.0.1:8401".parse().expect("valid"),
+            advertise_peer_addr: None,
+            join: Vec::new(),
+            bootstrap_expect: 1,
             insecure: false,
             tls: None,
             peer_tls: None,
@@ -315,6 +342,14 @@ impl Config {
                 "ACL decisions need client certificates: give --tls-cert, --tls-key and --tls-ca",
             ));
         }
+        let join: Vec<String> = args
+            .join
+            .or(file.join)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
         let config = Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             node_id: args.node_id.or(file.node_id).unwrap_or(d.node_id),
@@ -327,6 +362,16 @@ impl Config {
                 .or(addr("http-addr", file.http_addr)?)
                 .unwrap_or(d.http_addr),
             advertise_client_addr: args.advertise_client_addr.or(file.advertise_client_addr),
+            peer_addr: args
+                .peer_addr
+                .or(addr("peer-addr", file.peer_addr)?)
+                .unwrap_or(d.peer_addr),
+            advertise_peer_addr: args.advertise_peer_addr.or(file.advertise_peer_addr),
+            bootstrap_expect: args
+                .bootstrap_expect
+                .or(file.bootstrap_expect)
+                .unwrap_or(if join.is_empty() { 1 } else { 0 }),
+            join,
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
             tls,
             peer_tls,
@@ -381,6 +426,35 @@ impl Config {
             return Err(invalid(
                 "http-addr",
                 format!("{} is also the client address", self.http_addr),
+            ));
+        }
+        if self.peer_addr.port() != 0
+            && (self.peer_addr == self.client_addr || self.peer_addr == self.http_addr)
+        {
+            return Err(invalid(
+                "peer-addr",
+                format!("{} is also the client or HTTP address", self.peer_addr),
+            ));
+        }
+        if self.join.is_empty() && self.bootstrap_expect > 1 {
+            return Err(invalid(
+                "bootstrap-expect",
+                format!("{} nodes are expected but no --join peers are given to find them", self.bootstrap_expect),
+            ));
+        }
+        for a in &self.join {
+            if !a.contains(':') {
+                return Err(invalid("join", format!("{a:?} is not HOST:PORT")));
+            }
+        }
+        if !self.insecure && self.peer_tls.is_none() && !self.peer_addr.ip().is_loopback() {
+            return Err(invalid(
+                "peer-addr",
+                format!(
+                    "{} is not a loopback address and peer TLS is not configured; \
+                     serving plaintext there needs --insecure (SIDELOG_INSECURE=true)",
+                    self.peer_addr
+                ),
             ));
         }
         if !self.insecure && self.tls.is_none() {

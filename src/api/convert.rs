@@ -34,6 +34,8 @@ impl From<NodeError> for Status {
                 status
             }
             NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+            NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+            NodeError::NotFound(_) => Status::not_found(e.to_string()),
             NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
             NodeError::Storage(_) => {
                 tracing::error!(cause = %e, "storage error");
@@ -60,7 +62,10 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
         NodeError::OutOfRange { .. } => StatusCode::NOT_FOUND,
         NodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        NodeError::Storage(crate::storage::Error::Failed(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        NodeError::Unavailable(_) | NodeError::Storage(crate::storage::Error::Failed(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        NodeError::NotFound(_) => StatusCode::NOT_FOUND,
         NodeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

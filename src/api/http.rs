@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::convert::{http_auth_status, http_status};
 use crate::{
+    cluster::Cluster,
     node::LogNode,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo, tls::TlsConn},
     telemetry::Metrics,
@@ -35,6 +36,7 @@ use crate::{
 
 #[derive(Clone)]
 pub struct HttpState {
+    pub cluster: Arc<Cluster>,
     pub node: Arc<LogNode>,
     pub auth: Arc<Authorizer>,
     pub metrics: Arc<Metrics>,
@@ -131,7 +133,7 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Respons
         }
     };
     let len = value.len() as u64;
-    match s.node.produce(&[value]).await {
+    match s.cluster.produce(&[value]).await.map(|o| o[0]) {
         Ok(offset) => {
             s.metrics.records_in.inc();
             s.metrics.bytes_in.inc_by(len);
@@ -187,7 +189,7 @@ async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path
 }
 
 async fn ready(State(s): State<HttpState>) -> Response {
-    if s.node.is_ready() {
+    if s.cluster.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "not ready")

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, log_server::Log as LogApi};
 use crate::{
+    cluster::Cluster,
     node::LogNode,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
     telemetry::Metrics,
@@ -25,6 +26,7 @@ const PRODUCE_STREAM_WINDOW: usize = 1024;
 
 #[derive(Clone)]
 pub struct LogService {
+    cluster: Arc<Cluster>,
     node: Arc<LogNode>,
     auth: Arc<Authorizer>,
     metrics: Arc<Metrics>,
@@ -32,9 +34,15 @@ pub struct LogService {
 }
 
 impl LogService {
-    pub fn new(node: Arc<LogNode>, auth: Arc<Authorizer>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        auth: Arc<Authorizer>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         LogService {
-            node,
+            node: cluster.node().clone(),
+            cluster,
             auth,
             metrics,
             shutdown,
@@ -81,7 +89,7 @@ impl LogApi for LogService {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
         let value = value_of(request.into_inner())?;
-        let offset = self.node.produce(std::slice::from_ref(&value)).await?;
+        let offset = self.cluster.produce(std::slice::from_ref(&value)).await?[0];
         self.count_in(1, value.len());
         tracing::Span::current().record("offset", offset);
         Ok(Response::new(pb::ProduceResponse { offset }))
@@ -94,17 +102,19 @@ impl LogApi for LogService {
         self.authorize(&request, ACT_PRODUCE)?;
         let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
         tracing::Span::current().record("records", values.len());
-        let first = self.node.produce(&values).await?;
+        let offsets = self.cluster.produce(&values).await?;
         self.count_in(values.len() as u64, values.iter().map(|v| v.len()).sum());
-        tracing::Span::current().record("offset", first);
-        Ok(Response::new(pb::ProduceBatchResponse {
-            offsets: (first..first + values.len() as u64).collect(),
-        }))
+        tracing::Span::current().record("offset", offsets[0]);
+        Ok(Response::new(pb::ProduceBatchResponse { offsets }))
     }
 
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
-        let record = self.node.read(request.into_inner().offset)?;
+        let request = request.into_inner();
+        if request.linearizable {
+            self.cluster.read_barrier().await?;
+        }
+        let record = self.node.read(request.offset)?;
         self.metrics.records_out.inc();
         self.metrics.bytes_out.inc_by(record.payload.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
@@ -119,7 +129,11 @@ impl LogApi for LogService {
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
-        let mut next = request.into_inner().offset;
+        let request = request.into_inner();
+        if request.linearizable {
+            self.cluster.read_barrier().await?;
+        }
+        let mut next = request.offset;
         // Fail fast, as a status on the call, for an offset that is out of range now.
         self.node.read_batch(next, 0, 0)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -191,7 +205,7 @@ impl LogApi for LogService {
         self.authorize(&request, ACT_PRODUCE)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let node = self.node.clone();
+        let cluster = self.cluster.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             // Appends happen in request order as requests arrive; commits
@@ -202,11 +216,15 @@ impl LogApi for LogService {
                 tokio::select! {
                     req = inbound.next(), if inbound_open && waiting.len() < PRODUCE_STREAM_WINDOW => match req {
                         Some(Ok(req)) => {
-                            let node = node.clone();
-                            let pending = value_of(req).and_then(|v| {
-                                let len = v.len();
-                                node.append(std::slice::from_ref(&v)).map(|p| (p, len)).map_err(Status::from)
-                            });
+                            // Submitting fixes the record's place in the log,
+                            // so offsets follow request order.
+                            let pending = match value_of(req) {
+                                Ok(v) => {
+                                    let len = v.len();
+                                    cluster.submit(v).await.map(|f| (f, len)).map_err(Status::from)
+                                }
+                                Err(e) => Err(e),
+                            };
                             // The stream ends at the first rejected request: append
                             // nothing after it, so the log never holds requests the
                             // client was not answered for past a gap.
@@ -215,8 +233,8 @@ impl LogApi for LogService {
                             }
                             let metrics = metrics.clone();
                             waiting.push_back(async move {
-                                let (p, len) = pending?;
-                                let offset = node.commit(p).await.map_err(Status::from)?;
+                                let (committed, len) = pending?;
+                                let offset = committed.await.map_err(Status::from)?;
                                 metrics.records_in.inc();
                                 metrics.bytes_in.inc_by(len as u64);
                                 Ok(pb::ProduceResponse { offset })
@@ -251,7 +269,7 @@ impl LogApi for LogService {
             .authenticate(request.extensions().get::<PeerInfo>())
             .map_err(Status::from)?;
         let servers = self
-            .node
+            .cluster
             .servers()
             .into_iter()
             .map(|s| pb::Server {

@@ -139,7 +139,7 @@ impl Client {
     }
 
     pub async fn consume(&mut self, offset: u64) -> Result<pb::Record, Status> {
-        let resp = self.inner.consume(pb::ConsumeRequest { offset }).await?;
+        let resp = self.inner.consume(pb::ConsumeRequest { offset, linearizable: false }).await?;
         resp.into_inner()
             .record
             .ok_or_else(|| Status::internal("response without a record"))
@@ -149,7 +149,7 @@ impl Client {
     pub async fn consume_stream(&mut self, offset: u64) -> Result<Streaming<pb::ConsumeResponse>, Status> {
         Ok(self
             .inner
-            .consume_stream(pb::ConsumeRequest { offset })
+            .consume_stream(pb::ConsumeRequest { offset, linearizable: false })
             .await?
             .into_inner())
     }

@@ -156,6 +156,15 @@ pub struct Durable {
     pub failed: Option<String>,
 }
 
+/// A segment file linked by [`Log::link_segments`].
+#[derive(Clone, Debug)]
+pub struct LinkedSegment {
+    pub path: PathBuf,
+    pub base_index: u64,
+    /// Leading bytes of the file that hold the linked range.
+    pub len: u64,
+}
+
 /// A snapshot of the log's extent and counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
@@ -700,6 +709,46 @@ impl Log {
         Ok(())
     }
 
+    /// Hard-links into `dir` the segment files holding indexes
+    /// `[first_index, upto]` and returns, for each, the linked path, its base
+    /// index and how many leading bytes of it belong to that range. The links
+    /// keep the bytes readable even if retention removes the segments; bytes
+    /// past the returned lengths (later appends) must be ignored. Every
+    /// record up to `upto` is made durable first. Blocking.
+    pub fn link_segments(&self, upto: u64, dir: &Path) -> Result<Vec<LinkedSegment>> {
+        self.sync()?;
+        let inner = lock(&self.shared.inner);
+        if upto >= inner.next_index {
+            return Err(Error::IndexOutOfRange {
+                index: upto,
+                first: inner.first_index(),
+                next: inner.next_index,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut out = Vec::new();
+        for seg in inner.segments().filter(|seg| seg.base_index <= upto && !seg.is_empty()) {
+            let len = if seg.next_index() - 1 <= upto {
+                seg.size
+            } else {
+                let (pos, len) = seg.span((upto - seg.base_index) as usize).ok_or_else(|| Error::Corrupt {
+                    path: seg.idx_path.clone(),
+                    position: 0,
+                    reason: "index entry out of bounds".into(),
+                })?;
+                pos + len
+            };
+            let target = dir.join(segment::file_name(seg.base_index, "log"));
+            std::fs::hard_link(&seg.log_path, &target).map_err(|e| Error::io(&target, e))?;
+            out.push(LinkedSegment {
+                path: target,
+                base_index: seg.base_index,
+                len,
+            });
+        }
+        Ok(out)
+    }
+
     /// First index held (== `next_index` when empty).
     pub fn first_index(&self) -> u64 {
         lock(&self.shared.inner).first_index()
@@ -758,6 +807,19 @@ impl Log {
         }
         s.remove_sealed_prefix(&mut inner, n)?;
         Ok(n)
+    }
+
+    /// Where a retention policy would cut the log: every sealed segment
+    /// wholly below the returned index is over the budget or too old.
+    pub fn retention_cut(&self, policy: &Retention) -> Option<u64> {
+        let inner = lock(&self.shared.inner);
+        let n = policy.segments_to_remove(
+            &inner.sealed,
+            inner.active.disk_bytes(),
+            u64::MAX,
+            std::time::SystemTime::now(),
+        );
+        (n > 0).then(|| inner.sealed[n - 1].next_index())
     }
 
     /// Flushes and fsyncs everything, then stops the flusher. Dropping the
@@ -1248,5 +1310,70 @@ impl Iterator for Iter<'_> {
         let r = self.buf.pop_front()?;
         self.next = if self.by_offset { r.offset + 1 } else { r.index + 1 };
         Some(Ok(r))
+    }
+}
+
+/// Reads the records of a segment `.log` file front to back, verifying
+/// each (for segment files received in a snapshot). The file must end on a
+/// record boundary.
+pub fn read_segment_file(path: &Path) -> Result<SegmentFileReader> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; segment::FILE_HEADER_LEN as usize];
+    io::Read::read_exact(&mut reader, &mut header).map_err(|e| Error::io(path, e))?;
+    Ok(SegmentFileReader {
+        path: path.to_owned(),
+        reader,
+        position: segment::FILE_HEADER_LEN,
+    })
+}
+
+/// See [`read_segment_file`].
+pub struct SegmentFileReader {
+    path: PathBuf,
+    reader: io::BufReader<File>,
+    position: u64,
+}
+
+impl Iterator for SegmentFileReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        use io::Read;
+        let corrupt = |position, reason: &str| Error::Corrupt {
+            path: self.path.clone(),
+            position,
+            reason: reason.to_owned(),
+        };
+        let mut hb = [0u8; record::HEADER_LEN];
+        let mut got = 0;
+        while got < hb.len() {
+            match self.reader.read(&mut hb[got..]) {
+                Ok(0) if got == 0 => return None,
+                Ok(0) => return Some(Err(corrupt(self.position, "file ends inside a record header"))),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(Error::io(&self.path, e))),
+            }
+        }
+        let h = match record::decode_header(&hb) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(corrupt(self.position, &format!("{e:?}")))),
+        };
+        let mut payload = vec![0u8; h.len as usize];
+        if let Err(e) = self.reader.read_exact(&mut payload) {
+            return Some(Err(Error::io(&self.path, e)));
+        }
+        if !record::verify(&hb, &payload) {
+            return Some(Err(corrupt(self.position, "record checksum mismatch")));
+        }
+        self.position += h.record_len();
+        Some(Ok(Record {
+            index: h.index,
+            offset: h.offset,
+            term: h.term,
+            kind: h.kind,
+            payload: payload.into(),
+        }))
     }
 }

@@ -1,0 +1,742 @@
+//! One Raft group (openraft) over the node's log: replication, forming and
+//! changing the cluster, write forwarding, read index.
+//!
+//! Writes: on the leader a record is proposed (`client_write`) and
+//! acknowledged once applied, which is after a quorum fsynced it. A follower
+//! forwards writes to the leader through one ordered forwarding queue: the
+//! requests queued while one forward is in flight go together in the next,
+//! so followers keep per-producer order and batch under load.
+
+pub mod network;
+mod service;
+pub mod store;
+pub mod types;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use openraft::{ChangeMembers, ServerState, error::ClientWriteError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use network::{Partition, Peers};
+pub use service::{ClusterAdmin, PeerService};
+pub use types::{NodeId, NodeInfo, Raft};
+
+use crate::{
+    config::FsyncPolicy,
+    node::{LogNode, NodeError, ServerInfo},
+};
+
+pub mod pb {
+    tonic::include_proto!("sidelog.v1");
+}
+
+/// How far (in entries) a node's applied index may trail its log before it
+/// reports not ready.
+const READY_MAX_LAG: u64 = 10_000;
+/// Most records per forwarded batch.
+const FORWARD_MAX_RECORDS: usize = 4096;
+const FORWARD_MAX_BYTES: usize = 8 << 20;
+
+/// Cluster settings (from `Config`, or from tests).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub id: NodeId,
+    /// What other nodes dial, and what `GetServers` reports.
+    pub info: NodeInfo,
+    /// Peer addresses to contact.
+    pub join: Vec<String>,
+    /// Form a cluster once this many nodes are seen (0: only join).
+    pub bootstrap_expect: usize,
+    pub fsync: FsyncPolicy,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// How long a write may wait to be committed before UNAVAILABLE.
+    pub write_timeout: Duration,
+    /// Build a snapshot (metadata only: see `store`) every this many entries.
+    pub snapshot_every: u64,
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    pub partition: Option<Arc<Partition>>,
+}
+
+impl ClusterConfig {
+    /// `info.name` is the node's name; its Raft id derives from it.
+    pub fn new(info: NodeInfo) -> Self {
+        ClusterConfig {
+            id: types::node_id(&info.name),
+            info,
+            join: Vec::new(),
+            bootstrap_expect: 1,
+            fsync: FsyncPolicy::Always,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            write_timeout: Duration::from_secs(10),
+            snapshot_every: 100_000,
+            peer_tls: None,
+            partition: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("Raft storage: {0}")]
+    Storage(#[from] types::StorageError),
+    #[error("Raft stopped: {0}")]
+    Fatal(String),
+}
+
+type Reply = oneshot::Sender<Result<u64, NodeError>>;
+
+/// A node of the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    raft: Raft,
+    store: Arc<store::Store>,
+    node: Arc<LogNode>,
+    peers: Peers,
+    forward: mpsc::UnboundedSender<(Bytes, Reply)>,
+    shutdown: CancellationToken,
+}
+
+fn unavailable(msg: impl Into<String>) -> NodeError {
+    NodeError::Unavailable(msg.into())
+}
+
+impl Cluster {
+    /// Opens the Raft state beside the node's log and starts Raft. The
+    /// cluster forms (or is joined) by [`Cluster::spawn_membership`], once
+    /// the peer service listens.
+    pub async fn start(config: ClusterConfig, node: Arc<LogNode>) -> Result<Arc<Cluster>, ClusterError> {
+        let dir = node.log().dir().to_owned();
+        let store = store::Store::open(node.clone(), &dir, config.fsync)?;
+        let raft_config = openraft::Config {
+            cluster_name: "sidelog".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            max_payload_entries: 2048,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            // Records are deleted by retention only (see `store`); openraft
+            // purges only what retention asks for.
+            max_in_snapshot_log_to_keep: u64::MAX,
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let peers = Peers::new(config.id.clone(), config.peer_tls.clone(), config.partition.clone());
+        let raft = Raft::new(
+            config.id.clone(),
+            Arc::new(raft_config),
+            network::NetworkFactory::new(peers.clone()),
+            store::LogStore::new(store.clone()),
+            store::StateMachine::new(store.clone()),
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let (forward, queue) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            config,
+            raft,
+            store,
+            node,
+            peers,
+            forward,
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(forwarder(Arc::downgrade(&cluster), queue));
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.config.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn node(&self) -> &Arc<LogNode> {
+        &self.node
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub fn metrics(&self) -> types::RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.as_ref() == Some(&self.config.id)
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    async fn wait_leader(&self, timeout: Duration) -> Option<(NodeId, NodeInfo)> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Produces `values` in order; returns their offsets once committed.
+    pub async fn produce(&self, values: &[Bytes]) -> Result<Vec<u64>, NodeError> {
+        if values.is_empty() {
+            return Err(NodeError::InvalidArgument("no records to produce".into()));
+        }
+        for v in values {
+            self.node.check_size(v)?;
+        }
+        let mut pending = Vec::with_capacity(values.len());
+        for v in values {
+            pending.push(self.submit_checked(v.clone()).await?);
+        }
+        let mut offsets = Vec::with_capacity(values.len());
+        for p in pending {
+            offsets.push(p.await?);
+        }
+        Ok(offsets)
+    }
+
+    /// Queues one record; the returned future resolves to its offset once it
+    /// is committed. Records submitted one after another (each submit
+    /// awaited before the next) are committed in that order.
+    pub async fn submit(
+        &self,
+        value: Bytes,
+    ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
+        self.node.check_size(&value)?;
+        self.submit_checked(value).await
+    }
+
+    async fn submit_checked(
+        &self,
+        value: Bytes,
+    ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
+        let timeout = self.config.write_timeout;
+        let (tx, rx) = oneshot::channel();
+        if self.is_leader() {
+            let raft_rx = self
+                .raft
+                .client_write_ff(types::Request { value, offset: 0 })
+                .await
+                .map_err(|e| unavailable(format!("raft stopped: {e}")))?;
+            tokio::spawn(async move {
+                let result = match raft_rx.await {
+                    Ok(Ok(resp)) => Ok(resp.data.offset),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(unavailable(format!(
+                        "leadership changed before the record was committed (new leader: {}); it may or may not \
+                         have been written: retry",
+                        f.leader_id.map_or("unknown".to_owned(), |l| l.to_string())
+                    ))),
+                    Ok(Err(e)) => Err(unavailable(e.to_string())),
+                    Err(_) => Err(unavailable("raft stopped before the record was committed")),
+                };
+                let _ = tx.send(result);
+            });
+        } else {
+            self.forward
+                .send((value, tx))
+                .map_err(|_| unavailable("the node is shutting down"))?;
+        }
+        Ok(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(unavailable("the node shut down before the record was committed")),
+                Err(_) => Err(unavailable(format!(
+                    "the record was not committed within {timeout:?} (no quorum?); it may still be"
+                ))),
+            }
+        })
+    }
+
+    /// Writes forwarded by a follower: this node must be the leader.
+    async fn produce_as_leader(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
+        if !self.is_leader() {
+            return Err(unavailable("not the leader (leadership moved): retry"));
+        }
+        self.produce(&values).await
+    }
+
+    /// Every member, with its advertised client address.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        let m = self.metrics();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, info)| ServerInfo {
+                id: info.name.clone(),
+                rpc_addr: info.client_addr.clone(),
+                is_leader: m.current_leader.as_ref() == Some(id),
+            })
+            .collect()
+    }
+
+    /// Ready: a member of a cluster with a known leader, applied state not
+    /// far behind the log, storage healthy.
+    pub fn is_ready(&self) -> bool {
+        let m = self.metrics();
+        let member = m.membership_config.membership().get_node(&self.config.id).is_some();
+        let lag = m
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(m.last_applied.map_or(0, |l| l.index));
+        member && m.current_leader.is_some() && lag <= READY_MAX_LAG && self.node.is_ready()
+    }
+
+    /// Waits until this node has applied everything the leader had
+    /// committed when asked: a following local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let index = if self.is_leader() {
+            let id = self
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| unavailable(format!("read index: {e}")))?;
+            return {
+                let _ = id;
+                Ok(())
+            };
+        } else {
+            let (leader, info) = self
+                .wait_leader(self.config.write_timeout)
+                .await
+                .ok_or_else(|| unavailable("no leader known for a linearizable read"))?;
+            let mut client = self
+                .peers
+                .client(Some(&leader), &info.peer_addr)
+                .map_err(|e| unavailable(e.to_string()))?;
+            client
+                .read_index(pb::ReadIndexRequest {})
+                .await
+                .map_err(|s| unavailable(format!("read index from {leader}: {}", s.message())))?
+                .into_inner()
+                .index
+        };
+        self.raft
+            .wait(Some(self.config.write_timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|e| unavailable(format!("catching up to the read index: {e}")))?;
+        Ok(())
+    }
+
+    /// The leader's read index (for a follower's linearizable read).
+    async fn read_index(&self) -> Result<u64, NodeError> {
+        let read = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| unavailable(format!("read index: {e}")))?;
+        Ok(read.map_or(0, |l| l.index))
+    }
+
+    /// Adds a node: as a learner first, then (once caught up) as a voter.
+    /// Must run on the leader.
+    async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            if membership.get_node(&id) == Some(&info) {
+                return Ok(());
+            }
+            return Err(NodeError::InvalidArgument(format!(
+                "a member with id {id} already exists at {}; remove it first",
+                membership.get_node(&id).map_or(String::new(), |n| n.peer_addr.clone())
+            )));
+        }
+        tracing::info!(node = %id, %info, "adding a learner");
+        self.raft
+            .add_learner(id.clone(), info, true)
+            .await
+            .map_err(|e| unavailable(format!("adding learner {id}: {e}")))?;
+        tracing::info!(node = %id, "promoting the learner to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false)
+            .await
+            .map_err(|e| unavailable(format!("promoting {id}: {e}")))?;
+        Ok(())
+    }
+
+    /// The name of member `id` (its id if unknown).
+    fn name_of(&self, id: NodeId) -> String {
+        let m = self.metrics();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map_or_else(|| id.to_string(), |n| n.name.clone())
+    }
+
+    /// Removes a member (voter or learner). Must run on the leader.
+    async fn remove_member(&self, id: NodeId) -> Result<(), NodeError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(NodeError::NotFound(format!("no member named {}", self.name_of(id))));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(NodeError::InvalidArgument(format!("{} is the last voter and cannot be removed", self.name_of(id))));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()]))
+        };
+        tracing::info!(node = %id, "removing a member");
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| unavailable(format!("removing {id}: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes the member named `name`, on the leader (forwarded if needed).
+    pub async fn remove(&self, name: &str) -> Result<(), NodeError> {
+        let id = types::node_id(name);
+        if self.is_leader() {
+            return self.remove_member(id).await;
+        }
+        let (leader, info) = self
+            .wait_leader(self.config.write_timeout)
+            .await
+            .ok_or_else(|| unavailable("no leader known"))?;
+        let mut client = self
+            .peers
+            .client(Some(&leader), &info.peer_addr)
+            .map_err(|e| unavailable(e.to_string()))?;
+        client
+            .leave(pb::LeaveRequest { id: name.to_owned() })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => NodeError::NotFound(s.message().to_owned()),
+                tonic::Code::InvalidArgument => NodeError::InvalidArgument(s.message().to_owned()),
+                _ => unavailable(format!("leader {leader}: {}", s.message())),
+            })?;
+        Ok(())
+    }
+
+    /// Graceful leave (SIGTERM): removes this node from the membership. A
+    /// leader removes itself, and steps down once that is committed. A lone
+    /// node has nobody to hand over to and stays.
+    pub async fn leave(&self, timeout: Duration) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&self.config.id).is_none() {
+            return;
+        }
+        if membership.nodes().count() <= 1 {
+            return;
+        }
+        tracing::info!("leaving the cluster");
+        match tokio::time::timeout(timeout, self.remove(&self.config.info.name)).await {
+            Ok(Ok(())) => tracing::info!("left the cluster"),
+            Ok(Err(e)) => tracing::warn!(cause = %e, "graceful leave failed; the node stays a member"),
+            Err(_) => tracing::warn!("graceful leave timed out; the node stays a member"),
+        }
+    }
+
+    /// Forms or joins the cluster in the background (DESIGN decision 8).
+    pub fn spawn_membership(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let token = this.shutdown.clone();
+            tokio::select! {
+                _ = this.form_or_join() => {}
+                _ = token.cancelled() => {}
+            }
+        })
+    }
+
+    async fn form_or_join(&self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.membership_step().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::info!(cause = %e, "cluster not formed yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One attempt; true once this node is a member (or nothing more can be done).
+    async fn membership_step(&self) -> Result<bool, String> {
+        let initialized = self.raft.is_initialized().await.map_err(|e| e.to_string())?;
+        let is_member = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&self.config.id)
+            .is_some();
+        if initialized && is_member {
+            return Ok(true);
+        }
+        if self.config.join.is_empty() {
+            if initialized {
+                // Removed from its cluster and given nobody to rejoin through.
+                tracing::warn!("this node is not a member of its cluster and has no --join peers");
+                return Ok(true);
+            }
+            if self.config.bootstrap_expect <= 1 {
+                self.initialize(BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]))
+                    .await?;
+                return Ok(true);
+            }
+            return Err("--bootstrap-expect is above 1 but no --join peers are given".into());
+        }
+        let hello = pb::HelloRequest {
+            node: Some(network::node_info_to_pb(&self.config.info)),
+        };
+        let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
+        let mut leader = None;
+        for addr in &self.config.join {
+            let Ok(mut client) = self.peers.client(None, addr) else { continue };
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(Duration::from_secs(2));
+            let Ok(resp) = client.hello(req).await else { continue };
+            let r = resp.into_inner();
+            let Some(node) = r.node else { continue };
+            let (id, info) = network::node_info_from_pb(node);
+            if self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
+                continue;
+            }
+            if r.initialized {
+                if let Some(l) = r.leader {
+                    leader = Some(network::node_info_from_pb(l));
+                }
+            } else if id != self.config.id {
+                seen.insert(id, info);
+            }
+        }
+        if let Some((lid, linfo)) = leader {
+            if lid == self.config.id {
+                return Ok(true);
+            }
+            tracing::info!(leader = %lid, "joining the cluster");
+            let mut client = self.peers.client(Some(&lid), &linfo.peer_addr).map_err(|e| e.to_string())?;
+            let mut req = tonic::Request::new(pb::JoinRequest {
+                node: Some(network::node_info_to_pb(&self.config.info)),
+            });
+            req.set_timeout(Duration::from_secs(120));
+            client.join(req).await.map_err(|s| format!("join via {lid}: {}", s.message()))?;
+            tracing::info!("joined the cluster");
+            return Ok(true);
+        }
+        if initialized || self.config.bootstrap_expect == 0 {
+            return Err("no reachable member knows a leader".into());
+        }
+        if seen.len() < self.config.bootstrap_expect {
+            return Err(format!(
+                "waiting for {} nodes to bootstrap, seen {}",
+                self.config.bootstrap_expect,
+                seen.len()
+            ));
+        }
+        // Every node computes the same set, so exactly one of them (the
+        // lowest id) initializes; the rest are brought in by its leader.
+        let members: BTreeMap<NodeId, NodeInfo> = seen.into_iter().take(self.config.bootstrap_expect).collect();
+        if members.keys().next() == Some(&self.config.id) {
+            self.initialize(members).await?;
+            return Ok(true);
+        }
+        Err("waiting for the lowest id to bootstrap the cluster".into())
+    }
+
+    async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), String> {
+        let names: Vec<&str> = members.values().map(|n| n.name.as_str()).collect();
+        tracing::info!(members = ?names, "bootstrapping the cluster");
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Cluster state for `sidelog cluster status`.
+    pub fn status(&self) -> pb::StatusResponse {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let commit = m.last_applied.map(|l| l.index);
+        let members = membership
+            .nodes()
+            .map(|(id, info)| {
+                let matched = replication.get(id).map(|l| l.map_or(0, |l| l.index + 1));
+                pb::Member {
+                    id: info.name.clone(),
+                    peer_addr: info.peer_addr.clone(),
+                    client_addr: info.client_addr.clone(),
+                    voter: voters.contains(id),
+                    leader: m.current_leader.as_ref() == Some(id),
+                    matched_index: matched.map(|n| n.saturating_sub(1)),
+                    lag: matched.map(|n| m.last_log_index.map_or(0, |l| l + 1).saturating_sub(n)),
+                }
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        pb::StatusResponse {
+            id: self.config.info.name.clone(),
+            state: state.into(),
+            term: m.current_term,
+            leader: m
+                .current_leader
+                .and_then(|l| membership.get_node(&l))
+                .map(|n| n.name.clone()),
+            last_log_index: m.last_log_index,
+            commit_index: commit,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+            first_offset: self.node.log().first_offset(),
+            next_offset: self.node.committed(),
+        }
+    }
+
+    /// Lets retention delete sealed segments wholly below `index`: snapshots
+    /// and purges up to there first, so Raft never needs the deleted entries.
+    pub async fn retain_from(&self, index: u64) -> Result<(), String> {
+        if index == 0 {
+            return Ok(());
+        }
+        let upto = index - 1;
+        let applied = self.metrics().last_applied.map(|l| l.index);
+        if applied.is_none_or(|a| a < upto) {
+            return Ok(());
+        }
+        self.store.set_retention_floor(index);
+        let snap = self.store.current_snapshot().and_then(|m| m.last_log_id).map(|l| l.index);
+        if snap.is_none_or(|s| s < upto) {
+            self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+            let _ = self
+                .raft
+                .wait(Some(Duration::from_secs(30)))
+                .snapshot(
+                    self.metrics().last_applied.unwrap_or_default(),
+                    "retention snapshot",
+                )
+                .await;
+        }
+        self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
+    }
+
+    /// Applies a retention policy: lets Raft forget the entries first (see
+    /// [`Cluster::retain_from`]), then deletes the sealed segments.
+    pub async fn apply_retention(&self, policy: &crate::storage::Retention) -> Result<(), String> {
+        let log = self.node.log().clone();
+        let p = policy.clone();
+        let cut = tokio::task::spawn_blocking(move || log.retention_cut(&p))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(cut) = cut {
+            self.retain_from(cut).await?;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove_purged())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Stops Raft (after a graceful leave, if wanted).
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(cause = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Forwards queued writes to the leader, one batch in flight at a time so
+/// their order is kept.
+async fn forwarder(cluster: std::sync::Weak<Cluster>, mut queue: mpsc::UnboundedReceiver<(Bytes, Reply)>) {
+    let mut batch: Vec<(Bytes, Reply)> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        let mut bytes = batch[0].0.len();
+        while batch.len() < FORWARD_MAX_RECORDS && bytes < FORWARD_MAX_BYTES {
+            match queue.try_recv() {
+                Ok(item) => {
+                    bytes += item.0.len();
+                    batch.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(cluster) = cluster.upgrade() else { return };
+        let (values, replies): (Vec<Bytes>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
+        let result = cluster.forward_batch(values).await;
+        match result {
+            Ok(offsets) => {
+                for (reply, offset) in replies.into_iter().zip(offsets) {
+                    let _ = reply.send(Ok(offset));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    async fn forward_batch(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
+        let n = values.len();
+        let (leader, info) = self
+            .wait_leader(self.config.write_timeout)
+            .await
+            .ok_or_else(|| unavailable("no leader known: the cluster has no quorum or is still forming"))?;
+        if leader == self.config.id {
+            return self.produce(&values).await;
+        }
+        let mut client = self
+            .peers
+            .client(Some(&leader), &info.peer_addr)
+            .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
+        let mut req = tonic::Request::new(pb::ForwardRequest { values });
+        req.set_timeout(self.config.write_timeout);
+        let offsets = client
+            .forward(req)
+            .await
+            .map_err(|s| unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
+            .into_inner()
+            .offsets;
+        if offsets.len() != n {
+            return Err(unavailable(format!("leader {leader} answered {} offsets for {n} records", offsets.len())));
+        }
+        Ok(offsets)
+    }
+}

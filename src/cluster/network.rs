@@ -1,0 +1,523 @@
+//! The peer network: openraft's RPCs over the `sidelog.v1.Peer` tonic
+//! service, one reused HTTP/2 connection per peer, mutual TLS when
+//! configured, every call bounded by a deadline.
+//!
+//! [`Partition`] lets tests cut traffic between chosen nodes: a cut pair's
+//! calls fail as if the peer were unreachable.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use openraft::{
+    EntryPayload, LeaderId, RaftNetwork, RaftNetworkFactory,
+    error::{
+        Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    },
+    network::RPCOption,
+    raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
+};
+use tokio_stream::StreamExt as _;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::{
+    pb::{self, peer_client::PeerClient},
+    store::SnapshotData,
+    types::{Entry, LogId, Membership, NodeId, NodeInfo, Request, Snapshot, TypeConfig, Vote, log_id},
+};
+
+/// Cuts traffic between chosen nodes (tests).
+#[derive(Debug, Default)]
+pub struct Partition {
+    cut: Mutex<HashSet<(NodeId, NodeId)>>,
+}
+
+impl Partition {
+    /// Drops traffic both ways between `a` and `b`.
+    pub fn cut(&self, a: &NodeId, b: &NodeId) {
+        let mut cut = self.cut.lock().unwrap();
+        cut.insert((*a, *b));
+        cut.insert((*b, *a));
+    }
+
+    /// Isolates `a` from every node in `others`.
+    pub fn isolate(&self, a: &NodeId, others: &[NodeId]) {
+        for b in others.iter().filter(|b| *b != a) {
+            self.cut(a, b);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+
+    pub fn is_cut(&self, from: &NodeId, to: &NodeId) -> bool {
+        self.cut.lock().unwrap().contains(&(*from, *to))
+    }
+}
+
+/// Deadline of a plain RPC (not snapshots).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections to peers, shared by Raft replication, forwarding and joins.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    me: NodeId,
+    tls: Option<ClientTlsConfig>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    partition: Option<Arc<Partition>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0} is unreachable (network partition)")]
+    Partitioned(NodeId),
+    #[error("invalid peer address {addr:?}: {message}")]
+    Address { addr: String, message: String },
+    #[error(transparent)]
+    Status(#[from] tonic::Status),
+}
+
+impl Peers {
+    pub fn new(me: NodeId, tls: Option<ClientTlsConfig>, partition: Option<Arc<Partition>>) -> Self {
+        Peers {
+            me,
+            tls,
+            channels: Default::default(),
+            partition,
+        }
+    }
+
+    pub fn partition(&self) -> Option<&Arc<Partition>> {
+        self.partition.as_ref()
+    }
+
+    /// A client for the peer at `addr` (known as `to`, when known).
+    pub fn client(&self, to: Option<&NodeId>, addr: &str) -> Result<PeerClient<Channel>, PeerError> {
+        if let (Some(p), Some(to)) = (&self.partition, to)
+            && p.is_cut(&self.me, to)
+        {
+            return Err(PeerError::Partitioned(*to));
+        }
+        let channel = {
+            let mut channels = self.channels.lock().unwrap();
+            match channels.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.endpoint(addr)?.connect_lazy();
+                    channels.insert(addr.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20))
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let bad = |message: String| PeerError::Address {
+            addr: addr.to_owned(),
+            message,
+        };
+        let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        if let Some(tls) = &self.tls {
+            e = e.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(e)
+    }
+}
+
+// ---- conversions between openraft and protobuf types ----
+
+pub fn vote_to_pb(v: &Vote) -> pb::Vote {
+    pb::Vote {
+        term: v.leader_id.term,
+        node_id: v.leader_id.voted_for,
+        committed: v.committed,
+    }
+}
+
+pub fn vote_from_pb(v: Option<pb::Vote>) -> Vote {
+    let v = v.unwrap_or_default();
+    Vote {
+        leader_id: LeaderId {
+            term: v.term,
+            voted_for: v.node_id,
+        },
+        committed: v.committed,
+    }
+}
+
+pub fn log_id_to_pb(l: &LogId) -> pb::LogId {
+    pb::LogId {
+        term: l.leader_id.term,
+        index: l.index,
+    }
+}
+
+pub fn log_id_from_pb(l: pb::LogId) -> LogId {
+    log_id(l.term, l.index)
+}
+
+fn entry_to_pb(e: &Entry) -> pb::Entry {
+    let (kind, payload) = match &e.payload {
+        EntryPayload::Blank => (pb::EntryKind::Blank, bytes::Bytes::new()),
+        EntryPayload::Normal(r) => (pb::EntryKind::Normal, r.value.clone()),
+        EntryPayload::Membership(m) => (
+            pb::EntryKind::Membership,
+            serde_json::to_vec(m).expect("a membership serializes").into(),
+        ),
+    };
+    pb::Entry {
+        term: e.log_id.leader_id.term,
+        index: e.log_id.index,
+        kind: kind as i32,
+        payload,
+    }
+}
+
+pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, tonic::Status> {
+    let payload = match pb::EntryKind::try_from(e.kind) {
+        Ok(pb::EntryKind::Blank) => EntryPayload::Blank,
+        Ok(pb::EntryKind::Normal) => EntryPayload::Normal(Request {
+            value: e.payload,
+            offset: 0,
+        }),
+        Ok(pb::EntryKind::Membership) => EntryPayload::Membership(
+            serde_json::from_slice::<Membership>(&e.payload)
+                .map_err(|err| tonic::Status::invalid_argument(format!("bad membership entry: {err}")))?,
+        ),
+        Err(_) => return Err(tonic::Status::invalid_argument(format!("unknown entry kind {}", e.kind))),
+    };
+    Ok(Entry {
+        log_id: log_id(e.term, e.index),
+        payload,
+    })
+}
+
+pub fn append_request_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
+        entries: r.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+    }
+}
+
+pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, tonic::Status> {
+    Ok(AppendEntriesRequest {
+        vote: vote_from_pb(r.vote),
+        prev_log_id: r.prev_log_id.map(log_id_from_pb),
+        entries: r.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
+        leader_commit: r.leader_commit.map(log_id_from_pb),
+    })
+}
+
+pub fn append_response_to_pb(r: AppendEntriesResponse<NodeId>) -> pb::AppendEntriesResponse {
+    use pb::AppendResult as R;
+    let (result, matched, vote) = match r {
+        AppendEntriesResponse::Success => (R::Success, None, None),
+        AppendEntriesResponse::PartialSuccess(m) => (R::PartialSuccess, m.as_ref().map(log_id_to_pb), None),
+        AppendEntriesResponse::Conflict => (R::Conflict, None, None),
+        AppendEntriesResponse::HigherVote(v) => (R::HigherVote, None, Some(vote_to_pb(&v))),
+    };
+    pb::AppendEntriesResponse {
+        result: result as i32,
+        matched,
+        vote,
+    }
+}
+
+fn append_response_from_pb(r: pb::AppendEntriesResponse) -> AppendEntriesResponse<NodeId> {
+    use pb::AppendResult as R;
+    match R::try_from(r.result).unwrap_or(R::Conflict) {
+        R::Success => AppendEntriesResponse::Success,
+        R::PartialSuccess => AppendEntriesResponse::PartialSuccess(r.matched.map(log_id_from_pb)),
+        R::Conflict => AppendEntriesResponse::Conflict,
+        R::HigherVote => AppendEntriesResponse::HigherVote(vote_from_pb(r.vote)),
+    }
+}
+
+pub fn node_info_to_pb(n: &NodeInfo) -> pb::NodeInfo {
+    pb::NodeInfo {
+        id: n.name.clone(),
+        peer_addr: n.peer_addr.clone(),
+        client_addr: n.client_addr.clone(),
+    }
+}
+
+pub fn node_info_from_pb(n: pb::NodeInfo) -> (NodeId, NodeInfo) {
+    (
+        super::types::node_id(&n.id),
+        NodeInfo {
+            name: n.id,
+            peer_addr: n.peer_addr,
+            client_addr: n.client_addr,
+        },
+    )
+}
+
+// ---- openraft's network ----
+
+/// Creates a [`PeerNetwork`] per target.
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    peers: Peers,
+}
+
+impl NetworkFactory {
+    pub fn new(peers: Peers) -> Self {
+        NetworkFactory { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+        PeerNetwork {
+            peers: self.peers.clone(),
+            target,
+            addr: node.peer_addr.clone(),
+        }
+    }
+}
+
+/// The link to one peer.
+#[derive(Debug)]
+pub struct PeerNetwork {
+    peers: Peers,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
+
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RpcErr<E> {
+    match e {
+        PeerError::Status(s) if s.code() != tonic::Code::Unavailable => RPCError::Network(NetworkError::new(&s)),
+        e => RPCError::Unreachable(Unreachable::new(&e)),
+    }
+}
+
+impl PeerNetwork {
+    fn client(&self) -> Result<PeerClient<Channel>, PeerError> {
+        self.peers.client(Some(&self.target), &self.addr)
+    }
+}
+
+fn with_deadline<T>(msg: T, ttl: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(ttl.min(RPC_TIMEOUT));
+    r
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let mut client = self.client().map_err(|e| rpc_error(e))?;
+        let req = with_deadline(append_request_to_pb(&rpc), option.hard_ttl());
+        let resp = client
+            .append_entries(req)
+            .await
+            .map_err(|s| rpc_error(s.into()))?;
+        Ok(append_response_from_pb(resp.into_inner()))
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let mut client = self.client().map_err(|e| rpc_error(e))?;
+        let req = with_deadline(
+            pb::VoteRequest {
+                vote: Some(vote_to_pb(&rpc.vote)),
+                last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
+            },
+            option.hard_ttl(),
+        );
+        let r = client
+            .vote(req)
+            .await
+            .map_err(|s| rpc_error(s.into()))?
+            .into_inner();
+        Ok(VoteResponse {
+            vote: vote_from_pb(r.vote),
+            vote_granted: r.vote_granted,
+            last_log_id: r.last_log_id.map(log_id_from_pb),
+        })
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&AnyErr(e.to_string())));
+        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let SnapshotData::Local(log) = &*snapshot.snapshot else {
+            return Err(net(&AnyErr("only a locally built snapshot can be sent".into())));
+        };
+        let last = snapshot.meta.last_log_id;
+        let dir = log.dir().join(format!("snapshot-out-{}", next_tmp_id()));
+        let files = match last {
+            Some(last) => {
+                let (log, d) = (log.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || log.link_segments(last.index, &d))
+                    .await
+                    .map_err(|e| net(&e))?
+                    .map_err(|e| net(&e))?
+            }
+            None => Vec::new(),
+        };
+        let _cleanup = RemoveDir(dir);
+        let meta = serde_json::to_vec(&snapshot.meta).map_err(|e| net(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let sender = tokio::spawn(async move {
+            let first = pb::SnapshotChunk {
+                vote: Some(vote_to_pb(&vote)),
+                meta: meta.into(),
+                ..Default::default()
+            };
+            if tx.send(first).await.is_err() {
+                return Ok(());
+            }
+            for f in files {
+                use tokio::io::AsyncReadExt;
+                let name = f.path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let mut file = tokio::fs::File::open(&f.path).await?;
+                let mut left = f.len;
+                let mut first_chunk = true;
+                while left > 0 || first_chunk {
+                    let n = left.min(1 << 20) as usize;
+                    let mut buf = vec![0u8; n];
+                    file.read_exact(&mut buf).await?;
+                    left -= n as u64;
+                    let chunk = pb::SnapshotChunk {
+                        file: if first_chunk { name.clone() } else { String::new() },
+                        data: buf.into(),
+                        ..Default::default()
+                    };
+                    first_chunk = false;
+                    if tx.send(chunk).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let resp = tokio::select! {
+            r = call => r,
+            closed = cancel => {
+                sender.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        match sender.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(net(&e)),
+            Err(e) => return Err(net(&e)),
+        }
+        let resp = resp.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&s)),
+            _ => net(&s),
+        })?;
+        Ok(SnapshotResponse {
+            vote: vote_from_pb(resp.into_inner().vote),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct AnyErr(String);
+
+impl std::fmt::Display for AnyErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AnyErr {}
+
+/// Removes a temporary directory when dropped.
+pub struct RemoveDir(pub PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process-unique suffix for temporary directories.
+pub fn next_tmp_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Collects an incoming snapshot stream into files under `dir`; returns the
+/// sender's vote, the metadata and the files in order.
+pub async fn receive_snapshot(
+    mut stream: tonic::Streaming<pb::SnapshotChunk>,
+    dir: PathBuf,
+) -> Result<(Vote, super::types::SnapshotMeta, SnapshotData), tonic::Status> {
+    use tokio::io::AsyncWriteExt;
+    let internal = |e: std::io::Error| tonic::Status::internal(format!("writing the snapshot: {e}"));
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| tonic::Status::invalid_argument("empty snapshot stream"))??;
+    let vote = vote_from_pb(first.vote);
+    let meta: super::types::SnapshotMeta = serde_json::from_slice(&first.meta)
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad snapshot metadata: {e}")))?;
+    tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
+    // From here on the data owns the directory and removes it when dropped.
+    let mut data = SnapshotData::Received {
+        dir: dir.clone(),
+        files: Vec::new(),
+    };
+    let mut current: Option<tokio::fs::File> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if !chunk.file.is_empty() {
+            if let Some(mut f) = current.take() {
+                f.flush().await.map_err(internal)?;
+            }
+            let name = std::path::Path::new(&chunk.file);
+            if name.components().count() != 1 || !chunk.file.ends_with(".log") {
+                return Err(tonic::Status::invalid_argument(format!("bad snapshot file name {:?}", chunk.file)));
+            }
+            let path = dir.join(name);
+            current = Some(tokio::fs::File::create(&path).await.map_err(internal)?);
+            if let SnapshotData::Received { files, .. } = &mut data {
+                files.push(path);
+            }
+        }
+        let Some(f) = current.as_mut() else {
+            return Err(tonic::Status::invalid_argument("snapshot data before any file"));
+        };
+        f.write_all(&chunk.data).await.map_err(internal)?;
+    }
+    if let Some(mut f) = current.take() {
+        f.flush().await.map_err(internal)?;
+    }
+    Ok((vote, meta, data))
+}
