@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Consume(a) => runtime.block_on(cli::consume(a)),
         Command::Perf(a) => runtime.block_on(cli::perf::run(a)),
         Command::DevCerts(a) => cli::dev_certs(a),
+        Command::Cluster(a) => runtime.block_on(cli::cluster(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

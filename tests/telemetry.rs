@@ -122,7 +122,7 @@ async fn produce_spans_reach_the_collector_under_the_callers_trace() {
     assert_eq!(attr(produce, "status").as_deref(), Some("OK"));
     assert_eq!(attr(produce, "offset"), Some(offset.to_string()));
     assert!(attr(produce, "duration_ms").is_some());
-    for child in ["log.append", "log.fsync"] {
+    for child in ["raft.propose", "raft.commit"] {
         let c = spans
             .iter()
             .find(|s| s.name == child)

@@ -41,6 +41,71 @@ pub enum Command {
     Perf(perf::PerfArgs),
     /// Write a development CA, server and client certificates, and an ACL model and policy.
     DevCerts(DevCertsArgs),
+    /// Inspect or change the cluster: `status`, `remove NAME`.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Members, leader, term, commit and applied index, and each member's lag
+    /// (as the leader sees it: ask the leader for lag figures).
+    Status,
+    /// Remove a member that is gone for good (a node that merely stops stays a
+    /// voter, so quorum sizes do not shrink behind your back).
+    Remove {
+        /// The member's name (its --node-id).
+        id: String,
+    },
+}
+
+pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    let mut admin = client.cluster();
+    match args.action {
+        ClusterAction::Status => {
+            let s = admin.status(crate::cluster::pb::StatusRequest {}).await?.into_inner();
+            let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "node:      {} ({})", s.id, s.state)?;
+            writeln!(out, "leader:    {}", s.leader.as_deref().unwrap_or("unknown"))?;
+            writeln!(out, "term:      {}", s.term)?;
+            writeln!(out, "last log:  {}", opt(s.last_log_index))?;
+            writeln!(out, "commit:    {}", opt(s.commit_index))?;
+            writeln!(out, "applied:   {}", opt(s.applied_index))?;
+            writeln!(out, "offsets:   [{}, {})", s.first_offset, s.next_offset)?;
+            writeln!(
+                out,
+                "\n{:<20} {:<8} {:<7} {:<22} {:<22} {:>10} {:>8}",
+                "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "MATCHED", "LAG"
+            )?;
+            for m in s.members {
+                writeln!(
+                    out,
+                    "{:<20} {:<8} {:<7} {:<22} {:<22} {:>10} {:>8}",
+                    m.id,
+                    if m.voter { "voter" } else { "learner" },
+                    if m.leader { "*" } else { "" },
+                    m.peer_addr,
+                    m.client_addr,
+                    opt(m.matched_index),
+                    opt(m.lag)
+                )?;
+            }
+        }
+        ClusterAction::Remove { id } => {
+            admin.remove(crate::cluster::pb::RemoveRequest { id: id.clone() }).await?;
+            println!("removed {id}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]

@@ -50,6 +50,7 @@ pub struct ClientTls {
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: LogClient<Channel>,
+    channel: Channel,
 }
 
 /// `127.0.0.1:8400` or `http://127.0.0.1:8400` → a URI.
@@ -104,10 +105,15 @@ impl Client {
             addr: addr.to_owned(),
             source,
         })?;
-        let inner = LogClient::new(channel)
+        let inner = LogClient::new(channel.clone())
             .max_decoding_message_size(512 << 20)
             .max_encoding_message_size(512 << 20);
-        Ok(Client { inner })
+        Ok(Client { inner, channel })
+    }
+
+    /// The cluster admin service of the same agent.
+    pub fn cluster(&self) -> crate::cluster::pb::cluster_client::ClusterClient<Channel> {
+        crate::cluster::pb::cluster_client::ClusterClient::new(self.channel.clone())
     }
 
     /// The generated client, for calls this type does not wrap.

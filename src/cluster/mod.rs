@@ -235,12 +235,26 @@ impl Cluster {
         &self,
         value: Bytes,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
+        use tracing::Instrument;
         let timeout = self.config.write_timeout;
         let (tx, rx) = oneshot::channel();
-        if self.is_leader() {
+        // Spans only under a request span: a stream's records would
+        // otherwise each start a trace of their own.
+        let traced = !tracing::Span::current().is_none();
+        let span = |name: &'static str, leader: bool| {
+            if traced {
+                tracing::debug_span!("raft", otel.name = name, leader)
+            } else {
+                tracing::Span::none()
+            }
+        };
+        let leader = self.is_leader();
+        let commit_span = span("raft.commit", leader);
+        if leader {
             let raft_rx = self
                 .raft
                 .client_write_ff(types::Request { value, offset: 0 })
+                .instrument(span("raft.propose", true))
                 .await
                 .map_err(|e| unavailable(format!("raft stopped: {e}")))?;
             tokio::spawn(async move {
@@ -269,7 +283,8 @@ impl Cluster {
                     "the record was not committed within {timeout:?} (no quorum?); it may still be"
                 ))),
             }
-        })
+        }
+        .instrument(commit_span))
     }
 
     /// Writes forwarded by a follower: this node must be the leader.

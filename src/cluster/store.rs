@@ -335,6 +335,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect();
         let log = self.store.log().clone();
+        if let Some(first) = records.first().and_then(|r| r.index)
+            && first > log.next_index()
+            && (log.first_index() == log.next_index() || self.store.purged().is_some_and(|p| p.index + 1 == first))
+        {
+            // An empty log may start anywhere, and a log purged past its
+            // end continues after the purge point (openraft's suite does
+            // both). In a cluster this only follows a snapshot install,
+            // which already placed the log.
+            log.reset(first, log.next_offset()).map_err(|e| log_error(ErrorVerb::Write, e))?;
+        }
         let appended = log.append(&records).map_err(|e| log_error(ErrorVerb::Write, e))?;
         if self.store.fsync == FsyncPolicy::Always {
             tokio::spawn(async move {

@@ -26,6 +26,7 @@ m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
 pub const POLICY: &str = "\
 p, root, *, produce
 p, root, *, consume
+p, root, *, admin
 ";
 
 #[derive(Debug, thiserror::Error)]

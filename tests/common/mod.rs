@@ -15,6 +15,7 @@ pub fn config_in(dir: PathBuf) -> Config {
         node_id: "test-node".into(),
         client_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        peer_addr: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     }
 }

@@ -182,6 +182,7 @@ def agent(tmp_path, proto):
         "--node-id", "e2e",
         "--client-addr", a.client_addr,
         "--http-addr", a.http_addr,
+        "--peer-addr", a.peer_addr,
     ]
     # The caller's SIDELOG_* settings must not leak into the agent.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDELOG_")}

@@ -1,0 +1,466 @@
+//! Raft clusters of in-process agents on loopback ports, with a network
+//! layer that can cut traffic between chosen nodes.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use openraft::testing::{StoreBuilder, Suite};
+use sidelog::{
+    agent::Agent,
+    client::Client,
+    cluster::{
+        Partition,
+        store::{LogStore, StateMachine, Store},
+        types::{NodeId, StorageError, TypeConfig, node_id},
+    },
+    config::{Config, FsyncPolicy},
+    node::LogNode,
+    storage::{Log, LogConfig, Retention},
+    telemetry::Metrics,
+};
+
+use crate::common::config_in;
+
+// ---- openraft's storage conformance suite on our log store ----
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+        let node = Arc::new(LogNode::new(log, 1 << 20));
+        let store = Store::open(node, dir.path(), FsyncPolicy::Always)?;
+        Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_the_segmented_log() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+// ---- helpers ----
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `cond`, checking every 20 ms, failing after `secs`.
+async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct TestCluster {
+    nodes: Vec<Option<Agent>>,
+    dirs: Vec<tempfile::TempDir>,
+    peer_ports: Vec<u16>,
+    partition: Arc<Partition>,
+    tweak: fn(&mut Config),
+}
+
+impl TestCluster {
+    async fn start(n: usize, tweak: fn(&mut Config)) -> TestCluster {
+        let mut c = TestCluster {
+            nodes: (0..n).map(|_| None).collect(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            peer_ports: (0..n).map(|_| free_port()).collect(),
+            partition: Arc::new(Partition::default()),
+            tweak,
+        };
+        // All at once, as a StatefulSet would start them.
+        let agents = futures_util::future::join_all((0..n).map(|i| {
+            let config = c.config(i);
+            let partition = c.partition.clone();
+            async move { Agent::start_opts(config, Metrics::new(), Some(partition)).await }
+        }))
+        .await;
+        for (i, a) in agents.into_iter().enumerate() {
+            c.nodes[i] = Some(a.expect("agent starts"));
+        }
+        c.wait_formed().await;
+        c
+    }
+
+    fn name(i: usize) -> String {
+        format!("node-{i}")
+    }
+
+    fn id(i: usize) -> NodeId {
+        node_id(&Self::name(i))
+    }
+
+    fn config(&self, i: usize) -> Config {
+        let mut config = config_in(self.dirs[i].path().join("data"));
+        config.node_id = Self::name(i);
+        config.peer_addr = format!("127.0.0.1:{}", self.peer_ports[i]).parse().unwrap();
+        config.join = self.peer_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        config.bootstrap_expect = self.peer_ports.len();
+        (self.tweak)(&mut config);
+        config
+    }
+
+    fn agent(&self, i: usize) -> &Agent {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.agent(i).client_addr.to_string()).await.unwrap()
+    }
+
+    /// The leader every live node agrees on (waits for it).
+    async fn leader(&self) -> usize {
+        let mut found = None;
+        wait_until("one leader all live nodes agree on", 30, || {
+            let leaders: HashSet<Option<NodeId>> = self
+                .live()
+                .iter()
+                .map(|&i| self.agent(i).cluster().metrics().current_leader)
+                .collect();
+            found = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
+                [Some(l)] => self.live().into_iter().find(|&i| Self::id(i) == *l),
+                _ => None,
+            };
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    }
+
+    async fn wait_formed(&self) {
+        self.leader().await;
+        wait_until("every live node ready", 30, || {
+            self.live().iter().all(|&i| self.agent(i).cluster().is_ready())
+        })
+        .await;
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let a = self.nodes[i].take().expect("running");
+        a.stop_without_leave().await.expect("stops");
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let agent = Agent::start_opts(self.config(i), Metrics::new(), Some(self.partition.clone()))
+            .await
+            .expect("agent restarts");
+        self.nodes[i] = Some(agent);
+    }
+
+    /// The committed records of node `i`, by offset.
+    fn records(&self, i: usize) -> Vec<(u64, Bytes)> {
+        let node = self.agent(i).node();
+        let log = node.log();
+        let committed = node.committed();
+        log.read_data(log.first_offset(), committed, usize::MAX, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offset, r.payload))
+            .collect()
+    }
+
+    /// Waits until every live node has committed `n` data records.
+    async fn wait_committed(&self, n: u64) {
+        wait_until(&format!("{n} records committed on every live node"), 30, || {
+            self.live().iter().all(|&i| self.agent(i).node().committed() >= n)
+        })
+        .await;
+    }
+
+    async fn shutdown(mut self) {
+        for i in self.live() {
+            self.kill(i).await;
+        }
+    }
+}
+
+fn no_tweak(_: &mut Config) {}
+
+// ---- tests ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
+    let c = TestCluster::start(3, no_tweak).await;
+    let leader = c.leader().await;
+    // Exactly one cluster: every node sees the same three voters.
+    for i in 0..3 {
+        let m = c.agent(i).cluster().metrics();
+        let voters: HashSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        assert_eq!(voters, (0..3).map(TestCluster::id).collect(), "voters seen by node {i}");
+    }
+    let servers = c.client(0).await.raw().get_servers(sidelog::api::pb::GetServersRequest {}).await;
+    let servers = servers.unwrap().into_inner().servers;
+    assert_eq!(servers.len(), 3);
+    let leaders: Vec<_> = servers.iter().filter(|s| s.is_leader).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0].id, TestCluster::name(leader));
+    assert_eq!(leaders[0].rpc_addr, c.agent(leader).client_addr.to_string());
+
+    let follower = (leader + 1) % 3;
+    let mut client = c.client(follower).await;
+    for i in 0..20u64 {
+        assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
+    }
+    let batch: Vec<Bytes> = (20..30).map(|i| Bytes::from(format!("r{i}"))).collect();
+    assert_eq!(client.produce_batch(batch).await.unwrap(), (20..30).collect::<Vec<u64>>());
+    c.wait_committed(30).await;
+    let expected: Vec<(u64, Bytes)> = (0..30).map(|i| (i, Bytes::from(format!("r{i}")))).collect();
+    for i in 0..3 {
+        assert_eq!(c.records(i), expected, "records on node {i}");
+        let mut reader = c.client(i).await;
+        assert_eq!(&reader.consume(29).await.unwrap().value[..], b"r29");
+    }
+    // A linearizable read on a follower sees a write acknowledged just before.
+    let off = c.client(leader).await.produce("fresh").await.unwrap();
+    let other = (leader + 2) % 3;
+    let resp = c
+        .client(other)
+        .await
+        .raw()
+        .consume(sidelog::api::pb::ConsumeRequest {
+            offset: off,
+            linearizable: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(&resp.into_inner().record.unwrap().value[..], b"fresh");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_loses_no_acknowledged_record_and_a_restarted_node_catches_up() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let old = c.leader().await;
+    let mut client = c.client(old).await;
+    for i in 0..50u64 {
+        assert_eq!(client.produce(format!("a{i}")).await.unwrap(), i);
+    }
+    c.kill(old).await;
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    let mut client = c.client(new).await;
+    for i in 50..100u64 {
+        assert_eq!(client.produce(format!("a{i}")).await.unwrap(), i);
+    }
+    c.restart(old).await;
+    c.wait_committed(100).await;
+    let expected: Vec<(u64, Bytes)> = (0..100).map(|i| (i, Bytes::from(format!("a{i}")))).collect();
+    for i in 0..3 {
+        assert_eq!(c.records(i), expected, "records on node {i}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_acknowledges_nothing() {
+    let c = TestCluster::start(3, no_tweak).await;
+    let old = c.leader().await;
+    let mut client = c.client(old).await;
+    assert_eq!(client.produce("before").await.unwrap(), 0);
+    c.wait_committed(1).await;
+    let ids: Vec<NodeId> = (0..3).map(TestCluster::id).collect();
+    c.partition.isolate(&TestCluster::id(old), &ids);
+
+    // The isolated leader cannot reach a quorum: no acknowledgement.
+    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+        record: Some(sidelog::api::pb::Record {
+            value: Bytes::from_static(b"lost"),
+            ..Default::default()
+        }),
+    });
+    req.set_timeout(Duration::from_secs(3));
+    let err = client.raw().produce(req).await.expect_err("no quorum, no ack");
+    assert!(
+        matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled),
+        "{err:?}"
+    );
+
+    // The majority elects a new leader and goes on.
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let mut new = None;
+    wait_until("a new leader in the majority", 30, || {
+        let l = c.agent(others[0]).cluster().metrics().current_leader;
+        new = others.iter().copied().find(|&i| Some(TestCluster::id(i)) == l);
+        new.is_some() && c.agent(others[1]).cluster().metrics().current_leader == l
+    })
+    .await;
+    let mut client = c.client(new.unwrap()).await;
+    assert_eq!(client.produce("after").await.unwrap(), 1);
+
+    c.partition.heal();
+    c.wait_committed(2).await;
+    wait_until("the old leader drops its unacknowledged entry", 30, || {
+        c.records(old).len() == 2 && c.agent(old).node().log().next_offset() == 2
+    })
+    .await;
+    let expected = vec![(0, Bytes::from_static(b"before")), (1, Bytes::from_static(b"after"))];
+    for i in 0..3 {
+        assert_eq!(c.records(i), expected, "records on node {i}");
+    }
+    c.shutdown().await;
+}
+
+fn small_segments(config: &mut Config) {
+    config.segment_max_bytes = 4096;
+    config.retention_bytes = Some(8192);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_catches_up_through_a_snapshot_after_retention() {
+    let mut c = TestCluster::start(3, small_segments).await;
+    let leader = c.leader().await;
+    let mut client = c.client(leader).await;
+    let value = |i: u64| Bytes::from(format!("{i:0>100}"));
+    for chunk in 0..10u64 {
+        let batch: Vec<Bytes> = (chunk * 50..chunk * 50 + 50).map(value).collect();
+        client.produce_batch(batch).await.unwrap();
+    }
+    c.wait_committed(500).await;
+    let policy = Retention {
+        max_bytes: Some(8192),
+        max_age: None,
+    };
+    for i in 0..3 {
+        c.agent(i).cluster().apply_retention(&policy).await.unwrap();
+    }
+    let first = c.agent(leader).node().log().first_offset();
+    assert!(first > 0, "retention removed old segments on the leader");
+
+    let follower = (leader + 1) % 3;
+    c.kill(follower).await;
+    std::fs::remove_dir_all(c.dirs[follower].path().join("data")).unwrap();
+    c.restart(follower).await;
+    c.wait_committed(500).await;
+    wait_until("the wiped follower is ready", 30, || c.agent(follower).cluster().is_ready()).await;
+
+    // Exactly the leader's retained range, readable by consumers.
+    let leader_records = c.records(leader);
+    let follower_records = c.records(follower);
+    assert_eq!(follower_records.first().map(|r| r.0), Some(first));
+    assert_eq!(follower_records, leader_records);
+    assert_eq!(follower_records.last().unwrap(), &(499, value(499)));
+    // It takes writes again, as a full member.
+    let off = c.client(follower).await.produce("next").await.unwrap();
+    assert_eq!(off, 500);
+    c.wait_committed(501).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_leave_shrinks_the_membership() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let leader = c.leader().await;
+    // A follower leaves...
+    let follower = (leader + 1) % 3;
+    c.nodes[follower].take().unwrap().shutdown().await.unwrap();
+    wait_until("membership without the follower", 30, || {
+        c.agent(leader).cluster().metrics().membership_config.membership().nodes().count() == 2
+    })
+    .await;
+    // ...then the leader leaves, handing over to the last node.
+    c.nodes[leader].take().unwrap().shutdown().await.unwrap();
+    let last = 3 - leader - follower;
+    wait_until("the last node leads a one-node cluster", 30, || {
+        let m = c.agent(last).cluster().metrics();
+        m.current_leader == Some(TestCluster::id(last)) && m.membership_config.membership().nodes().count() == 1
+    })
+    .await;
+    assert_eq!(c.client(last).await.produce("alone").await.unwrap(), 0);
+    // Removing a name that is not a member is NOT_FOUND.
+    let err = c
+        .client(last)
+        .await
+        .cluster()
+        .remove(sidelog::cluster::pb::RemoveRequest { id: "ghost".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    c.shutdown().await;
+}
+
+/// Many producers through random nodes while nodes are killed and
+/// restarted: every acknowledged record is present exactly once, at the
+/// offset it was acknowledged with, in one order identical on all nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_check_under_kills_and_restarts() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let addrs: Vec<String> = (0..3).map(|i| c.agent(i).client_addr.to_string()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..6usize {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, u64)> = Vec::new();
+            let mut attempt = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                attempt += 1;
+                // A fresh value per attempt: a failed attempt may still have
+                // been written, so retrying the same value could duplicate it.
+                let value = format!("p{p}-{attempt}");
+                let addr = &addrs[(p + attempt as usize) % addrs.len()];
+                let Ok(client) = Client::connect(addr).await else { continue };
+                let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+                    record: Some(sidelog::api::pb::Record {
+                        value: Bytes::from(value.clone()),
+                        ..Default::default()
+                    }),
+                });
+                req.set_timeout(Duration::from_secs(5));
+                if let Ok(resp) = client.raw().produce(req).await {
+                    acked.push((value, resp.into_inner().offset));
+                }
+            }
+            acked
+        }));
+    }
+    for round in 0..3 {
+        let victim = (round * 2) % 3;
+        wait_until("some records before the kill", 30, || {
+            c.live().iter().any(|&i| c.agent(i).node().committed() > (round as u64 + 1) * 20)
+        })
+        .await;
+        c.kill(victim).await;
+        c.leader().await;
+        c.restart(victim).await;
+        c.wait_formed().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    for p in producers {
+        acked.extend(p.await.unwrap());
+    }
+    assert!(acked.len() > 60, "only {} records acknowledged", acked.len());
+    let top = acked.iter().map(|a| a.1).max().unwrap() + 1;
+    c.wait_committed(top).await;
+    let reference = c.records(0);
+    for i in 1..3 {
+        let other = c.records(i);
+        let n = reference.len().min(other.len());
+        assert_eq!(reference[..n], other[..n], "node {i} disagrees with node 0");
+    }
+    let at: HashMap<u64, &Bytes> = reference.iter().map(|(o, v)| (*o, v)).collect();
+    let mut seen = HashSet::new();
+    for (_, v) in &reference {
+        assert!(seen.insert(v.clone()), "{v:?} appears twice");
+    }
+    for (value, offset) in &acked {
+        assert_eq!(at.get(offset).map(|v| &v[..]), Some(value.as_bytes()), "acknowledged {value} at {offset}");
+    }
+    c.shutdown().await;
+}
