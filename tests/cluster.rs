@@ -316,6 +316,31 @@ async fn an_isolated_leader_acknowledges_nothing() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_node_joins_as_learner_and_is_promoted() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let leader = c.leader().await;
+    for i in 0..20u64 {
+        c.client(leader).await.produce(format!("j{i}")).await.unwrap();
+    }
+    // A fourth node that only knows one peer and expects no bootstrap.
+    c.dirs.push(tempfile::tempdir().unwrap());
+    c.peer_ports.push(free_port());
+    c.nodes.push(None);
+    let mut config = c.config(3);
+    config.join = vec![format!("127.0.0.1:{}", c.peer_ports[(leader + 1) % 3])];
+    config.bootstrap_expect = 0;
+    c.nodes[3] = Some(Agent::start_opts(config, Metrics::new(), Some(c.partition.clone())).await.unwrap());
+    wait_until("the fourth node is a voter", 60, || {
+        let m = c.agent(leader).cluster().metrics();
+        m.membership_config.membership().voter_ids().count() == 4
+    })
+    .await;
+    c.wait_committed(20).await;
+    assert_eq!(c.records(3), c.records(leader));
+    c.shutdown().await;
+}
+
 fn small_segments(config: &mut Config) {
     config.segment_max_bytes = 4096;
     config.retention_bytes = Some(8192);

@@ -572,9 +572,13 @@ impl Cluster {
             ));
         }
         // Every node computes the same set, so exactly one of them (the
-        // lowest id) initializes; the rest are brought in by its leader.
-        let members: BTreeMap<NodeId, NodeInfo> = seen.into_iter().take(self.config.bootstrap_expect).collect();
-        if members.keys().next() == Some(&self.config.id) {
+        // lowest name) initializes; the rest are brought in by its leader.
+        let mut by_name: Vec<(NodeId, NodeInfo)> = seen.into_iter().collect();
+        by_name.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        by_name.truncate(self.config.bootstrap_expect);
+        let lowest = by_name.first().map(|n| n.0);
+        let members: BTreeMap<NodeId, NodeInfo> = by_name.into_iter().collect();
+        if lowest == Some(self.config.id) {
             self.initialize(members).await?;
             return Ok(true);
         }
