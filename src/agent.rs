@@ -156,13 +156,13 @@ impl Agent {
             None => None,
         };
         let mut cluster_config = ClusterConfig::new(NodeInfo {
-                name: config.node_id.clone(),
-                peer_addr: config
-                    .advertise_peer_addr
-                    .clone()
-                    .unwrap_or_else(|| peer_addr.to_string()),
-                client_addr: advertise,
-            });
+            name: config.node_id.clone(),
+            peer_addr: config
+                .advertise_peer_addr
+                .clone()
+                .unwrap_or_else(|| peer_addr.to_string()),
+            client_addr: advertise,
+        });
         cluster_config.join = config.join.clone();
         cluster_config.bootstrap_expect = config.bootstrap_expect;
         cluster_config.fsync = config.fsync;
@@ -221,7 +221,9 @@ impl Agent {
             .add_service(reflection_v1alpha)
             .add_service(health_service)
             .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
-            .add_service(LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server());
+            .add_service(
+                LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server(),
+            );
 
         let grpc = {
             let token = shutdown.clone();
@@ -313,7 +315,11 @@ impl Agent {
             )));
         }
 
-        background.push(tokio::spawn(readiness_loop(cluster.clone(), health.clone(), shutdown.clone())));
+        background.push(tokio::spawn(readiness_loop(
+            cluster.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )));
         if config.join.is_empty() && config.bootstrap_expect <= 1 {
             // A lone node elects itself at once: return when it serves.
             let mut metrics = cluster.raft().metrics();

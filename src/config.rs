@@ -428,9 +428,7 @@ impl Config {
                 format!("{} is also the client address", self.http_addr),
             ));
         }
-        if self.peer_addr.port() != 0
-            && (self.peer_addr == self.client_addr || self.peer_addr == self.http_addr)
-        {
+        if self.peer_addr.port() != 0 && (self.peer_addr == self.client_addr || self.peer_addr == self.http_addr) {
             return Err(invalid(
                 "peer-addr",
                 format!("{} is also the client or HTTP address", self.peer_addr),
@@ -439,7 +437,10 @@ impl Config {
         if self.join.is_empty() && self.bootstrap_expect > 1 {
             return Err(invalid(
                 "bootstrap-expect",
-                format!("{} nodes are expected but no --join peers are given to find them", self.bootstrap_expect),
+                format!(
+                    "{} nodes are expected but no --join peers are given to find them",
+                    self.bootstrap_expect
+                ),
             ));
         }
         for a in &self.join {

@@ -204,7 +204,12 @@ async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
         let voters: HashSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         assert_eq!(voters, (0..3).map(TestCluster::id).collect(), "voters seen by node {i}");
     }
-    let servers = c.client(0).await.raw().get_servers(sidelog::api::pb::GetServersRequest {}).await;
+    let servers = c
+        .client(0)
+        .await
+        .raw()
+        .get_servers(sidelog::api::pb::GetServersRequest {})
+        .await;
     let servers = servers.unwrap().into_inner().servers;
     assert_eq!(servers.len(), 3);
     let leaders: Vec<_> = servers.iter().filter(|s| s.is_leader).collect();
@@ -218,7 +223,10 @@ async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
         assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
     }
     let batch: Vec<Bytes> = (20..30).map(|i| Bytes::from(format!("r{i}"))).collect();
-    assert_eq!(client.produce_batch(batch).await.unwrap(), (20..30).collect::<Vec<u64>>());
+    assert_eq!(
+        client.produce_batch(batch).await.unwrap(),
+        (20..30).collect::<Vec<u64>>()
+    );
     c.wait_committed(30).await;
     let expected: Vec<(u64, Bytes)> = (0..30).map(|i| (i, Bytes::from(format!("r{i}")))).collect();
     for i in 0..3 {
@@ -287,7 +295,10 @@ async fn an_isolated_leader_acknowledges_nothing() {
     req.set_timeout(Duration::from_secs(3));
     let err = client.raw().produce(req).await.expect_err("no quorum, no ack");
     assert!(
-        matches!(err.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled),
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
         "{err:?}"
     );
 
@@ -330,7 +341,11 @@ async fn a_late_node_joins_as_learner_and_is_promoted() {
     let mut config = c.config(3);
     config.join = vec![format!("127.0.0.1:{}", c.peer_ports[(leader + 1) % 3])];
     config.bootstrap_expect = 0;
-    c.nodes[3] = Some(Agent::start_opts(config, Metrics::new(), Some(c.partition.clone())).await.unwrap());
+    c.nodes[3] = Some(
+        Agent::start_opts(config, Metrics::new(), Some(c.partition.clone()))
+            .await
+            .unwrap(),
+    );
     wait_until("the fourth node is a voter", 60, || {
         let m = c.agent(leader).cluster().metrics();
         m.membership_config.membership().voter_ids().count() == 4
@@ -372,7 +387,10 @@ async fn a_wiped_follower_catches_up_through_a_snapshot_after_retention() {
     std::fs::remove_dir_all(c.dirs[follower].path().join("data")).unwrap();
     c.restart(follower).await;
     c.wait_committed(500).await;
-    wait_until("the wiped follower is ready", 30, || c.agent(follower).cluster().is_ready()).await;
+    wait_until("the wiped follower is ready", 30, || {
+        c.agent(follower).cluster().is_ready()
+    })
+    .await;
 
     // Exactly the leader's retained range, readable by consumers.
     let leader_records = c.records(leader);
@@ -395,7 +413,14 @@ async fn graceful_leave_shrinks_the_membership() {
     let follower = (leader + 1) % 3;
     c.nodes[follower].take().unwrap().shutdown().await.unwrap();
     wait_until("membership without the follower", 30, || {
-        c.agent(leader).cluster().metrics().membership_config.membership().nodes().count() == 2
+        c.agent(leader)
+            .cluster()
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+            == 2
     })
     .await;
     // ...then the leader leaves, handing over to the last node.
@@ -439,7 +464,9 @@ async fn history_check_under_kills_and_restarts() {
                 // been written, so retrying the same value could duplicate it.
                 let value = format!("p{p}-{attempt}");
                 let addr = &addrs[(p + attempt as usize) % addrs.len()];
-                let Ok(client) = Client::connect(addr).await else { continue };
+                let Ok(client) = Client::connect(addr).await else {
+                    continue;
+                };
                 let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
                     record: Some(sidelog::api::pb::Record {
                         value: Bytes::from(value.clone()),
@@ -457,7 +484,9 @@ async fn history_check_under_kills_and_restarts() {
     for round in 0..3 {
         let victim = (round * 2) % 3;
         wait_until("some records before the kill", 30, || {
-            c.live().iter().any(|&i| c.agent(i).node().committed() > (round as u64 + 1) * 20)
+            c.live()
+                .iter()
+                .any(|&i| c.agent(i).node().committed() > (round as u64 + 1) * 20)
         })
         .await;
         c.kill(victim).await;
@@ -485,7 +514,11 @@ async fn history_check_under_kills_and_restarts() {
         assert!(seen.insert(v.clone()), "{v:?} appears twice");
     }
     for (value, offset) in &acked {
-        assert_eq!(at.get(offset).map(|v| &v[..]), Some(value.as_bytes()), "acknowledged {value} at {offset}");
+        assert_eq!(
+            at.get(offset).map(|v| &v[..]),
+            Some(value.as_bytes()),
+            "acknowledged {value} at {offset}"
+        );
     }
     c.shutdown().await;
 }

@@ -49,28 +49,34 @@ pub enum Command {
 pub struct ClusterArgs {
     #[command(subcommand)]
     pub action: ClusterAction,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterAction {
     /// Members, leader, term, commit and applied index, and each member's lag
     /// (as the leader sees it: ask the leader for lag figures).
-    Status,
+    Status {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Remove a member that is gone for good (a node that merely stops stays a
     /// voter, so quorum sizes do not shrink behind your back).
     Remove {
         /// The member's name (its --node-id).
         id: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = args.connect.connect().await?;
+    let connect = match &args.action {
+        ClusterAction::Status { connect } | ClusterAction::Remove { connect, .. } => connect,
+    };
+    let client = connect.connect().await?;
     let mut admin = client.cluster();
     match args.action {
-        ClusterAction::Status => {
+        ClusterAction::Status { .. } => {
             let s = admin.status(crate::cluster::pb::StatusRequest {}).await?.into_inner();
             let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
             let mut out = std::io::stdout().lock();
@@ -100,8 +106,10 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 )?;
             }
         }
-        ClusterAction::Remove { id } => {
-            admin.remove(crate::cluster::pb::RemoveRequest { id: id.clone() }).await?;
+        ClusterAction::Remove { id, .. } => {
+            admin
+                .remove(crate::cluster::pb::RemoveRequest { id: id.clone() })
+                .await?;
             println!("removed {id}");
         }
     }

@@ -145,7 +145,13 @@ impl Client {
     }
 
     pub async fn consume(&mut self, offset: u64) -> Result<pb::Record, Status> {
-        let resp = self.inner.consume(pb::ConsumeRequest { offset, linearizable: false }).await?;
+        let resp = self
+            .inner
+            .consume(pb::ConsumeRequest {
+                offset,
+                linearizable: false,
+            })
+            .await?;
         resp.into_inner()
             .record
             .ok_or_else(|| Status::internal("response without a record"))
@@ -155,7 +161,10 @@ impl Client {
     pub async fn consume_stream(&mut self, offset: u64) -> Result<Streaming<pb::ConsumeResponse>, Status> {
         Ok(self
             .inner
-            .consume_stream(pb::ConsumeRequest { offset, linearizable: false })
+            .consume_stream(pb::ConsumeRequest {
+                offset,
+                linearizable: false,
+            })
             .await?
             .into_inner())
     }

@@ -414,7 +414,10 @@ impl Cluster {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let change = if voters.contains(&id) {
             if voters.len() == 1 {
-                return Err(NodeError::InvalidArgument(format!("{} is the last voter and cannot be removed", self.name_of(id))));
+                return Err(NodeError::InvalidArgument(format!(
+                    "{} is the last voter and cannot be removed",
+                    self.name_of(id)
+                )));
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()]))
         } else {
@@ -529,7 +532,9 @@ impl Cluster {
         let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
         let mut leader = None;
         for addr in &self.config.join {
-            let Ok(mut client) = self.peers.client(None, addr) else { continue };
+            let Ok(mut client) = self.peers.client(None, addr) else {
+                continue;
+            };
             let mut req = tonic::Request::new(hello.clone());
             req.set_timeout(Duration::from_secs(2));
             let Ok(resp) = client.hello(req).await else { continue };
@@ -552,12 +557,18 @@ impl Cluster {
                 return Ok(true);
             }
             tracing::info!(leader = %lid, "joining the cluster");
-            let mut client = self.peers.client(Some(&lid), &linfo.peer_addr).map_err(|e| e.to_string())?;
+            let mut client = self
+                .peers
+                .client(Some(&lid), &linfo.peer_addr)
+                .map_err(|e| e.to_string())?;
             let mut req = tonic::Request::new(pb::JoinRequest {
                 node: Some(network::node_info_to_pb(&self.config.info)),
             });
             req.set_timeout(Duration::from_secs(120));
-            client.join(req).await.map_err(|s| format!("join via {lid}: {}", s.message()))?;
+            client
+                .join(req)
+                .await
+                .map_err(|s| format!("join via {lid}: {}", s.message()))?;
             tracing::info!("joined the cluster");
             return Ok(true);
         }
@@ -653,16 +664,17 @@ impl Cluster {
             return Ok(());
         }
         self.store.set_retention_floor(index);
-        let snap = self.store.current_snapshot().and_then(|m| m.last_log_id).map(|l| l.index);
+        let snap = self
+            .store
+            .current_snapshot()
+            .and_then(|m| m.last_log_id)
+            .map(|l| l.index);
         if snap.is_none_or(|s| s < upto) {
             self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
             let _ = self
                 .raft
                 .wait(Some(Duration::from_secs(30)))
-                .snapshot(
-                    self.metrics().last_applied.unwrap_or_default(),
-                    "retention snapshot",
-                )
+                .snapshot(self.metrics().last_applied.unwrap_or_default(), "retention snapshot")
                 .await;
         }
         self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
@@ -754,7 +766,10 @@ impl Cluster {
             .into_inner()
             .offsets;
         if offsets.len() != n {
-            return Err(unavailable(format!("leader {leader} answered {} offsets for {n} records", offsets.len())));
+            return Err(unavailable(format!(
+                "leader {leader} answered {} offsets for {n} records",
+                offsets.len()
+            )));
         }
         Ok(offsets)
     }

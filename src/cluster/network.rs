@@ -18,9 +18,7 @@ use std::{
 
 use openraft::{
     EntryPayload, LeaderId, RaftNetwork, RaftNetworkFactory,
-    error::{
-        Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
-    },
+    error::{Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable},
     network::RPCOption,
     raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
 };
@@ -203,7 +201,12 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, tonic::Status> {
             serde_json::from_slice::<Membership>(&e.payload)
                 .map_err(|err| tonic::Status::invalid_argument(format!("bad membership entry: {err}")))?,
         ),
-        Err(_) => return Err(tonic::Status::invalid_argument(format!("unknown entry kind {}", e.kind))),
+        Err(_) => {
+            return Err(tonic::Status::invalid_argument(format!(
+                "unknown entry kind {}",
+                e.kind
+            )));
+        }
     };
     Ok(Entry {
         log_id: log_id(e.term, e.index),
@@ -336,10 +339,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let mut client = self.client().map_err(|e| rpc_error(e))?;
         let req = with_deadline(append_request_to_pb(&rpc), option.hard_ttl());
-        let resp = client
-            .append_entries(req)
-            .await
-            .map_err(|s| rpc_error(s.into()))?;
+        let resp = client.append_entries(req).await.map_err(|s| rpc_error(s.into()))?;
         Ok(append_response_from_pb(resp.into_inner()))
     }
 
@@ -352,11 +352,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             },
             option.hard_ttl(),
         );
-        let r = client
-            .vote(req)
-            .await
-            .map_err(|s| rpc_error(s.into()))?
-            .into_inner();
+        let r = client.vote(req).await.map_err(|s| rpc_error(s.into()))?.into_inner();
         Ok(VoteResponse {
             vote: vote_from_pb(r.vote),
             vote_granted: r.vote_granted,
@@ -372,7 +368,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&AnyErr(e.to_string())));
-        let mut client = self.client().map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let SnapshotData::Local(log) = &*snapshot.snapshot else {
             return Err(net(&AnyErr("only a locally built snapshot can be sent".into())));
         };
@@ -503,7 +501,10 @@ pub async fn receive_snapshot(
             }
             let name = std::path::Path::new(&chunk.file);
             if name.components().count() != 1 || !chunk.file.ends_with(".log") {
-                return Err(tonic::Status::invalid_argument(format!("bad snapshot file name {:?}", chunk.file)));
+                return Err(tonic::Status::invalid_argument(format!(
+                    "bad snapshot file name {:?}",
+                    chunk.file
+                )));
             }
             let path = dir.join(name);
             current = Some(tokio::fs::File::create(&path).await.map_err(internal)?);

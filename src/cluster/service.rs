@@ -112,7 +112,9 @@ impl pb::peer_server::Peer for PeerService {
             .node
             .ok_or_else(|| Status::invalid_argument("JoinRequest.node is required"))?;
         if node.id.is_empty() || node.peer_addr.is_empty() {
-            return Err(Status::invalid_argument("a joining node needs an id and a peer address"));
+            return Err(Status::invalid_argument(
+                "a joining node needs an id and a peer address",
+            ));
         }
         let c = &self.cluster;
         if !c.is_leader() {

@@ -94,7 +94,9 @@ impl Store {
     pub fn open(node: Arc<LogNode>, dir: &Path, fsync: FsyncPolicy) -> Result<Arc<Store>, StorageError> {
         let path = dir.join(STATE_FILE);
         let mut state: PersistentState = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistentState::default(),
             Err(e) => return Err(io_error(ErrorSubject::Store, ErrorVerb::Read, e)),
         };
@@ -343,7 +345,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // end continues after the purge point (openraft's suite does
             // both). In a cluster this only follows a snapshot install,
             // which already placed the log.
-            log.reset(first, log.next_offset()).map_err(|e| log_error(ErrorVerb::Write, e))?;
+            log.reset(first, log.next_offset())
+                .map_err(|e| log_error(ErrorVerb::Write, e))?;
         }
         let appended = log.append(&records).map_err(|e| log_error(ErrorVerb::Write, e))?;
         if self.store.fsync == FsyncPolicy::Always {
@@ -590,10 +593,7 @@ fn install(store: &Store, meta: &SnapshotMeta, data: &SnapshotData, next_offset:
         return store.update(|s| s.snapshot = Some(meta.clone()));
     };
     let log = store.log();
-    let present = last.index >= log.first_index()
-        && log
-            .read(last.index)
-            .is_ok_and(|r| r.term == last.leader_id.term);
+    let present = last.index >= log.first_index() && log.read(last.index).is_ok_and(|r| r.term == last.leader_id.term);
     if !present && !matches!(data, SnapshotData::Local(l) if Arc::ptr_eq(l, log)) {
         store.update(|s| s.installing = true)?;
         let mut records = data.records(last.index).peekable();

@@ -731,11 +731,13 @@ impl Log {
             let len = if seg.next_index() - 1 <= upto {
                 seg.size
             } else {
-                let (pos, len) = seg.span((upto - seg.base_index) as usize).ok_or_else(|| Error::Corrupt {
-                    path: seg.idx_path.clone(),
-                    position: 0,
-                    reason: "index entry out of bounds".into(),
-                })?;
+                let (pos, len) = seg
+                    .span((upto - seg.base_index) as usize)
+                    .ok_or_else(|| Error::Corrupt {
+                        path: seg.idx_path.clone(),
+                        position: 0,
+                        reason: "index entry out of bounds".into(),
+                    })?;
                 pos + len
             };
             let target = dir.join(segment::file_name(seg.base_index, "log"));
