@@ -33,13 +33,15 @@ COPY sidelog /sidelog
 # is the pod name in a StatefulSet.
 ENV SIDELOG_CLIENT_ADDR=0.0.0.0:8400 \
     SIDELOG_HTTP_ADDR=0.0.0.0:8080 \
+    SIDELOG_PEER_ADDR=0.0.0.0:8401 \
     SIDELOG_DATA_DIR=/data \
     SIDELOG_INSECURE=true \
     SIDELOG_LOG_FORMAT=json
 
 # 8400 client gRPC (Log API, grpc.health.v1, reflection)
+# 8401 peer gRPC (Raft, join/leave, write forwarding; mutual TLS when configured)
 # 8080 HTTP (JSON API, /metrics, /healthz, /readyz)
-EXPOSE 8400 8080
+EXPOSE 8400 8401 8080
 VOLUME /data
 WORKDIR /data
 

@@ -23,14 +23,19 @@ import time
 import urllib.request
 
 
-def free_port():
-    with socket.socket() as s:
+def free_ports(n):
+    """n distinct free ports (all held open while choosing)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def metric(http, name):
-    body = urllib.request.urlopen(f"http://{http}/metrics", timeout=5).read().decode()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
     m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -48,6 +53,7 @@ def status(binary, addr):
     return out.stdout if out.returncode == 0 else ""
 
 
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bin", nargs="?", default="target/x86_64-unknown-linux-musl/release/sidelog")
@@ -57,7 +63,8 @@ def main():
     ap.add_argument("--mode", default="stream")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="sidelog-bench-")
-    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+    p = free_ports(9)
+    ports = [tuple(p[i * 3:i * 3 + 3]) for i in range(3)]
     join = ",".join(f"127.0.0.1:{p[1]}" for p in ports)
     procs = []
     try:
@@ -81,6 +88,7 @@ def main():
             sys.exit("no leader within 30 s")
         client, _, http = ports[leader]
         pid = procs[leader].pid
+        print(f"leader node-{leader}: client {client}, http {http}", flush=True)
         f0, w0 = metric(http, "sidelog_fsyncs_total"), write_bytes(pid)
         out = subprocess.run([
             a.bin, "perf", "produce", "--addr", f"127.0.0.1:{client}", "--mode", a.mode,

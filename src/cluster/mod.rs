@@ -324,32 +324,28 @@ impl Cluster {
     /// Waits until this node has applied everything the leader had
     /// committed when asked: a following local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let index = if self.is_leader() {
-            let id = self
-                .raft
+        if self.is_leader() {
+            // Waits until the read index is applied here.
+            self.raft
                 .ensure_linearizable()
                 .await
                 .map_err(|e| unavailable(format!("read index: {e}")))?;
-            return {
-                let _ = id;
-                Ok(())
-            };
-        } else {
-            let (leader, info) = self
-                .wait_leader(self.config.write_timeout)
-                .await
-                .ok_or_else(|| unavailable("no leader known for a linearizable read"))?;
-            let mut client = self
-                .peers
-                .client(Some(&leader), &info.peer_addr)
-                .map_err(|e| unavailable(e.to_string()))?;
-            client
-                .read_index(pb::ReadIndexRequest {})
-                .await
-                .map_err(|s| unavailable(format!("read index from {leader}: {}", s.message())))?
-                .into_inner()
-                .index
-        };
+            return Ok(());
+        }
+        let (leader, info) = self
+            .wait_leader(self.config.write_timeout)
+            .await
+            .ok_or_else(|| unavailable("no leader known for a linearizable read"))?;
+        let mut client = self
+            .peers
+            .client(Some(&leader), &info.peer_addr)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let index = client
+            .read_index(pb::ReadIndexRequest {})
+            .await
+            .map_err(|s| unavailable(format!("read index from the leader: {}", s.message())))?
+            .into_inner()
+            .index;
         self.raft
             .wait(Some(self.config.write_timeout))
             .applied_index_at_least(Some(index), "read barrier")
