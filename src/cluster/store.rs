@@ -376,11 +376,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 return Ok(());
             }
             store.update(|s| s.purged = Some(log_id))?;
-            let floor = store.retention_floor.load(Ordering::Acquire).min(log_id.index + 1);
-            store
-                .log()
-                .remove_before(floor)
-                .map_err(|e| log_error(ErrorVerb::Delete, e))?;
+            store.remove_purged().map_err(|e| log_error(ErrorVerb::Delete, e))?;
             Ok(())
         })
         .await
