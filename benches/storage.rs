@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command, sync::Arc, time::Instant};
 
-use sidelog::storage::{Entry, Log, LogConfig};
+use sidelog::storage::{Entry, Log, LogConfig, encode_body};
 
 const RUNS: usize = 3;
 
@@ -26,15 +26,15 @@ fn durable_appends(dir: &Path, appenders: usize, per_task: usize, size: usize) -
         .enable_all()
         .build()
         .unwrap();
-    let payload: Arc<[u8]> = vec![0x5a; size].into();
+    let body: Arc<[u8]> = encode_body(&[vec![0x5a; size]]).into();
     let start = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..appenders {
-            let (log, payload) = (log.clone(), payload.clone());
+            let (log, body) = (log.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let a = log.append(&[Entry::data(&payload)]).unwrap();
+                    let a = log.append(&[Entry::data(&body, 1)]).unwrap();
                     log.wait_durable(a.next_index).await.unwrap();
                 }
             }));
@@ -137,9 +137,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     {
         let log = Log::open(&dir, LogConfig::default()).unwrap();
-        let payload = vec![0x5a; 64 << 10];
+        let body = encode_body(&[vec![0x5a; 64 << 10]]);
         for _ in 0..960 {
-            log.append(&[Entry::data(&payload)]).unwrap();
+            log.append(&[Entry::data(&body, 1)]).unwrap();
         }
         log.sync().unwrap();
     }

@@ -14,7 +14,9 @@ use sidelog::{
     client::Client,
     cluster::{
         Partition,
-        store::{LogStore, StateMachine, Store},
+        log_store::LogStore,
+        state_machine::StateMachine,
+        store::Store,
         types::{NodeId, StorageError, TypeConfig, node_id},
     },
     config::{Config, FsyncPolicy},
@@ -171,7 +173,7 @@ impl TestCluster {
         log.read_data(log.first_offset(), committed, usize::MAX, usize::MAX)
             .unwrap()
             .into_iter()
-            .map(|r| (r.offset, r.payload))
+            .map(|r| (r.offset, r.value))
             .collect()
     }
 

@@ -4,7 +4,7 @@
 use std::{fs::OpenOptions, io::Write, os::unix::fs::FileExt, path::Path, sync::Arc};
 
 use proptest::prelude::*;
-use sidelog::storage::{Entry, Error, Kind, Log, LogConfig, Retention};
+use sidelog::storage::{Entry, Error, Kind, Log, LogConfig, Retention, encode_body};
 
 fn small_config() -> LogConfig {
     LogConfig {
@@ -18,10 +18,15 @@ fn payload(i: u64) -> Vec<u8> {
     format!("record number {i}").into_bytes()
 }
 
+/// The body of a batch of one record.
+fn one(value: &[u8]) -> Vec<u8> {
+    encode_body(&[value])
+}
+
 fn append_data(log: &Log, n: u64) {
     for _ in 0..n {
         let next = log.next_offset();
-        log.append(&[Entry::data(&payload(next))]).unwrap();
+        log.append(&[Entry::data(&one(&payload(next)), 1)]).unwrap();
     }
 }
 
@@ -40,7 +45,7 @@ fn assert_offsets_readable(log: &Log, n: u64) {
     for o in 0..n {
         let r = log.read_offset(o).unwrap();
         assert_eq!(r.offset, o);
-        assert_eq!(&r.payload[..], &payload(o)[..], "payload of offset {o}");
+        assert_eq!(&r.value[..], &payload(o)[..], "payload of offset {o}");
     }
 }
 
@@ -49,12 +54,12 @@ fn append_and_read_three_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     for (i, v) in [b"hello".as_slice(), b"world", b"!"].into_iter().enumerate() {
-        let a = log.append(&[Entry::data(v)]).unwrap();
+        let a = log.append(&[Entry::data(&one(v), 1)]).unwrap();
         assert_eq!(a.first_offset, i as u64);
         assert_eq!(a.first_index, i as u64);
     }
-    assert_eq!(&log.read_offset(1).unwrap().payload[..], b"world");
-    assert_eq!(&log.read(2).unwrap().payload[..], b"!");
+    assert_eq!(&log.read_offset(1).unwrap().value[..], b"world");
+    assert_eq!(log.read(2).unwrap().body, one(b"!"));
     assert_eq!(log.next_offset(), 3);
 }
 
@@ -84,7 +89,7 @@ fn reopen_continues_at_the_next_offset() {
     }
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_offsets_readable(&log, 30);
-    let a = log.append(&[Entry::data(&payload(30))]).unwrap();
+    let a = log.append(&[Entry::data(&one(&payload(30)), 1)]).unwrap();
     assert_eq!(a.first_offset, 30);
     assert_offsets_readable(&log, 31);
 }
@@ -183,47 +188,44 @@ fn control_entries_do_not_consume_data_offsets() {
     let blank = Entry {
         index: Some(1),
         term: 1,
-        kind: Kind::Control,
-        payload: b"",
+        ..Entry::control(b"")
     };
     log.append(&[blank]).unwrap();
     let a = log
         .append(&[Entry {
-            index: None,
             term: 1,
-            kind: Kind::Data,
-            payload: b"a",
+            ..Entry::data(&one(b"a"), 1)
         }])
         .unwrap();
     assert_eq!((a.first_index, a.first_offset), (2, 0));
     log.append(&[Entry {
-        index: None,
         term: 2,
-        kind: Kind::Control,
-        payload: b"m",
+        ..Entry::control(b"m")
     }])
     .unwrap();
-    log.append(&[Entry::data(b"b")]).unwrap();
-    assert_eq!(log.read_offset(0).unwrap().index, 2);
-    let r = log.read_offset(1).unwrap();
-    assert_eq!((r.index, &r.payload[..]), (4, &b"b"[..]));
-    let data: Vec<_> = log.iter_from_offset(0).map(|r| r.unwrap().index).collect();
-    assert_eq!(data, vec![2, 4]);
+    log.append(&[Entry::data(&encode_body(&[&b"b"[..], b"c"]), 2)]).unwrap();
+    assert_eq!(log.read_offset(0).unwrap().value, &b"a"[..]);
+    let r = log.read_offset(2).unwrap();
+    assert_eq!((r.offset, &r.value[..]), (2, &b"c"[..]));
+    let data: Vec<_> = log.iter_from_offset(0).map(|r| r.unwrap().value).collect();
+    assert_eq!(data, vec![&b"a"[..], b"b", b"c"]);
     let all: Vec<_> = log.iter_from_index(1).map(|r| r.unwrap().kind).collect();
     assert_eq!(all, vec![Kind::Control, Kind::Data, Kind::Control, Kind::Data]);
+    assert_eq!(log.read(4).unwrap().base_offset, 1);
+    assert_eq!(log.next_offset(), 3);
 }
 
 #[test]
 fn non_sequential_index_is_rejected_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let ok = one(b"ok");
+    let x = one(b"x");
     let batch = [
-        Entry::data(b"ok"),
+        Entry::data(&ok, 1),
         Entry {
             index: Some(7),
-            term: 0,
-            kind: Kind::Data,
-            payload: b"x",
+            ..Entry::data(&x, 1)
         },
     ];
     assert!(matches!(
@@ -246,7 +248,7 @@ fn remove_before_drops_only_whole_sealed_segments() {
     assert!(first <= 50 && first > 0, "first index {first}");
     assert!(log.read(first - 1).unwrap_err().is_out_of_range());
     for i in first..100 {
-        assert_eq!(log.read(i).unwrap().offset, i);
+        assert_eq!(log.read(i).unwrap().base_offset, i);
     }
     // Everything below the next index still leaves the active segment.
     log.remove_before(u64::MAX).unwrap();
@@ -293,11 +295,12 @@ fn reset_restarts_the_log_at_a_given_point() {
         (log.first_index(), log.next_index(), log.next_offset()),
         (1000, 1000, 700)
     );
-    let a = log.append(&[Entry::data(b"x")]).unwrap();
+    let a = log.append(&[Entry::data(&one(b"x"), 1)]).unwrap();
     assert_eq!((a.first_index, a.first_offset), (1000, 700));
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
-    assert_eq!(log.read_offset(700).unwrap().index, 1000);
+    assert_eq!(log.read_offset(700).unwrap().value, &b"x"[..]);
+    assert_eq!(log.read(1000).unwrap().base_offset, 700);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +312,7 @@ async fn concurrent_appenders_share_fsyncs() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
-                let a = log.append(&[Entry::data(format!("{t}-{i}").as_bytes())]).unwrap();
+                let a = log.append(&[Entry::data(&one(format!("{t}-{i}").as_bytes()), 1)]).unwrap();
                 let d = log.wait_durable(a.next_index).await.unwrap();
                 assert!(d >= a.next_index);
             }
@@ -358,8 +361,9 @@ fn reopen_expect_prefix(dir: &Path, valid: u64) {
     assert_offsets_readable(&log, valid + 3);
 }
 
+/// Bytes on disk of the one-record batch holding `payload(i)`.
 fn record_len(i: u64) -> u64 {
-    36 + payload(i).len() as u64
+    (sidelog::storage::HEADER_LEN + sidelog::storage::RECORD_OVERHEAD + payload(i).len()) as u64
 }
 
 #[test]
@@ -458,7 +462,9 @@ fn corrupt_sealed_segment_is_a_clear_error_naming_the_file() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append(Vec<u8>, bool),
+    /// A data batch of these records, or (false) a control entry with the
+    /// first value as its payload.
+    Append(Vec<Vec<u8>>, bool),
     Truncate(u8),
     RemoveBefore(u8),
     Reopen,
@@ -466,8 +472,9 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let values = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..5);
     prop_oneof![
-        6 => (proptest::collection::vec(any::<u8>(), 0..80), any::<bool>()).prop_map(|(v, d)| Op::Append(v, d)),
+        6 => (values, any::<bool>()).prop_map(|(v, d)| Op::Append(v, d)),
         1 => any::<u8>().prop_map(Op::Truncate),
         1 => any::<u8>().prop_map(Op::RemoveBefore),
         1 => Just(Op::Reopen),
@@ -475,9 +482,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The model: (index, offset, kind, payload) of every record, and the first index kept.
+/// A batch in the model: index, base offset, kind, records (data) or the
+/// control payload (one element).
+type ModelBatch = (u64, u64, Kind, Vec<Vec<u8>>);
+
+/// The model: every batch, and the next index and offset.
 struct Model {
-    recs: Vec<(u64, u64, Kind, Vec<u8>)>,
+    recs: Vec<ModelBatch>,
     next_index: u64,
     next_offset: u64,
 }
@@ -487,19 +498,25 @@ proptest! {
     #[test]
     fn log_matches_a_model(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = LogConfig { segment_max_bytes: 400, index_max_entries: 8, ..Default::default() };
+        let cfg = LogConfig { segment_max_bytes: 500, index_max_entries: 8, ..Default::default() };
         let mut log = Log::open(dir.path(), cfg.clone()).unwrap();
         let mut m = Model { recs: vec![], next_index: 0, next_offset: 0 };
         for op in ops {
             match op {
-                Op::Append(v, is_data) => {
-                    let kind = if is_data { Kind::Data } else { Kind::Control };
-                    let a = log.append(&[Entry { index: None, term: 1, kind, payload: &v }]).unwrap();
+                Op::Append(mut values, is_data) => {
+                    let (kind, body, count) = if is_data {
+                        (Kind::Data, encode_body(&values), values.len() as u32)
+                    } else {
+                        values.truncate(1);
+                        (Kind::Control, values[0].clone(), 0)
+                    };
+                    let e = Entry { index: None, term: 1, kind, count, producer: Default::default(), body: &body };
+                    let a = log.append(&[e]).unwrap();
                     prop_assert_eq!(a.first_index, m.next_index);
                     prop_assert_eq!(a.first_offset, m.next_offset);
-                    m.recs.push((m.next_index, m.next_offset, kind, v));
+                    m.recs.push((m.next_index, m.next_offset, kind, values));
                     m.next_index += 1;
-                    m.next_offset += u64::from(is_data);
+                    m.next_offset += u64::from(count);
                 }
                 Op::Truncate(k) => {
                     let first = log.first_index();
@@ -527,18 +544,28 @@ proptest! {
             prop_assert_eq!(log.next_index(), m.next_index);
             prop_assert_eq!(log.next_offset(), m.next_offset);
         }
-        // Every record in the model reads back, by index and (data) by offset.
+        // Every batch in the model reads back by index, and every record by
+        // offset, singly and by iteration.
         let first = log.first_index();
         prop_assert_eq!(m.recs.first().map_or(m.next_index, |r| r.0), first);
-        for (index, offset, kind, v) in &m.recs {
+        let mut want = Vec::new();
+        for (index, base, kind, values) in &m.recs {
             let r = log.read(*index).unwrap();
-            prop_assert_eq!((r.offset, r.kind, &r.payload[..]), (*offset, *kind, &v[..]));
+            prop_assert_eq!((r.base_offset, r.kind), (*base, *kind));
             if *kind == Kind::Data {
-                prop_assert_eq!(log.read_offset(*offset).unwrap().index, *index);
+                let got: Vec<Vec<u8>> = r.records().map(|r| r.value.to_vec()).collect();
+                prop_assert_eq!(&got, values);
+                for (i, v) in values.iter().enumerate() {
+                    let rec = log.read_offset(base + i as u64).unwrap();
+                    prop_assert_eq!((rec.offset, &rec.value[..]), (base + i as u64, &v[..]));
+                    want.push((base + i as u64, v.clone()));
+                }
+            } else {
+                prop_assert_eq!(&r.body[..], &values[0][..]);
             }
         }
-        let data: Vec<u64> = log.iter_from_offset(log.first_offset()).map(|r| r.unwrap().index).collect();
-        let want: Vec<u64> = m.recs.iter().filter(|r| r.2 == Kind::Data).map(|r| r.0).collect();
+        let data: Vec<(u64, Vec<u8>)> =
+            log.iter_from_offset(log.first_offset()).map(|r| r.map(|r| (r.offset, r.value.to_vec())).unwrap()).collect();
         prop_assert_eq!(data, want);
     }
 }

@@ -73,10 +73,10 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
 impl From<Record> for pb::Record {
     fn from(r: Record) -> pb::Record {
         pb::Record {
-            value: r.payload,
+            value: r.value,
             offset: r.offset,
             term: r.term,
-            r#type: r.kind as u32,
+            r#type: 0,
         }
     }
 }

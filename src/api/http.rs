@@ -149,10 +149,10 @@ fn consume_at(s: &HttpState, offset: u64) -> Response {
     match s.node.read(offset) {
         Ok(r) => {
             s.metrics.records_out.inc();
-            s.metrics.bytes_out.inc_by(r.payload.len() as u64);
+            s.metrics.bytes_out.inc_by(r.value.len() as u64);
             axum::Json(ConsumeOut {
                 record: RecordOut {
-                    value: B64.encode(&r.payload),
+                    value: B64.encode(&r.value),
                     offset: r.offset,
                 },
             })

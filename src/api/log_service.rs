@@ -116,7 +116,7 @@ impl LogApi for LogService {
         }
         let record = self.node.read(request.offset)?;
         self.metrics.records_out.inc();
-        self.metrics.bytes_out.inc_by(record.payload.len() as u64);
+        self.metrics.bytes_out.inc_by(record.value.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
             record: Some(record.into()),
         }))
@@ -175,7 +175,7 @@ impl LogApi for LogService {
                 for record in batch {
                     next = record.offset + 1;
                     metrics.records_out.inc();
-                    metrics.bytes_out.inc_by(record.payload.len() as u64);
+                    metrics.bytes_out.inc_by(record.value.len() as u64);
                     // A bounded queue: a slow client makes this await, so
                     // the server holds at most STREAM_QUEUE responses for it.
                     // A client that stays connected but stops reading must not

@@ -1,14 +1,22 @@
 //! One Raft group (openraft) over the node's log: replication, forming and
 //! changing the cluster, write forwarding, read index.
 //!
-//! Writes: on the leader a record is proposed (`client_write`) and
-//! acknowledged once applied, which is after a quorum fsynced it. A follower
-//! forwards writes to the leader through one ordered forwarding queue: the
-//! requests queued while one forward is in flight go together in the next,
-//! so followers keep per-producer order and batch under load.
+//! Writes: on the leader, records queue for the [`proposer`], which packs
+//! what arrives while earlier entries are in flight into one Raft entry (a
+//! batch); a record is acknowledged once its entry is applied, which is
+//! after a quorum fsynced it. A follower forwards writes to the leader
+//! through one ordered, bounded queue (see [`forwarder`]): the requests
+//! queued while one forward is in flight go together in the next, which the
+//! leader writes as one entry, so followers keep per-producer order and
+//! batch under load.
 
+mod forwarder;
+pub mod log_store;
 pub mod network;
+mod proposer;
 mod service;
+pub mod snapshot;
+pub mod state_machine;
 pub mod store;
 pub mod types;
 
@@ -19,7 +27,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use openraft::{ChangeMembers, ServerState, error::ClientWriteError};
+use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +47,6 @@ pub mod pb {
 /// How far (in entries) a node's applied index may trail its log before it
 /// reports not ready.
 const READY_MAX_LAG: u64 = 10_000;
-/// Most records per forwarded batch.
-const FORWARD_MAX_RECORDS: usize = 4096;
-const FORWARD_MAX_BYTES: usize = 8 << 20;
 
 /// Cluster settings (from `Config`, or from tests).
 #[derive(Clone, Debug)]
@@ -93,8 +98,6 @@ pub enum ClusterError {
     Fatal(String),
 }
 
-type Reply = oneshot::Sender<Result<u64, NodeError>>;
-
 /// A node of the cluster.
 pub struct Cluster {
     config: ClusterConfig,
@@ -102,7 +105,10 @@ pub struct Cluster {
     store: Arc<store::Store>,
     node: Arc<LogNode>,
     peers: Peers,
-    forward: mpsc::UnboundedSender<(Bytes, Reply)>,
+    /// Proposals for this node's proposer (used while it leads).
+    proposals: mpsc::Sender<proposer::Proposal>,
+    /// Proposals to forward to the leader (used while it follows).
+    forward: mpsc::Sender<proposer::Proposal>,
     shutdown: CancellationToken,
 }
 
@@ -122,7 +128,9 @@ impl Cluster {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
-            max_payload_entries: 2048,
+            // Entries are batches of up to ~1 MiB (see `proposer`): this
+            // bounds one AppendEntries message to about 64 MiB.
+            max_payload_entries: 64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             // Records are deleted by retention only (see `store`); openraft
             // purges only what retention asks for.
@@ -137,22 +145,26 @@ impl Cluster {
             config.id.clone(),
             Arc::new(raft_config),
             network::NetworkFactory::new(peers.clone()),
-            store::LogStore::new(store.clone()),
-            store::StateMachine::new(store.clone()),
+            log_store::LogStore::new(store.clone()),
+            state_machine::StateMachine::new(store.clone()),
         )
         .await
         .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-        let (forward, queue) = mpsc::unbounded_channel();
+        let (proposals, proposal_queue) = mpsc::channel(proposer::QUEUE);
+        let (forward, forward_queue) = mpsc::channel(forwarder::QUEUE);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(proposer::run(raft.clone(), proposal_queue, shutdown.clone()));
         let cluster = Arc::new(Cluster {
             config,
             raft,
             store,
             node,
             peers,
+            proposals,
             forward,
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
-        tokio::spawn(forwarder(Arc::downgrade(&cluster), queue));
+        tokio::spawn(forwarder::run(Arc::downgrade(&cluster), forward_queue));
         Ok(cluster)
     }
 
@@ -201,7 +213,8 @@ impl Cluster {
         }
     }
 
-    /// Produces `values` in order; returns their offsets once committed.
+    /// Produces `values` in order, atomically (one Raft entry: all or
+    /// none); returns their offsets once committed.
     pub async fn produce(&self, values: &[Bytes]) -> Result<Vec<u64>, NodeError> {
         if values.is_empty() {
             return Err(NodeError::InvalidArgument("no records to produce".into()));
@@ -209,15 +222,9 @@ impl Cluster {
         for v in values {
             self.node.check_size(v)?;
         }
-        let mut pending = Vec::with_capacity(values.len());
-        for v in values {
-            pending.push(self.submit_checked(v.clone()).await?);
-        }
-        let mut offsets = Vec::with_capacity(values.len());
-        for p in pending {
-            offsets.push(p.await?);
-        }
-        Ok(offsets)
+        let n = values.len() as u64;
+        let first = self.propose(values.to_vec()).await?.await?;
+        Ok((first..first + n).collect())
     }
 
     /// Queues one record; the returned future resolves to its offset once it
@@ -228,59 +235,53 @@ impl Cluster {
         value: Bytes,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
         self.node.check_size(&value)?;
-        self.submit_checked(value).await
+        self.propose(vec![value]).await
     }
 
-    async fn submit_checked(
+    /// Queues records for the proposer (leader) or the forwarder
+    /// (follower). Waits while the queue is full (backpressure), at most the
+    /// write timeout. The returned future resolves to the first record's
+    /// offset; once it is dropped or times out, the records are not
+    /// proposed if they have not been yet.
+    async fn propose(
         &self,
-        value: Bytes,
+        values: Vec<Bytes>,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
         use tracing::Instrument;
         let timeout = self.config.write_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
+        let leader = self.is_leader();
         // Spans only under a request span: a stream's records would
         // otherwise each start a trace of their own.
         let traced = !tracing::Span::current().is_none();
-        let span = |name: &'static str, leader: bool| {
+        let span = |name: &'static str| {
             if traced {
                 tracing::debug_span!("raft", otel.name = name, leader)
             } else {
                 tracing::Span::none()
             }
         };
-        let leader = self.is_leader();
-        let commit_span = span("raft.commit", leader);
-        if leader {
-            let raft_rx = self
-                .raft
-                .client_write_ff(types::Request { value, offset: 0 })
-                .instrument(span("raft.propose", true))
-                .await
-                .map_err(|e| unavailable(format!("raft stopped: {e}")))?;
-            tokio::spawn(async move {
-                let result = match raft_rx.await {
-                    Ok(Ok(resp)) => Ok(resp.data.offset),
-                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(unavailable(format!(
-                        "leadership changed before the record was committed (new leader: {}); it may or may not \
-                         have been written: retry",
-                        f.leader_id.map_or("unknown".to_owned(), |l| l.to_string())
-                    ))),
-                    Ok(Err(e)) => Err(unavailable(e.to_string())),
-                    Err(_) => Err(unavailable("raft stopped before the record was committed")),
-                };
-                let _ = tx.send(result);
-            });
-        } else {
-            self.forward
-                .send((value, tx))
-                .map_err(|_| unavailable("the node is shutting down"))?;
+        let commit_span = span("raft.commit");
+        // `raft.propose` covers the wait for room in the queue (backpressure).
+        let queue = if leader { &self.proposals } else { &self.forward };
+        let queued = queue.send(proposer::Proposal { values, reply: tx }).instrument(span("raft.propose"));
+        match tokio::time::timeout_at(deadline, queued).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(unavailable("the node is shutting down")),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "the write queue stayed full for {timeout:?} (the node is overloaded or has no leader): retry \
+                     later; nothing was written"
+                )));
+            }
         }
         Ok(async move {
-            match tokio::time::timeout(timeout, rx).await {
+            match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(unavailable("the node shut down before the record was committed")),
+                Ok(Err(_)) => Err(unavailable("the node shut down before the records were committed")),
                 Err(_) => Err(unavailable(format!(
-                    "the record was not committed within {timeout:?} (no quorum?); it may still be"
+                    "the records were not committed within {timeout:?} (no quorum?); they may still be"
                 ))),
             }
         }
@@ -704,69 +705,3 @@ impl Cluster {
     }
 }
 
-/// Forwards queued writes to the leader, one batch in flight at a time so
-/// their order is kept.
-async fn forwarder(cluster: std::sync::Weak<Cluster>, mut queue: mpsc::UnboundedReceiver<(Bytes, Reply)>) {
-    let mut batch: Vec<(Bytes, Reply)> = Vec::new();
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        let mut bytes = batch[0].0.len();
-        while batch.len() < FORWARD_MAX_RECORDS && bytes < FORWARD_MAX_BYTES {
-            match queue.try_recv() {
-                Ok(item) => {
-                    bytes += item.0.len();
-                    batch.push(item);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(cluster) = cluster.upgrade() else { return };
-        let (values, replies): (Vec<Bytes>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
-        let result = cluster.forward_batch(values).await;
-        match result {
-            Ok(offsets) => {
-                for (reply, offset) in replies.into_iter().zip(offsets) {
-                    let _ = reply.send(Ok(offset));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(unavailable(msg.clone())));
-                }
-            }
-        }
-    }
-}
-
-impl Cluster {
-    async fn forward_batch(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
-        let n = values.len();
-        let (leader, info) = self
-            .wait_leader(self.config.write_timeout)
-            .await
-            .ok_or_else(|| unavailable("no leader known: the cluster has no quorum or is still forming"))?;
-        if leader == self.config.id {
-            return self.produce(&values).await;
-        }
-        let mut client = self
-            .peers
-            .client(Some(&leader), &info.peer_addr)
-            .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
-        let mut req = tonic::Request::new(pb::ForwardRequest { values });
-        req.set_timeout(self.config.write_timeout);
-        let offsets = client
-            .forward(req)
-            .await
-            .map_err(|s| unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
-            .into_inner()
-            .offsets;
-        if offsets.len() != n {
-            return Err(unavailable(format!(
-                "leader {leader} answered {} offsets for {n} records",
-                offsets.len()
-            )));
-        }
-        Ok(offsets)
-    }
-}

@@ -27,7 +27,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{
     pb::{self, peer_client::PeerClient},
-    store::SnapshotData,
+    snapshot::SnapshotData,
     types::{Entry, LogId, Membership, NodeId, NodeInfo, Request, Snapshot, TypeConfig, Vote, log_id},
 };
 
@@ -174,11 +174,12 @@ pub fn log_id_from_pb(l: pb::LogId) -> LogId {
 }
 
 fn entry_to_pb(e: &Entry) -> pb::Entry {
-    let (kind, payload) = match &e.payload {
-        EntryPayload::Blank => (pb::EntryKind::Blank, bytes::Bytes::new()),
-        EntryPayload::Normal(r) => (pb::EntryKind::Normal, r.value.clone()),
+    let (kind, count, payload) = match &e.payload {
+        EntryPayload::Blank => (pb::EntryKind::Blank, 0, bytes::Bytes::new()),
+        EntryPayload::Normal(r) => (pb::EntryKind::Normal, r.count, r.body.clone()),
         EntryPayload::Membership(m) => (
             pb::EntryKind::Membership,
+            0,
             serde_json::to_vec(m).expect("a membership serializes").into(),
         ),
     };
@@ -187,16 +188,24 @@ fn entry_to_pb(e: &Entry) -> pb::Entry {
         index: e.log_id.index,
         kind: kind as i32,
         payload,
+        count,
     }
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, tonic::Status> {
     let payload = match pb::EntryKind::try_from(e.kind) {
         Ok(pb::EntryKind::Blank) => EntryPayload::Blank,
-        Ok(pb::EntryKind::Normal) => EntryPayload::Normal(Request {
-            value: e.payload,
-            offset: 0,
-        }),
+        Ok(pb::EntryKind::Normal) => {
+            // A malformed batch would shift every later offset: refuse it here.
+            crate::storage::check_body(crate::storage::Kind::Data, e.count, &e.payload).map_err(|err| {
+                tonic::Status::invalid_argument(format!("bad batch at index {}: {err}", e.index))
+            })?;
+            EntryPayload::Normal(Request {
+                count: e.count,
+                body: e.payload,
+                base_offset: 0,
+            })
+        }
         Ok(pb::EntryKind::Membership) => EntryPayload::Membership(
             serde_json::from_slice::<Membership>(&e.payload)
                 .map_err(|err| tonic::Status::invalid_argument(format!("bad membership entry: {err}")))?,

@@ -38,22 +38,27 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// A record to replicate. `offset` is meaningless when proposing; entries
-/// read back from the log carry the offset the log gave the record.
+/// A batch of records to replicate: `count` records framed as in the
+/// storage format (`storage::encode_body`), so the leader encodes a batch
+/// once and every replica stores the same bytes. `base_offset` is
+/// meaningless when proposing; entries read back from the log carry the
+/// offset the log gave the batch's first record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    pub value: Bytes,
+    pub count: u32,
+    pub body: Bytes,
     #[serde(skip)]
-    pub offset: u64,
+    pub base_offset: u64,
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "record({} bytes)", self.value.len())
+        write!(f, "batch({} records, {} bytes)", self.count, self.body.len())
     }
 }
 
-/// The applied record's data offset.
+/// The applied batch's first data offset (for control entries: the next
+/// data offset).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub offset: u64,
@@ -67,7 +72,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = super::store::SnapshotData,
+        SnapshotData = super::snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::segment::Segment;
+use super::{Log, Result, lock, segment::Segment};
 
 /// Limits on how much history the log keeps. Only whole sealed segments are
 /// ever removed, oldest first, and never the active one, so the log may
@@ -51,4 +51,41 @@ impl Retention {
         }
         n
     }
+}
+
+impl Log {
+    /// Applies a retention policy: deletes the oldest whole sealed segments
+    /// that are over the byte budget or older than the age limit, never the
+    /// active one, and never one holding an index >= `keep_from`. Returns
+    /// the number of segments removed.
+    pub fn apply_retention(&self, policy: &Retention, keep_from: u64) -> Result<usize> {
+        let s = &self.shared;
+        let _io = lock(&s.io_lock);
+        let mut inner = lock(&s.inner);
+        let n = policy.segments_to_remove(
+            &inner.sealed,
+            inner.active.disk_bytes(),
+            keep_from,
+            std::time::SystemTime::now(),
+        );
+        if n > 0 {
+            tracing::info!(segments = n, "retention removes sealed segments");
+        }
+        s.remove_sealed_prefix(&mut inner, n)?;
+        Ok(n)
+    }
+
+    /// Where a retention policy would cut the log: every sealed segment
+    /// wholly below the returned index is over the budget or too old.
+    pub fn retention_cut(&self, policy: &Retention) -> Option<u64> {
+        let inner = lock(&self.shared.inner);
+        let n = policy.segments_to_remove(
+            &inner.sealed,
+            inner.active.disk_bytes(),
+            u64::MAX,
+            std::time::SystemTime::now(),
+        );
+        (n > 0).then(|| inner.sealed[n - 1].next_index())
+    }
+
 }

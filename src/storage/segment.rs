@@ -7,20 +7,20 @@
 //! the segment is created, before any record:
 //!
 //! ```text
-//!  0  8  magic "SIDELOG1"
+//!  0  8  magic "SIDELOG2" (the format version is its last byte; see
+//!          `batch::FORMAT_VERSION`)
 //!  8  8  base index   (must match the file name)
 //! 16  8  base offset  (data offset of the first record to be stored here)
 //! 24  4  reserved, zero
 //! 28  4  CRC32C of bytes 0..28
 //! ```
 //!
-//! Records follow back to back (see [`super::record`]). A segment is *active*
+//! Batches follow back to back (see [`super::batch`]). A segment is *active*
 //! (the single one that takes appends; index mapped writable) or *sealed*
 //! (immutable, index trimmed and read-only).
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufReader, Read},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -29,11 +29,30 @@ use std::{
 use super::{
     Error, Result,
     index::Index,
-    record::{self, HEADER_LEN, Kind},
+    batch::{self, FORMAT_VERSION, HEADER_LEN},
 };
 
 pub const FILE_HEADER_LEN: u64 = 32;
-const MAGIC: &[u8; 8] = b"SIDELOG1";
+const MAGIC: &[u8; 8] = b"SIDELOG2";
+/// Magic bytes without the version digit: files of older formats share it.
+const MAGIC_STEM: &[u8; 7] = b"SIDELOG";
+
+/// The format version of a segment file, from its first bytes: `Some(v)`
+/// for a sidelog segment of any version, `None` for anything else (or a
+/// file too short to tell, which recovery handles).
+pub fn file_format_version(path: &Path) -> std::io::Result<Option<u32>> {
+    let mut magic = [0u8; 8];
+    let file = File::open(path)?;
+    match file.read_exact_at(&mut magic, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if &magic[..7] != MAGIC_STEM || !magic[7].is_ascii_digit() {
+        return Ok(None);
+    }
+    Ok(Some(u32::from(magic[7] - b'0')))
+}
 
 pub fn file_name(base_index: u64, ext: &str) -> String {
     format!("{base_index:020}.{ext}")
@@ -46,38 +65,6 @@ pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
         return None;
     }
     Some((stem.parse().ok()?, ext))
-}
-
-/// What a clean shutdown recorded about the active segment (`CLEAN` file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CleanMarker {
-    pub base_index: u64,
-    pub file_len: u64,
-    pub entries: usize,
-}
-
-impl CleanMarker {
-    pub fn encode(&self) -> String {
-        format!(
-            "sidelog-clean-v1 {} {} {}\n",
-            self.base_index, self.file_len, self.entries
-        )
-    }
-
-    pub fn decode(text: &str) -> Option<CleanMarker> {
-        let mut it = text.split_whitespace();
-        if it.next()? != "sidelog-clean-v1" {
-            return None;
-        }
-        let base_index = it.next()?.parse().ok()?;
-        let file_len = it.next()?.parse().ok()?;
-        let entries = it.next()?.parse().ok()?;
-        it.next().is_none().then_some(CleanMarker {
-            base_index,
-            file_len,
-            entries,
-        })
-    }
 }
 
 pub(crate) struct Segment {
@@ -96,19 +83,7 @@ pub(crate) struct Segment {
     pub end_offset: u64,
 }
 
-/// What recovery found in the active segment.
-#[derive(Debug, Default, Clone)]
-pub struct Recovery {
-    pub path: PathBuf,
-    /// Index entries rebuilt from the log (lost by the crash).
-    pub rebuilt_entries: usize,
-    /// Bytes cut from the end of the log.
-    pub truncated_bytes: u64,
-    /// Why the tail was cut, if it was.
-    pub reason: Option<String>,
-}
-
-fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE_HEADER_LEN as usize] {
+pub(super) fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE_HEADER_LEN as usize] {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     h[0..8].copy_from_slice(MAGIC);
     h[8..16].copy_from_slice(&base_index.to_le_bytes());
@@ -119,7 +94,7 @@ fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE_HEADER_LEN
 }
 
 /// Reads and checks the file header; returns the base offset.
-fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
+pub(super) fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     file.read_exact_at(&mut h, 0).map_err(|e| Error::io(path, e))?;
     let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
@@ -129,6 +104,13 @@ fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
         reason: reason.to_owned(),
     };
     if &h[0..8] != MAGIC {
+        if &h[0..7] == MAGIC_STEM && h[7].is_ascii_digit() {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_owned(),
+                found: u32::from(h[7] - b'0'),
+                supported: FORMAT_VERSION,
+            });
+        }
         return Err(corrupt("bad magic: not a sidelog segment"));
     }
     if crc != crc32c::crc32c(&h[0..28]) {
@@ -213,193 +195,24 @@ impl Segment {
             return Err(corrupt(0, "index entries point outside the file".into()));
         };
         if len < HEADER_LEN as u64 {
-            return Err(corrupt(pos, format!("last record is truncated ({len} bytes)")));
+            return Err(corrupt(pos, format!("last batch is truncated ({len} bytes)")));
         }
         let bytes = seg.read_file(pos, len).map_err(|e| Error::io(&seg.log_path, e))?;
-        match record::decode_record(&bytes) {
-            Some(r) if r.index == base_index + n as u64 - 1 && r.offset == seg.index.entry(n - 1).1 => {
-                seg.end_offset = r.offset + u64::from(r.kind == Kind::Data);
+        match batch::decode_batch(bytes.into()) {
+            Some(r) if r.index == base_index + n as u64 - 1 && r.base_offset == seg.index.entry(n - 1).1 => {
+                seg.end_offset = r.end_offset();
                 Ok(seg)
             }
             Some(r) => Err(corrupt(
                 pos,
                 format!(
-                    "last record has index {} where the index expects {}",
+                    "last batch has index {} where the index expects {}",
                     r.index,
                     base_index + n as u64 - 1
                 ),
             )),
-            None => Err(corrupt(pos, "last record fails its checksum or is truncated".into())),
+            None => Err(corrupt(pos, "last batch fails its checksum or is truncated".into())),
         }
-    }
-
-    /// Opens the active (last) segment and recovers it: trusts the index up
-    /// to its last entry that verifies against the log, then scans the log
-    /// past it, keeping every record whose checksum verifies, rebuilding the
-    /// lost index entries and cutting a torn or corrupt tail.
-    ///
-    /// `fallback_offset` is used only when the file header itself is torn
-    /// (a crash while the segment was being created, before any record).
-    pub fn recover_active(
-        dir: &Path,
-        base_index: u64,
-        capacity: usize,
-        clean: Option<CleanMarker>,
-        fallback_offset: u64,
-    ) -> Result<(Segment, Recovery)> {
-        let log_path = dir.join(file_name(base_index, "log"));
-        let idx_path = dir.join(file_name(base_index, "idx"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(&log_path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(&log_path, e))?.len();
-        let base_offset = match read_file_header(&file, &log_path, base_index) {
-            Ok(o) => o,
-            Err(e) if file_len <= FILE_HEADER_LEN => {
-                // Records are written only after the header was fsynced, so
-                // a torn header means the segment never held a record.
-                tracing::warn!(path = %log_path.display(), cause = %e, "recreating a segment whose creation was interrupted");
-                drop(file);
-                let seg = Segment::create(dir, base_index, fallback_offset, capacity)?;
-                let rec = Recovery {
-                    path: log_path,
-                    truncated_bytes: file_len,
-                    reason: Some(e.to_string()),
-                    ..Default::default()
-                };
-                return Ok((seg, rec));
-            }
-            Err(e) => return Err(e),
-        };
-        let mut index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
-
-        // 1. After a clean shutdown (the marker matches this file), the index
-        //    was flushed and fsynced with the log: trust it if it is
-        //    plausible (positions strictly increase inside the file, offsets
-        //    grow by 0 or 1) and its last record verifies.
-        // 2. Otherwise (a crash) trust nothing: the mmap'd index may hold
-        //    stale or missing pages, and unsynced log pages may be holes, so
-        //    every record of the active segment is verified from the start.
-        //    This is bounded by one segment (64 MiB by default).
-        let mut n = 0;
-        let mut resume = None;
-        if let Some(clean) = clean.filter(|c| c.base_index == base_index && c.file_len == file_len) {
-            let mut prev = (0u64, 0u64);
-            while n < clean.entries.min(index.capacity()) {
-                let (pos, off) = index.entry(n);
-                let ok = if n == 0 {
-                    pos == FILE_HEADER_LEN && off == base_offset
-                } else {
-                    pos > prev.0 && off >= prev.1 && off <= prev.1 + 1
-                };
-                if !ok || pos.checked_add(HEADER_LEN as u64).is_none_or(|end| end > file_len) {
-                    break;
-                }
-                prev = (pos, off);
-                n += 1;
-            }
-            let verified = n == clean.entries
-                && n > 0
-                && read_verified_at(&file, prev.0, file_len).is_some_and(|r| {
-                    let ok = r.index == base_index + n as u64 - 1 && r.offset == prev.1;
-                    if ok {
-                        let next_off = prev.1 + u64::from(r.kind == Kind::Data);
-                        resume = Some((prev.0 + HEADER_LEN as u64 + r.payload.len() as u64, next_off));
-                    }
-                    ok
-                });
-            if !verified {
-                n = 0;
-                resume = None;
-            }
-        }
-        if n == 0 {
-            // Untrusted: start from an empty index. Truncating the file zeroes
-            // it without touching (and dirtying) every page of the mapping.
-            drop(index);
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&idx_path)
-                .map_err(|e| Error::io(&idx_path, e))?;
-            f.set_len(0).map_err(|e| Error::io(&idx_path, e))?;
-            drop(f);
-            index = Index::open_active(&idx_path, capacity).map_err(|e| Error::io(&idx_path, e))?;
-        }
-        index.set_len(n);
-        let (mut pos, mut expect_offset) = resume.unwrap_or((FILE_HEADER_LEN, base_offset));
-        let mut expect_index = base_index + n as u64;
-
-        // 3. Scan the log past the verified prefix.
-        let mut rec = Recovery {
-            path: log_path.clone(),
-            ..Default::default()
-        };
-        let mut reader = BufReader::with_capacity(1 << 20, FileReadAt { file: &file, pos });
-        let mut hb = [0u8; HEADER_LEN];
-        let mut payload = Vec::new();
-        let cut_reason = loop {
-            if pos == file_len {
-                break None;
-            }
-            if file_len - pos < HEADER_LEN as u64 {
-                break Some(format!("torn record header at position {pos}"));
-            }
-            reader.read_exact(&mut hb).map_err(|e| Error::io(&log_path, e))?;
-            let h = match record::decode_header(&hb) {
-                Ok(h) => h,
-                Err(e) => break Some(format!("invalid record header at position {pos}: {e:?}")),
-            };
-            if h.index != expect_index || h.offset != expect_offset {
-                break Some(format!(
-                    "record at position {pos} has index {} offset {} where {expect_index}/{expect_offset} was expected",
-                    h.index, h.offset
-                ));
-            }
-            if h.record_len() > file_len - pos {
-                break Some(format!(
-                    "torn record at position {pos}: {} bytes promised, {} present",
-                    h.record_len(),
-                    file_len - pos
-                ));
-            }
-            payload.resize(h.len as usize, 0);
-            reader.read_exact(&mut payload).map_err(|e| Error::io(&log_path, e))?;
-            if !record::verify(&hb, &payload) {
-                break Some(format!("checksum mismatch in record at position {pos}"));
-            }
-            if index.is_full() {
-                let cap = index.capacity() * 2;
-                index = index.grow(&idx_path, cap).map_err(|e| Error::io(&idx_path, e))?;
-            }
-            index.push(pos, h.offset);
-            rec.rebuilt_entries += 1;
-            expect_index += 1;
-            expect_offset += u64::from(h.kind == Kind::Data);
-            pos += h.record_len();
-        };
-        drop(reader);
-        if pos < file_len {
-            file.set_len(pos).map_err(|e| Error::io(&log_path, e))?;
-            rec.truncated_bytes = file_len - pos;
-            rec.reason = cut_reason;
-        }
-        // What survived may have been in the page cache only (a killed
-        // process): make it durable before anyone is told it exists.
-        file.sync_all().map_err(|e| Error::io(&log_path, e))?;
-        let seg = Segment {
-            base_index,
-            base_offset,
-            log_path,
-            idx_path,
-            file: Arc::new(file),
-            size: pos,
-            index,
-            sealed: false,
-            end_offset: expect_offset,
-        };
-        Ok((seg, rec))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -433,10 +246,12 @@ impl Segment {
         Ok(buf)
     }
 
-    /// Entry position of data offset `offset` in this segment, if present.
+    /// Entry position of the batch that holds data offset `offset`: the
+    /// last entry whose base offset is <= `offset` (control entries before
+    /// a data batch share its base offset, those after it carry its end).
+    /// The caller has checked that the offset is inside this segment.
     pub fn find_offset(&self, offset: u64) -> Option<usize> {
-        let k = self.index.count_offset_le(offset);
-        (k > 0 && self.index.entry(k - 1).1 == offset).then_some(k - 1)
+        self.index.count_offset_le(offset).checked_sub(1)
     }
 
     /// Bytes on disk that matter: log plus used index.
@@ -495,29 +310,3 @@ impl Segment {
     }
 }
 
-/// Reads the record at `pos` if it is complete and verifies.
-fn read_verified_at(file: &File, pos: u64, file_len: u64) -> Option<record::Record> {
-    let mut hb = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut hb, pos).ok()?;
-    let h = record::decode_header(&hb).ok()?;
-    if pos + h.record_len() > file_len {
-        return None;
-    }
-    let mut bytes = vec![0u8; h.record_len() as usize];
-    file.read_exact_at(&mut bytes, pos).ok()?;
-    record::decode_record(&bytes)
-}
-
-/// `Read` over a file from a position, without moving a shared cursor.
-struct FileReadAt<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Read for FileReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}

@@ -1,0 +1,231 @@
+//! openraft's state machine: the applied index, the membership and the
+//! node's commit watermark. Applying an entry stores nothing: the records
+//! are already in the log; applying only makes them visible to consumers.
+
+use std::sync::{Arc, Mutex};
+
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, storage::RaftStateMachine};
+
+use super::{
+    snapshot::{SnapshotData, snapshot_id, snapshot_next_offset},
+    store::{Store, io_error, lock},
+    types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
+};
+use crate::storage::{self, Batch};
+
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+    /// The data offset after the last applied record.
+    next_offset: u64,
+}
+
+/// openraft's state machine: the applied index and membership.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    store: Arc<Store>,
+    applied: Arc<Mutex<Applied>>,
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>) -> Self {
+        let applied = match store.current_snapshot() {
+            Some(meta) => Applied {
+                last: meta.last_log_id,
+                next_offset: snapshot_next_offset(&meta.snapshot_id).unwrap_or(0),
+                membership: meta.last_membership,
+            },
+            None => Applied {
+                next_offset: store.log().first_offset(),
+                ..Default::default()
+            },
+        };
+        store.node().advance_commit(applied.next_offset);
+        StateMachine {
+            store,
+            applied: Arc::new(Mutex::new(applied)),
+        }
+    }
+
+    fn snapshot_of(&self, meta: SnapshotMeta) -> Snapshot {
+        Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotData::Local(self.store.log().clone())),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let applied = lock(&self.applied).clone();
+        let meta = SnapshotMeta {
+            last_log_id: applied.last,
+            last_membership: applied.membership,
+            snapshot_id: snapshot_id(applied.last, applied.next_offset),
+        };
+        let store = self.store.clone();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || store.update(|s| s.snapshot = Some(m)))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
+        Ok(self.snapshot_of(meta))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = lock(&self.applied);
+        Ok((a.last, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let next_offset = {
+            let mut a = lock(&self.applied);
+            for e in entries {
+                a.last = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Normal(req) => {
+                        if req.base_offset != a.next_offset && a.last.is_some() {
+                            // Offsets come from the log, which assigns them
+                            // from the previous batch's end; this cannot
+                            // differ unless the log and the applied state
+                            // disagree about history.
+                            tracing::error!(
+                                index = e.log_id.index,
+                                batch_offset = req.base_offset,
+                                applied_next_offset = a.next_offset,
+                                "applied batch does not continue the applied offsets"
+                            );
+                        }
+                        a.next_offset = req.base_offset + u64::from(req.count);
+                        out.push(Response { offset: req.base_offset });
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(e.log_id), m);
+                        out.push(Response { offset: a.next_offset });
+                    }
+                    EntryPayload::Blank => out.push(Response { offset: a.next_offset }),
+                }
+            }
+            a.next_offset
+        };
+        self.store.node().advance_commit(next_offset);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::Empty))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<SnapshotData>) -> Result<(), StorageError> {
+        let next_offset = snapshot_next_offset(&meta.snapshot_id).ok_or_else(|| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                std::io::Error::other(format!("malformed snapshot id {:?}", meta.snapshot_id)),
+            )
+        })?;
+        let store = self.store.clone();
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || install(&store, &m, &data, next_offset))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
+        {
+            let mut a = lock(&self.applied);
+            a.last = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            a.next_offset = next_offset;
+        }
+        self.store.node().advance_commit(next_offset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.store.current_snapshot().map(|meta| self.snapshot_of(meta)))
+    }
+}
+
+/// Makes the local log hold the snapshot's records (unless it already holds
+/// the snapshot's last entry, hence every committed entry before it) and
+/// records the snapshot as current. Blocking.
+fn install(store: &Store, meta: &SnapshotMeta, data: &SnapshotData, next_offset: u64) -> Result<(), StorageError> {
+    let sig = || ErrorSubject::Snapshot(Some(meta.signature()));
+    let Some(last) = meta.last_log_id else {
+        return store.update(|s| s.snapshot = Some(meta.clone()));
+    };
+    let log = store.log();
+    let present = last.index >= log.first_index() && log.read(last.index).is_ok_and(|r| r.term == last.leader_id.term);
+    if !present && !matches!(data, SnapshotData::Local(l) if Arc::ptr_eq(l, log)) {
+        store.update(|s| s.installing = true)?;
+        let mut records = data.batches(last.index).peekable();
+        let (first_index, first_offset) = match records.peek() {
+            Some(Ok(r)) => (r.index, r.base_offset),
+            Some(Err(_)) => (0, 0),
+            None => (last.index + 1, next_offset),
+        };
+        log.reset(first_index, first_offset)
+            .map_err(|e| io_error(sig(), ErrorVerb::Write, e))?;
+        let mut batch: Vec<Batch> = Vec::with_capacity(1024);
+        let flush = |batch: &mut Vec<Batch>| -> Result<(), StorageError> {
+            let entries: Vec<storage::Entry<'_>> = batch
+                .iter()
+                .map(|r| storage::Entry {
+                    index: Some(r.index),
+                    term: r.term,
+                    kind: r.kind,
+                    count: r.count,
+                    producer: r.producer,
+                    body: &r.body,
+                })
+                .collect();
+            log.append(&entries).map_err(|e| io_error(sig(), ErrorVerb::Write, e))?;
+            batch.clear();
+            Ok(())
+        };
+        let mut bytes = 0;
+        for r in records {
+            let r = r.map_err(|e| io_error(sig(), ErrorVerb::Read, e))?;
+            bytes += r.body.len();
+            batch.push(r);
+            // Bounded by count and bytes: batches may be large.
+            if batch.len() == 1024 || bytes >= 8 << 20 {
+                flush(&mut batch)?;
+                bytes = 0;
+            }
+        }
+        flush(&mut batch)?;
+        log.sync().map_err(|e| io_error(sig(), ErrorVerb::Write, e))?;
+        if log.next_index() != last.index + 1 || log.next_offset() != next_offset {
+            return Err(io_error(
+                sig(),
+                ErrorVerb::Read,
+                std::io::Error::other(format!(
+                    "snapshot ends at index {} offset {}, its records at index {} offset {}",
+                    last.index + 1,
+                    next_offset,
+                    log.next_index(),
+                    log.next_offset()
+                )),
+            ));
+        }
+        tracing::info!(first_index, last = last.index, "installed a snapshot's records");
+        return store.update(|s| {
+            s.installing = false;
+            s.purged = Some(last);
+            s.snapshot = Some(meta.clone());
+        });
+    }
+    store.update(|s| s.snapshot = Some(meta.clone()))
+}
