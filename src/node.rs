@@ -133,6 +133,28 @@ impl LogNode {
             })
     }
 
+    /// [`LogNode::read`] on a blocking thread: a read may wait for the disk,
+    /// which must not stall the runtime's workers.
+    pub async fn read_off_runtime(self: &Arc<Self>, offset: u64) -> Result<Record> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.read(offset))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    /// [`LogNode::read_batch`] on a blocking thread.
+    pub async fn read_batch_off_runtime(
+        self: &Arc<Self>,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.read_batch(offset, max_records, max_bytes))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("read task failed: {e}")))?
+    }
+
     /// The storage is healthy.
     pub fn is_ready(&self) -> bool {
         self.log.durable().failed.is_none()

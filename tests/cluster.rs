@@ -524,3 +524,94 @@ async fn history_check_under_kills_and_restarts() {
     }
     c.shutdown().await;
 }
+
+/// ProduceBatch calls of mixed sizes through every node while the leader
+/// is killed and restarted, twice: each call's records are in the log all
+/// or none (atomic, one Raft entry), acknowledged calls sit at the offsets
+/// they were told, offsets are dense and unique, and every node agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_kills() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let addrs: Vec<String> = (0..3).map(|i| c.agent(i).client_addr.to_string()).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..6usize {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            // (values of the call, offsets if acknowledged)
+            let mut calls: Vec<(Vec<String>, Option<Vec<u64>>)> = Vec::new();
+            let mut attempt = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                attempt += 1;
+                let size = [1, 2, 17, 5, 64, 3][(p + attempt) % 6];
+                let values: Vec<String> = (0..size).map(|i| format!("p{p}-{attempt}-{i}")).collect();
+                let addr = &addrs[(p + attempt) % addrs.len()];
+                let Ok(client) = Client::connect(addr).await else {
+                    calls.push((values, None));
+                    continue;
+                };
+                let records = values
+                    .iter()
+                    .map(|v| sidelog::api::pb::Record {
+                        value: Bytes::from(v.clone()),
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(sidelog::api::pb::ProduceBatchRequest { records });
+                req.set_timeout(Duration::from_secs(5));
+                let acked = client.raw().produce_batch(req).await.ok().map(|r| r.into_inner().offsets);
+                calls.push((values, acked));
+            }
+            calls
+        }));
+    }
+    for round in 0..2u64 {
+        wait_until("some records before the kill", 30, || {
+            c.live().iter().any(|&i| c.agent(i).node().committed() > (round + 1) * 200)
+        })
+        .await;
+        let leader = c.leader().await;
+        c.kill(leader).await;
+        c.leader().await;
+        c.restart(leader).await;
+        c.wait_formed().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = Vec::new();
+    for p in producers {
+        calls.extend(p.await.unwrap());
+    }
+    let acked_calls = calls.iter().filter(|c| c.1.is_some()).count();
+    assert!(acked_calls > 20, "only {acked_calls} calls acknowledged");
+    let top = calls.iter().filter_map(|c| c.1.as_ref()).flatten().max().unwrap() + 1;
+    c.wait_committed(top).await;
+    let reference = c.records(0);
+    for i in 1..3 {
+        let other = c.records(i);
+        let n = reference.len().min(other.len());
+        assert_eq!(reference[..n], other[..n], "node {i} disagrees with node 0");
+    }
+    let offsets: Vec<u64> = reference.iter().map(|r| r.0).collect();
+    assert_eq!(offsets, (0..reference.len() as u64).collect::<Vec<_>>(), "offsets are dense");
+    let at: HashMap<&[u8], u64> = reference.iter().map(|(o, v)| (&v[..], *o)).collect();
+    assert_eq!(at.len(), reference.len(), "a value appears twice");
+    for (values, acked) in &calls {
+        let present: Vec<Option<u64>> = values.iter().map(|v| at.get(v.as_bytes()).copied()).collect();
+        match acked {
+            Some(offsets) => {
+                let want: Vec<Option<u64>> = offsets.iter().map(|o| Some(*o)).collect();
+                assert_eq!(present, want, "acknowledged batch {:?}", values[0]);
+            }
+            None => {
+                let n = present.iter().filter(|p| p.is_some()).count();
+                assert!(n == 0 || n == values.len(), "batch {:?} is partly written: {present:?}", values[0]);
+                if n > 0 {
+                    let first = present[0].unwrap();
+                    let want: Vec<Option<u64>> = (first..first + n as u64).map(Some).collect();
+                    assert_eq!(present, want, "a batch's records are contiguous");
+                }
+            }
+        }
+    }
+    c.shutdown().await;
+}

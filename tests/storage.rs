@@ -697,3 +697,78 @@ fn a_torn_reset_marker_changes_nothing() {
     assert_offsets_readable(&log, N);
     assert!(!dir.path().join("RESET").exists());
 }
+
+// ---- format versions ----
+
+/// A data directory written by format version 1 (36-byte record headers,
+/// magic `SIDELOG1`): opening it must fail with an error that names both
+/// versions, and must change nothing in the directory.
+#[test]
+fn an_old_format_data_dir_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = [0u8; 32];
+    header[..8].copy_from_slice(b"SIDELOG1");
+    let crc = crc32c::crc32c(&header[..28]);
+    header[28..].copy_from_slice(&crc.to_le_bytes());
+    let mut segment = header.to_vec();
+    segment.extend_from_slice(&[7u8; 60]); // a v1 record, never read
+    let seg_path = dir.path().join(format!("{:020}.log", 0));
+    std::fs::write(&seg_path, &segment).unwrap();
+    std::fs::write(dir.path().join(format!("{:020}.idx", 0)), [0u8; 16]).unwrap();
+    std::fs::write(dir.path().join("CLEAN"), "sidelog-clean-v1 0 92 1\n").unwrap();
+    let snapshot = |dir: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap() != "LOCK")
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(dir.path());
+    let err = Log::open(dir.path(), LogConfig::default()).err().expect("an old format is refused");
+    match &err {
+        Error::UnsupportedFormat { path, found: 1, supported: 2 } => assert_eq!(path, &seg_path),
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("version 1") && msg.contains("version 2"), "{msg}");
+    assert_eq!(snapshot(dir.path()), before, "the directory was changed");
+}
+
+#[test]
+fn a_batch_whose_body_does_not_match_its_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let body = encode_body(&[&b"a"[..], b"b"]);
+    let err = log.append(&[Entry::data(&body, 3)]).unwrap_err();
+    assert!(matches!(err, Error::BadBatch { index: 0, .. }), "{err:?}");
+    assert!(matches!(log.append(&[Entry::data(&[], 0)]), Err(Error::BadBatch { .. })));
+    assert_eq!((log.next_index(), log.next_offset()), (0, 0));
+    // The log stays usable.
+    log.append(&[Entry::data(&body, 2)]).unwrap();
+    assert_eq!(log.next_offset(), 2);
+}
+
+#[test]
+fn reads_inside_large_batches_return_exactly_the_record_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    let mut next = 0u64;
+    for size in [1usize, 7, 1, 30, 2] {
+        let values: Vec<Vec<u8>> = (next..next + size as u64).map(payload).collect();
+        log.append(&[Entry::data(&encode_body(&values), size as u32)]).unwrap();
+        next += size as u64;
+    }
+    log.sync().unwrap();
+    assert_offsets_readable(&log, next);
+    // A range that starts and ends inside batches.
+    let got: Vec<u64> = log.read_data(3, 20, usize::MAX, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+    assert_eq!(got, (3..20).collect::<Vec<_>>());
+    let limited = log.read_data(3, 40, 5, usize::MAX).unwrap();
+    assert_eq!(limited.len(), 5);
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_offsets_readable(&log, next);
+}

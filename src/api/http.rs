@@ -144,9 +144,9 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Respons
     }
 }
 
-fn consume_at(s: &HttpState, offset: u64) -> Response {
+async fn consume_at(s: &HttpState, offset: u64) -> Response {
     tracing::Span::current().record("offset", offset);
-    match s.node.read(offset) {
+    match s.node.read_off_runtime(offset).await {
         Ok(r) => {
             s.metrics.records_out.inc();
             s.metrics.bytes_out.inc_by(r.value.len() as u64);
@@ -170,7 +170,7 @@ async fn consume_body(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Re
         return error(StatusCode::BAD_REQUEST, "expected a JSON body such as {\"offset\":0}");
     }
     match serde_json::from_slice::<ConsumeBody>(&body) {
-        Ok(b) => consume_at(&s, b.offset),
+        Ok(b) => consume_at(&s, b.offset).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     }
 }
@@ -180,7 +180,7 @@ async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path
         return r;
     }
     match offset.parse() {
-        Ok(o) => consume_at(&s, o),
+        Ok(o) => consume_at(&s, o).await,
         Err(_) => error(
             StatusCode::BAD_REQUEST,
             format!("offset {offset:?} is not a non-negative integer"),

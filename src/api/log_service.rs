@@ -114,7 +114,7 @@ impl LogApi for LogService {
         if request.linearizable {
             self.cluster.read_barrier().await?;
         }
-        let record = self.node.read(request.offset)?;
+        let record = self.node.read_off_runtime(request.offset).await?;
         self.metrics.records_out.inc();
         self.metrics.bytes_out.inc_by(record.value.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
@@ -147,7 +147,7 @@ impl LogApi for LogService {
             });
             let mut commit = node.subscribe_commit();
             loop {
-                let batch = match node.read_batch(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES) {
+                let batch = match node.read_batch_off_runtime(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES).await {
                     Ok(b) => b,
                     Err(e) => {
                         // e.g. retention removed records this slow reader had not read.

@@ -41,6 +41,10 @@ pub enum Mode {
     Stream,
     /// Concurrent ProduceBatch calls of --batch records.
     Batch,
+    /// Not sidelog: publishes to a NATS JetStream server at --addr
+    /// (`nats://HOST:PORT`) with --inflight publishes awaiting their acks,
+    /// for comparison (see scripts/bench-compare.sh).
+    Jetstream,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +66,12 @@ pub struct ProducePerf {
     /// Records per ProduceBatch call (batch mode).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// JetStream mode: the stream (and subject) to publish to.
+    #[arg(long, default_value = "sidelog-bench")]
+    pub nats_stream: String,
+    /// JetStream mode: the stream's replica count (created if missing).
+    #[arg(long, default_value_t = 1)]
+    pub nats_replicas: u32,
 }
 
 #[derive(Args, Debug)]
@@ -140,15 +150,22 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
         p.inflight > 0 && p.records > 0 && p.batch > 0,
         "--records, --inflight and --batch must be positive"
     );
-    let client = p.connect.connect().await?;
     let value = Bytes::from(vec![b'x'; p.size]);
     let done = Arc::new(AtomicU64::new(0));
+    let client = match p.mode {
+        Mode::Jetstream => None,
+        _ => Some(p.connect.connect().await?),
+    };
     let reporter = progress(done.clone(), p.records, "produced");
     let start = Instant::now();
-    let lat = match p.mode {
-        Mode::Unary => produce_unary(&client, &p, value, &done).await?,
-        Mode::Batch => produce_batch(&client, &p, value, &done).await?,
-        Mode::Stream => produce_stream(&client, &p, value, &done).await?,
+    let lat = match (p.mode, &client) {
+        (Mode::Unary, Some(client)) => produce_unary(client, &p, value, &done).await?,
+        (Mode::Batch, Some(client)) => produce_batch(client, &p, value, &done).await?,
+        (Mode::Stream, Some(client)) => produce_stream(client, &p, value, &done).await?,
+        _ => {
+            let (addr, stream) = (&p.connect.addr, &p.nats_stream);
+            super::perf_nats::produce(addr, stream, p.nats_replicas, p.records, p.inflight, value, &done).await?
+        }
     };
     let elapsed = start.elapsed();
     reporter.abort();

@@ -24,6 +24,19 @@ use crate::{
 };
 
 impl Store {
+    /// The data offset a log restarted at Raft index `first` must continue
+    /// from: the durable snapshot's when it ends right before `first` (the
+    /// log may be stale after a crash: its own next offset would hand out
+    /// offsets again), else the log's.
+    pub(super) fn offset_at(&self, first: u64) -> u64 {
+        lock(&self.state)
+            .snapshot
+            .as_ref()
+            .filter(|m| m.last_log_id.map(|l| l.index + 1) == Some(first))
+            .and_then(|m| snapshot_next_offset(&m.snapshot_id))
+            .unwrap_or_else(|| self.log().next_offset())
+    }
+
     fn read_entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
         let log = self.log();
         let from = from.max(log.first_index());
@@ -201,12 +214,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // which already placed the log, or a crash that left the
             // durable snapshot ahead of the surviving log: then the
             // snapshot, not the stale log, knows the next offset.
-            let offset = lock(&self.store.state)
-                .snapshot
-                .as_ref()
-                .filter(|m| m.last_log_id.map(|l| l.index + 1) == Some(first))
-                .and_then(|m| snapshot_next_offset(&m.snapshot_id))
-                .unwrap_or_else(|| log.next_offset());
+            let offset = self.store.offset_at(first);
             let l = log.clone();
             tokio::task::spawn_blocking(move || l.reset(first, offset))
                 .await
@@ -281,3 +289,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        cluster::{snapshot::snapshot_id, types::SnapshotMeta},
+        node::LogNode,
+        storage::{Log, LogConfig, encode_body},
+    };
+
+    /// A crash left the durable snapshot (index 9, next offset 20) ahead of
+    /// the surviving log (5 records): the log must restart at the
+    /// snapshot's offset, never reuse offsets 5..20.
+    #[test]
+    fn a_log_behind_its_snapshot_restarts_at_the_snapshots_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+        for i in 0..5u8 {
+            log.append(&[storage::Entry::data(&encode_body(&[[i]]), 1)]).unwrap();
+        }
+        let node = Arc::new(LogNode::new(log.clone(), 1 << 20));
+        let store = Store::open(node, dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(store.offset_at(5), 5, "no snapshot: the log's own next offset");
+        let last = log_id(1, 9);
+        store
+            .update(|s| {
+                s.purged = Some(last);
+                s.snapshot = Some(SnapshotMeta {
+                    last_log_id: Some(last),
+                    last_membership: Default::default(),
+                    snapshot_id: snapshot_id(Some(last), 20),
+                });
+            })
+            .unwrap();
+        assert_eq!(store.offset_at(10), 20);
+        assert_eq!(store.offset_at(5), 5, "a snapshot that does not end before it is not used");
+    }
+}
