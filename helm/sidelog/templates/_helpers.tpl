@@ -259,9 +259,9 @@ The sidelog container (both modes). Args: the context above.
 image: {{ include "sidelog.image" (dict "root" .root "V" $V) }}
 imagePullPolicy: {{ $V.image.pullPolicy }}
 args:
-{{- include "sidelog.args" . | nindent 2 }}
+{{- include "sidelog.args" . | trim | nindent 2 }}
 env:
-{{- include "sidelog.env" . | nindent 2 }}
+{{- include "sidelog.env" . | trim | nindent 2 }}
 ports:
   - name: peer
     containerPort: {{ $V.ports.peer }}
@@ -281,15 +281,15 @@ ports:
 {{- end }}
 {{- if $V.probes.startup.enabled }}
 startupProbe:
-{{- include "sidelog.probe" (dict "ctx" . "kind" "startup") | nindent 2 }}
+{{- include "sidelog.probe" (dict "ctx" . "kind" "startup") | trim | nindent 2 }}
 {{- end }}
 {{- if $V.probes.liveness.enabled }}
 livenessProbe:
-{{- include "sidelog.probe" (dict "ctx" . "kind" "liveness") | nindent 2 }}
+{{- include "sidelog.probe" (dict "ctx" . "kind" "liveness") | trim | nindent 2 }}
 {{- end }}
 {{- if and $V.probes.readiness.enabled (or (eq .mode "cluster") $V.sidecar.readiness) }}
 readinessProbe:
-{{- include "sidelog.probe" (dict "ctx" . "kind" "readiness") | nindent 2 }}
+{{- include "sidelog.probe" (dict "ctx" . "kind" "readiness") | trim | nindent 2 }}
 {{- end }}
 resources:
 {{- toYaml (ternary $V.resources $V.sidecar.resources (eq .mode "cluster")) | nindent 2 }}
