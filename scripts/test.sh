@@ -6,6 +6,9 @@
 #   3. pytest -q tests/e2e                Python client, curl and grpcurl
 #                                          against the real binary
 #   4. scripts/test-image.sh              FROM scratch image smoke test
+#   5. scripts/test-helm.sh               Helm chart: lint, render, kubernetes-validate,
+#                                          the chart's pod spec under podman (when the
+#                                          image from step 4 exists). RUN_HELM_TEST=0 skips.
 #
 # Step 4 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
 # only this step proves the static musl build, the non-root /data and the
@@ -54,6 +57,14 @@ if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then
 else
     echo
     echo "==> container image test skipped (RUN_IMAGE_TEST=0)"
+fi
+
+if [ "${RUN_HELM_TEST:-1}" != 0 ]; then
+    step "helm chart checks"
+    "$REPO_ROOT/scripts/test-helm.sh"
+else
+    echo
+    echo "==> helm chart checks skipped (RUN_HELM_TEST=0)"
 fi
 
 echo

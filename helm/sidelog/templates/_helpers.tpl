@@ -1,0 +1,351 @@
+{{/* vim: set filetype=mustache: */}}
+{{/*
+Naming and labels
+*/}}
+{{- define "sidelog.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sidelog.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sidelog.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sidelog.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sidelog.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sidelog.labels" -}}
+helm.sh/chart: {{ include "sidelog.chart" . }}
+{{ include "sidelog.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: log
+app.kubernetes.io/part-of: sidelog
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "sidelog.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sidelog.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The cluster-mode context every shared template takes (a dict, so that the
+sidecar helpers can build the same thing from an application chart):
+  root       the chart context ($)
+  V          the sidelog values (a map)
+  name       base name of the group's resources (Services, Secrets)
+  namespace  namespace of the pods
+  headless   name of the headless Service the pods are reachable through
+  stsName    the StatefulSet whose pods are <stsName>-<i> ("" = no stable names)
+  replicas   number of pods (voters)
+  mode       cluster | sidecar
+  labels     labels for the resources (a map)
+*/}}
+{{- define "sidelog.clusterCtx" -}}
+{{- $fullname := include "sidelog.fullname" . -}}
+{{- $labels := include "sidelog.labels" . | fromYaml -}}
+{{- toJson (dict "name" $fullname "namespace" .Release.Namespace "headless" (printf "%s-headless" $fullname) "stsName" $fullname "replicas" (int .Values.replicas) "mode" "cluster" "labels" $labels) -}}
+{{- end }}
+
+{{- define "sidelog.image" -}}
+{{- $V := .V -}}
+{{- if $V.image.digest -}}
+{{- printf "%s@%s" $V.image.repository $V.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $V.image.repository (default .root.Chart.AppVersion $V.image.tag | toString) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Secret names */}}
+{{- define "sidelog.peerTlsSecret" -}}
+{{- default (printf "%s-peer-tls" .name) .V.tls.peer.existingSecret -}}
+{{- end }}
+{{- define "sidelog.clientTlsSecret" -}}
+{{- default (printf "%s-client-tls" .name) .V.tls.client.existingSecret -}}
+{{- end }}
+{{- define "sidelog.aclName" -}}
+{{- if .V.acl.existingConfigMap }}{{ .V.acl.existingConfigMap }}{{ else if .V.acl.existingSecret }}{{ .V.acl.existingSecret }}{{ else }}{{ printf "%s-acl" .name }}{{ end -}}
+{{- end }}
+
+{{- define "sidelog.clientTlsOn" -}}
+{{- if and (eq .mode "cluster") .V.tls.client.enabled }}true{{ end -}}
+{{- end }}
+
+{{/* The headless Service's FQDN, and one pod's FQDN. */}}
+{{- define "sidelog.headlessFqdn" -}}
+{{- printf "%s.%s.svc.%s" .headless .namespace .V.clusterDomain -}}
+{{- end }}
+
+{{/*
+Validation of value combinations that the schema cannot express.
+*/}}
+{{- define "sidelog.validate" -}}
+{{- $V := .V -}}
+{{- if and $V.acl.enabled (not (include "sidelog.clientTlsOn" .)) -}}
+{{- fail "acl.enabled needs tls.client.enabled (ACL subjects are client certificate Common Names) and mode: cluster" -}}
+{{- end -}}
+{{- if and $V.acl.existingConfigMap $V.acl.existingSecret -}}
+{{- fail "acl: set at most one of existingConfigMap and existingSecret" -}}
+{{- end -}}
+{{- if and (eq $V.discovery.mode "static") (not .stsName) -}}
+{{- fail "discovery.mode=static needs pods with stable names (a StatefulSet: pass \"statefulSet\" to the sidecar helpers); use discovery.mode=dns for a Deployment" -}}
+{{- end -}}
+{{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
+{{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
+["/sidelog", "agent"]). $(POD_NAME) is expanded by the kubelet.
+*/}}
+{{- define "sidelog.args" -}}
+{{- $V := .V -}}
+{{- $fqdn := include "sidelog.headlessFqdn" . -}}
+{{- $self := ternary (printf "$(POD_NAME).%s" $fqdn) "$(POD_IP)" (ne .stsName "") -}}
+{{- $public := ternary "0.0.0.0" "127.0.0.1" (eq .mode "cluster") -}}
+{{- $expect := $V.discovery.bootstrapExpect | default .replicas -}}
+- --data-dir=/data
+- --node-id=$(POD_NAME)
+- --client-addr={{ $public }}:{{ $V.ports.client }}
+- --http-addr={{ $public }}:{{ $V.ports.http }}
+- --peer-addr=0.0.0.0:{{ $V.ports.peer }}
+- --advertise-peer-addr={{ $self }}:{{ $V.ports.peer }}
+{{- if eq .mode "cluster" }}
+- --advertise-client-addr={{ $self }}:{{ $V.ports.client }}
+{{- end }}
+{{- if $V.ports.health }}
+- --health-addr=0.0.0.0:{{ $V.ports.health }}
+{{- end }}
+{{- if eq $V.discovery.mode "dns" }}
+- --discovery=dns
+- --dns-name={{ $fqdn }}
+{{- else }}
+{{- $peers := list }}
+{{- range $i := until (int .replicas) }}
+{{- $peers = append $peers (printf "%s-%d.%s:%v" $.stsName $i $fqdn $V.ports.peer) }}
+{{- end }}
+- --join={{ join "," $peers }}
+{{- end }}
+- --bootstrap-expect={{ $expect }}
+- --fsync={{ $V.agent.fsync }}
+- --segment-max-bytes={{ $V.agent.segmentMaxBytes }}
+- --max-record-bytes={{ $V.agent.maxRecordBytes }}
+{{- with $V.agent.retentionBytes }}
+- --retention-bytes={{ . }}
+{{- end }}
+{{- with $V.agent.retentionAge }}
+- --retention-age={{ . }}
+{{- end }}
+- --shutdown-grace={{ $V.agent.shutdownGraceSeconds }}s
+- --log-format={{ $V.agent.logFormat }}
+- --log-level={{ $V.agent.logLevel }}
+{{- if $V.tls.peer.enabled }}
+- --peer-tls-cert=/tls/peer/tls.crt
+- --peer-tls-key=/tls/peer/tls.key
+- --peer-tls-ca=/tls/peer/ca.crt
+{{- end }}
+{{- if include "sidelog.clientTlsOn" . }}
+- --tls-cert=/tls/client/tls.crt
+- --tls-key=/tls/client/tls.key
+- --tls-ca=/tls/client/ca.crt
+- --tls-reload-interval={{ $V.agent.tlsReloadInterval }}
+{{- end }}
+{{- if and $V.acl.enabled (include "sidelog.clientTlsOn" .) }}
+- --acl-model=/acl/model.conf
+- --acl-policy=/acl/policy.csv
+{{- end }}
+{{- range $V.agent.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "sidelog.env" -}}
+{{- $V := .V -}}
+{{- /* Plaintext on a non-loopback address needs --insecure: the client and
+       HTTP ports in cluster mode without client TLS, or the peer port
+       without peer TLS. The image sets SIDELOG_INSECURE=true; we always say
+       which one we mean. */ -}}
+{{- $plainPublic := or (not $V.tls.peer.enabled) (and (eq .mode "cluster") (not (include "sidelog.clientTlsOn" .))) -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: SIDELOG_INSECURE
+  value: {{ ternary "true" "false" $plainPublic | quote }}
+{{- with $V.agent.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+One probe. Args: a dict with ctx (the context above) and kind
+(startup|liveness|readiness). gRPC when the probe names a gRPC health
+service and plaintext gRPC reaches it on the pod IP; else HTTP; in sidecar
+mode without a health port, startup and liveness fall back to a TCP check of
+the peer listener (bound only after the log is open).
+*/}}
+{{- define "sidelog.probe" -}}
+{{- $ctx := .ctx -}}
+{{- $V := $ctx.V -}}
+{{- $p := index $V.probes .kind -}}
+{{- $clientTls := include "sidelog.clientTlsOn" $ctx -}}
+{{- $grpcPort := 0 -}}
+{{- $httpPort := 0 -}}
+{{- $scheme := "HTTP" -}}
+{{- if $V.ports.health -}}
+{{- $grpcPort = $V.ports.health -}}
+{{- $httpPort = $V.ports.health -}}
+{{- else if eq $ctx.mode "cluster" -}}
+{{- if not $clientTls }}{{ $grpcPort = $V.ports.client }}{{ end -}}
+{{- $httpPort = $V.ports.http -}}
+{{- if $clientTls }}{{ $scheme = "HTTPS" }}{{ end -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $p.grpcService)) $grpcPort }}
+grpc:
+  port: {{ $grpcPort }}
+  service: {{ $p.grpcService | quote }}
+{{- else if $httpPort }}
+httpGet:
+  path: {{ $p.httpPath }}
+  port: {{ $httpPort }}
+  scheme: {{ $scheme }}
+{{- else }}
+tcpSocket:
+  port: {{ $V.ports.peer }}
+{{- end }}
+periodSeconds: {{ $p.periodSeconds }}
+timeoutSeconds: {{ $p.timeoutSeconds }}
+failureThreshold: {{ $p.failureThreshold }}
+{{- with $p.successThreshold }}
+successThreshold: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The sidelog container (both modes). Args: the context above.
+*/}}
+{{- define "sidelog.containerSpec" -}}
+{{- $V := .V -}}
+{{- include "sidelog.validate" . -}}
+image: {{ include "sidelog.image" (dict "root" .root "V" $V) }}
+imagePullPolicy: {{ $V.image.pullPolicy }}
+args:
+{{- include "sidelog.args" . | trim | nindent 2 }}
+env:
+{{- include "sidelog.env" . | trim | nindent 2 }}
+ports:
+  - name: peer
+    containerPort: {{ $V.ports.peer }}
+    protocol: TCP
+{{- if eq .mode "cluster" }}
+  - name: client
+    containerPort: {{ $V.ports.client }}
+    protocol: TCP
+  - name: http
+    containerPort: {{ $V.ports.http }}
+    protocol: TCP
+{{- end }}
+{{- if $V.ports.health }}
+  - name: health
+    containerPort: {{ $V.ports.health }}
+    protocol: TCP
+{{- end }}
+{{- if $V.probes.startup.enabled }}
+startupProbe:
+{{- include "sidelog.probe" (dict "ctx" . "kind" "startup") | trim | nindent 2 }}
+{{- end }}
+{{- if $V.probes.liveness.enabled }}
+livenessProbe:
+{{- include "sidelog.probe" (dict "ctx" . "kind" "liveness") | trim | nindent 2 }}
+{{- end }}
+{{- if and $V.probes.readiness.enabled (or (eq .mode "cluster") $V.sidecar.readiness) }}
+readinessProbe:
+{{- include "sidelog.probe" (dict "ctx" . "kind" "readiness") | trim | nindent 2 }}
+{{- end }}
+resources:
+{{- toYaml (ternary $V.resources $V.sidecar.resources (eq .mode "cluster")) | nindent 2 }}
+securityContext:
+{{- toYaml $V.containerSecurityContext | nindent 2 }}
+volumeMounts:
+  - name: {{ include "sidelog.dataVolumeName" . }}
+    mountPath: /data
+{{- if $V.tls.peer.enabled }}
+  - name: sidelog-peer-tls
+    mountPath: /tls/peer
+    readOnly: true
+{{- end }}
+{{- if include "sidelog.clientTlsOn" . }}
+  - name: sidelog-client-tls
+    mountPath: /tls/client
+    readOnly: true
+{{- end }}
+{{- if and $V.acl.enabled (include "sidelog.clientTlsOn" .) }}
+  - name: sidelog-acl
+    mountPath: /acl
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "sidelog.dataVolumeName" -}}
+{{- ternary "data" "sidelog-data" (eq .mode "cluster") -}}
+{{- end }}
+
+{{/*
+Pod volumes for TLS and ACL (not the data volume). Args: the context.
+*/}}
+{{- define "sidelog.tlsVolumes" -}}
+{{- $V := .V -}}
+{{- if $V.tls.peer.enabled }}
+- name: sidelog-peer-tls
+  secret:
+    secretName: {{ include "sidelog.peerTlsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- if include "sidelog.clientTlsOn" . }}
+- name: sidelog-client-tls
+  secret:
+    secretName: {{ include "sidelog.clientTlsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- if and $V.acl.enabled (include "sidelog.clientTlsOn" .) }}
+- name: sidelog-acl
+{{- if $V.acl.existingSecret }}
+  secret:
+    secretName: {{ $V.acl.existingSecret }}
+    defaultMode: 0440
+{{- else }}
+  configMap:
+    name: {{ include "sidelog.aclName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- end }}
