@@ -3,6 +3,7 @@
 mod api;
 mod cluster;
 mod common;
+mod peer_security;
 mod security;
 mod storage;
 mod telemetry;
