@@ -4,6 +4,7 @@ mod api;
 mod cluster;
 mod common;
 mod peer_security;
+mod robustness;
 mod security;
 mod storage;
 mod telemetry;
