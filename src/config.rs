@@ -801,4 +801,39 @@ mod tests {
         .unwrap();
         assert!(ok.insecure);
     }
+
+    #[test]
+    fn a_public_peer_port_needs_peer_credentials() {
+        let public = AgentArgs {
+            peer_addr: Some("0.0.0.0:8401".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::resolve(public.clone()).unwrap_err().to_string();
+        assert!(err.contains("peer-addr") && err.contains("--cluster-secret-file"), "{err}");
+        let c = Config::resolve(AgentArgs {
+            cluster_secret_file: Some("secret".into()),
+            ..public
+        })
+        .unwrap();
+        assert_eq!(c.cluster_secret_file, Some(PathBuf::from("secret")));
+        // Names are checked on certificates: without peer TLS they mean nothing.
+        let err = Config::resolve(AgentArgs {
+            peer_allowed_names: Some(vec!["sidelog-*".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("peer-allowed-names"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let c = Config::resolve(AgentArgs::default()).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let err = Config::resolve(AgentArgs {
+            max_consume_streams: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max-consume-streams"), "{err}");
+    }
 }
