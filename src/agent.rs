@@ -301,12 +301,20 @@ impl Agent {
                 .initial_connection_window_size(Some(16 << 20))
                 .max_concurrent_streams(Some(limits.max_streams_per_connection))
                 .add_service(service);
-            serve_grpc(server, peer_listener, peers.server_tls.clone(), &limits, shutdown.clone())
+            serve_grpc(
+                server,
+                peer_listener,
+                peers.server_tls.clone(),
+                &limits,
+                shutdown.clone(),
+            )
         };
         spawn_membership(&cluster, &tasks, shutdown.child_token());
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -401,8 +409,16 @@ impl Agent {
             liveness.clone(),
             shutdown.child_token(),
         ));
-        tasks.spawn(liveness::watch(cluster.clone(), liveness.clone(), shutdown.child_token()));
-        tasks.spawn(liveness_health(liveness.clone(), health.clone(), shutdown.child_token()));
+        tasks.spawn(liveness::watch(
+            cluster.clone(),
+            liveness.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(liveness_health(
+            liveness.clone(),
+            health.clone(),
+            shutdown.child_token(),
+        ));
         if config.join.is_empty() && config.bootstrap_expect <= 1 {
             // A lone node elects itself at once: return when it serves.
             let mut metrics = cluster.raft().metrics();
@@ -538,11 +554,17 @@ impl Agent {
         }
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
-            tracing::warn!(tasks = self.tasks.len(), "background tasks did not stop in the grace period");
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "background tasks did not stop in the grace period"
+            );
         }
         // Raft gets at least a moment even when the grace is used up.
         let raft_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        if tokio::time::timeout_at(raft_deadline, self.cluster.shutdown()).await.is_err() {
+        if tokio::time::timeout_at(raft_deadline, self.cluster.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("Raft did not stop in the grace period");
         }
         let log = self.node.log().clone();

@@ -119,7 +119,12 @@ pub struct AgentArgs {
     /// Common Names a peer certificate may carry on the peer port, as glob
     /// patterns (`*` matches any run), comma-separated; client certificates
     /// are refused there [default: the Common Name of our own peer certificate].
-    #[arg(long, env = "SIDELOG_PEER_ALLOWED_NAMES", value_name = "PATTERN[,PATTERN]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SIDELOG_PEER_ALLOWED_NAMES",
+        value_name = "PATTERN[,PATTERN]",
+        value_delimiter = ','
+    )]
     pub peer_allowed_names: Option<Vec<String>>,
     /// File holding a shared secret (at least 16 printable characters) every
     /// peer call must carry; required to serve the peer port without TLS on
@@ -577,7 +582,8 @@ impl Config {
             ));
         }
         if let Some(names) = &self.peer_allowed_names {
-            let parsed = crate::security::PeerNames::parse(names).map_err(|e| invalid("peer-allowed-names", e.to_string()))?;
+            let parsed =
+                crate::security::PeerNames::parse(names).map_err(|e| invalid("peer-allowed-names", e.to_string()))?;
             if parsed.patterns().is_empty() {
                 return Err(invalid("peer-allowed-names", "is empty: no peer could connect"));
             }
@@ -809,7 +815,10 @@ mod tests {
             ..Default::default()
         };
         let err = Config::resolve(public.clone()).unwrap_err().to_string();
-        assert!(err.contains("peer-addr") && err.contains("--cluster-secret-file"), "{err}");
+        assert!(
+            err.contains("peer-addr") && err.contains("--cluster-secret-file"),
+            "{err}"
+        );
         let c = Config::resolve(AgentArgs {
             cluster_secret_file: Some("secret".into()),
             ..public

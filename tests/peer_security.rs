@@ -58,7 +58,10 @@ async fn peer_client(node: &TestNode, dir: &Path, cert: Option<&str>) -> Option<
         .unwrap()
         .tls_config(cfg)
         .unwrap();
-    let channel = tokio::time::timeout(PROMPTLY, endpoint.connect()).await.expect("no hang").ok()?;
+    let channel = tokio::time::timeout(PROMPTLY, endpoint.connect())
+        .await
+        .expect("no hang")
+        .ok()?;
     Some(PeerClient::new(channel))
 }
 
@@ -86,32 +89,49 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
     let mut out = Vec::new();
     out.push((
         "Forward",
-        code(client
-            .forward(req(pb::ForwardRequest { values: vec![Bytes::from_static(b"written-by-nobody")] }, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .forward(req(
+                    pb::ForwardRequest {
+                        values: vec![Bytes::from_static(b"written-by-nobody")],
+                    },
+                    secret,
+                ))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "AppendEntries",
-        code(client
-            .append_entries(req(
-                pb::AppendEntriesRequest {
-                    vote: Some(vote),
-                    prev_log_id: None,
-                    entries: vec![],
-                    leader_commit: None,
-                },
-                secret,
-            ))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .append_entries(req(
+                    pb::AppendEntriesRequest {
+                        vote: Some(vote),
+                        prev_log_id: None,
+                        entries: vec![],
+                        leader_commit: None,
+                    },
+                    secret,
+                ))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "Vote",
-        code(client
-            .vote(req(pb::VoteRequest { vote: Some(vote), last_log_id: None }, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .vote(req(
+                    pb::VoteRequest {
+                        vote: Some(vote),
+                        last_log_id: None,
+                    },
+                    secret,
+                ))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     let chunk = pb::SnapshotChunk {
         vote: Some(vote),
@@ -120,38 +140,53 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
     };
     out.push((
         "InstallSnapshot",
-        code(client
-            .install_snapshot(req(tokio_stream::iter(vec![chunk]), secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .install_snapshot(req(tokio_stream::iter(vec![chunk]), secret))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "Hello",
-        code(client
-            .hello(req(pb::HelloRequest { node: Some(node.clone()) }, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .hello(req(
+                    pb::HelloRequest {
+                        node: Some(node.clone()),
+                    },
+                    secret,
+                ))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "Join",
-        code(client
-            .join(req(pb::JoinRequest { node: Some(node) }, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .join(req(pb::JoinRequest { node: Some(node) }, secret))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "Leave",
-        code(client
-            .leave(req(pb::LeaveRequest { id: "test-node".into() }, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .leave(req(pb::LeaveRequest { id: "test-node".into() }, secret))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out.push((
         "ReadIndex",
-        code(client
-            .read_index(req(pb::ReadIndexRequest {}, secret))
-            .await
-            .map(|_| Code::Ok)),
+        code(
+            client
+                .read_index(req(pb::ReadIndexRequest {}, secret))
+                .await
+                .map(|_| Code::Ok),
+        ),
     ));
     out
 }
@@ -171,7 +206,9 @@ async fn client_certificates_are_refused_on_every_peer_rpc() {
     let dir = pki();
     let node = tls_node(dir.path(), Some("peer")).await;
     for who in ["root-client", "nobody-client", "server"] {
-        let mut client = peer_client(&node, dir.path(), Some(who)).await.expect("the handshake succeeds");
+        let mut client = peer_client(&node, dir.path(), Some(who))
+            .await
+            .expect("the handshake succeeds");
         assert_all_refused(who, &call_every_rpc(&mut client, None).await);
     }
     // Without any certificate the handshake itself fails (or every call does).
@@ -217,7 +254,9 @@ async fn allowed_peer_names_are_glob_patterns() {
     })
     .await;
     let mut peer = peer_client(&node, dir.path(), Some("peer")).await.unwrap();
-    peer.hello(pb::HelloRequest { node: None }).await.expect("sidelog-peer matches sidelog-*");
+    peer.hello(pb::HelloRequest { node: None })
+        .await
+        .expect("sidelog-peer matches sidelog-*");
     let mut root = peer_client(&node, dir.path(), Some("root-client")).await.unwrap();
     let e = root.hello(pb::HelloRequest { node: None }).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
@@ -259,7 +298,11 @@ async fn a_bad_cluster_secret_file_stops_the_start() {
     std::fs::write(&short, "tiny").unwrap();
     let mut config = crate::common::config_in(d.path().join("data"));
     config.cluster_secret_file = Some(short);
-    let err = sidelog::agent::Agent::start(config).await.err().expect("refused").to_string();
+    let err = sidelog::agent::Agent::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("short") && err.contains("16"), "{err}");
     assert!(!err.contains("tiny"), "the secret must not be shown: {err}");
 }
@@ -301,8 +344,15 @@ async fn the_peer_port_serves_a_rotated_certificate_to_new_connections() {
     }
     let new = der(&dir.path().join("peer.pem"));
     let deadline = tokio::time::Instant::now() + PROMPTLY;
-    while peer_port_cert(&addr, &dir.path().join("ca.pem"), dir.path()).await.as_ref() != Some(&new) {
-        assert!(tokio::time::Instant::now() < deadline, "the peer port kept its old certificate");
+    while peer_port_cert(&addr, &dir.path().join("ca.pem"), dir.path())
+        .await
+        .as_ref()
+        != Some(&new)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the peer port kept its old certificate"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

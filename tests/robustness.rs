@@ -107,7 +107,10 @@ async fn an_injected_storage_failure_fails_liveness_and_ends_the_agent() {
     let (line, body) = http(http_addr, "GET /healthz HTTP/1.1").await;
     assert!(line.contains(" 503"), "{line}");
     assert!(body.contains("Too many open files"), "says why: {body}");
-    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap();
 
     // The agent ends by itself, with the reason, after the delay.
     let agent = node.agent.take().unwrap();
@@ -188,7 +191,9 @@ async fn an_idle_http_connection_is_closed() {
     let node = TestNode::start_with(|c| c.limits.http_idle_timeout = Duration::from_millis(500)).await;
     let mut s = tokio::net::TcpStream::connect(node.agent().http_addr).await.unwrap();
     // A complete request on a keep-alive connection, then silence.
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(PROMPTLY, s.read_to_end(&mut out))
         .await
@@ -230,12 +235,13 @@ async fn tls_handshakes_beyond_the_limit_are_closed_at_once() {
         key: Some(p("root-client-key.pem")),
         domain: None,
     };
-    wait_for("a handshake slot", async || {
-        match sidelog::client::Client::connect_with(&addr, Some(&tls)).await {
+    wait_for(
+        "a handshake slot",
+        async || match sidelog::client::Client::connect_with(&addr, Some(&tls)).await {
             Ok(mut c) => c.produce(Bytes::from_static(b"in")).await.is_ok(),
             Err(_) => false,
-        }
-    })
+        },
+    )
     .await;
 }
 

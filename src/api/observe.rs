@@ -80,10 +80,7 @@ const GRPC_METHODS: &[(&str, &str)] = &[
 
 /// The metric label for a gRPC request path.
 pub fn grpc_method_label(path: &str) -> &'static str {
-    GRPC_METHODS
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map_or(OTHER, |(_, m)| m)
+    GRPC_METHODS.iter().find(|(p, _)| *p == path).map_or(OTHER, |(_, m)| m)
 }
 
 /// The metric label for an HTTP request: a standard method and a route the

@@ -133,7 +133,11 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let peers = Peers::new(config.id.clone(), config.peer_credentials.clone(), config.partition.clone());
+        let peers = Peers::new(
+            config.id.clone(),
+            config.peer_credentials.clone(),
+            config.partition.clone(),
+        );
         let raft = Raft::new(
             config.id.clone(),
             Arc::new(raft_config),

@@ -321,7 +321,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         if let Some(reason) = self.store.node.take_injected_failure() {
-            return Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(reason)));
+            return Err(io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(reason),
+            ));
         }
         let encoded: Vec<(u64, u64, Kind, bytes::Bytes)> = entries
             .into_iter()
