@@ -22,24 +22,29 @@ LABEL org.opencontainers.image.title="sidelog" \
 COPY --chown=65532:65532 data /data
 COPY sidelog /sidelog
 
-# Listen on all interfaces inside the container (the binary's defaults are
-# loopback-only, which would be unreachable from outside the container).
-# SIDELOG_INSECURE=true lets the agent serve plaintext on non-loopback
-# addresses, which it otherwise refuses. That is for local use and tests only:
-# in production give the TLS flags (--tls-cert/--tls-key/--tls-ca and the
-# --peer-tls-* ones, or their SIDELOG_* variables) and set
-# SIDELOG_INSECURE=false; the Helm chart does so.
+# Safe defaults (see "Threat model" in the README): no port is open to the
+# network without credentials. The binary's defaults are loopback-only,
+# which is exactly a sidecar: the application in the same pod reaches 8400
+# and 8080 on localhost, and nothing outside the pod reaches anything. There
+# is no SIDELOG_INSECURE here: it would serve the log and the peer port to
+# the whole network unauthenticated. To listen on the pod IP, give
+# credentials and the addresses, e.g.
+#   SIDELOG_TLS_CERT/_KEY/_CA          client and HTTP ports (mutual TLS + ACL)
+#   SIDELOG_PEER_TLS_CERT/_KEY/_CA     peer port: a certificate from the peer CA
+#   SIDELOG_PEER_ALLOWED_NAMES           with an allowed name, and/or
+#   SIDELOG_CLUSTER_SECRET_FILE        a shared secret every peer call carries
+#   SIDELOG_CLIENT_ADDR=0.0.0.0:8400 SIDELOG_HTTP_ADDR=0.0.0.0:8080 SIDELOG_PEER_ADDR=0.0.0.0:8401
+# Probes: with TLS use httpGet with scheme HTTPS on 8080 (/healthz for
+# liveness, /readyz for readiness): they need no client certificate.
+# kubelet's native gRPC probe speaks plaintext only, so it suits a
+# plaintext client port, i.e. a loopback-only sidecar has no network probe.
 # SIDELOG_NODE_ID is deliberately not set: it defaults to the hostname, which
 # is the pod name in a StatefulSet.
-ENV SIDELOG_CLIENT_ADDR=0.0.0.0:8400 \
-    SIDELOG_HTTP_ADDR=0.0.0.0:8080 \
-    SIDELOG_PEER_ADDR=0.0.0.0:8401 \
-    SIDELOG_DATA_DIR=/data \
-    SIDELOG_INSECURE=true \
+ENV SIDELOG_DATA_DIR=/data \
     SIDELOG_LOG_FORMAT=json
 
 # 8400 client gRPC (Log API, grpc.health.v1, reflection)
-# 8401 peer gRPC (Raft, join/leave, write forwarding; mutual TLS when configured)
+# 8401 peer gRPC (Raft, join/leave, write forwarding; peers only: peer certificate or cluster secret)
 # 8080 HTTP (JSON API, /metrics, /healthz, /readyz)
 EXPOSE 8400 8401 8080
 VOLUME /data
@@ -49,7 +54,8 @@ WORKDIR /data
 USER 65532:65532
 
 # SIGTERM makes the agent stop accepting, finish in-flight requests, fsync
-# and exit 0. No HEALTHCHECK: there is no probe binary in the image;
-# Kubernetes uses its native gRPC probe against grpc.health.v1 on 8400.
+# and exit 0 within --shutdown-grace. A fatal storage or Raft error fails
+# liveness and exits 1 after --fatal-exit-delay. No HEALTHCHECK: there is
+# no probe binary in the image.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/sidelog", "agent"]

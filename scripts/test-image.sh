@@ -11,9 +11,10 @@
 #   IMAGE=sidelog:dev        image tag to build and test
 #   SKIP_BUILD=1             reuse an existing static binary (see build-image.sh)
 #   IMAGE_TEST_NETWORK=bridge|host   (default bridge)
-#       bridge: the container keeps the image's own settings (listening on
-#               0.0.0.0 in its network namespace, as in Kubernetes); its ports
-#               are published on 127.0.0.1 only.
+#       bridge: the container listens on 0.0.0.0 in its own network
+#               namespace (the image defaults to loopback; the test opts in
+#               with SIDELOG_INSECURE=true, safe here because its ports are
+#               published on 127.0.0.1 only).
 #       host:   shares the host's network; the listen addresses are overridden
 #               to 127.0.0.1 so nothing is exposed beyond loopback.
 #   TEST_CLIENT_PORT=18400 TEST_HTTP_PORT=18080
@@ -57,7 +58,9 @@ IMAGE="$IMAGE" "$REPO_ROOT/scripts/build-image.sh"
 # --- run --------------------------------------------------------------------
 case "$NETWORK" in
     bridge)
-        run_args=(-p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$HTTP_PORT:8080") ;;
+        run_args=(-p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$HTTP_PORT:8080"
+                  -e SIDELOG_CLIENT_ADDR=0.0.0.0:8400 -e SIDELOG_HTTP_ADDR=0.0.0.0:8080
+                  -e SIDELOG_INSECURE=true) ;;
     host)
         run_args=(--network host
                   -e "SIDELOG_CLIENT_ADDR=127.0.0.1:$CLIENT_PORT"

@@ -12,7 +12,7 @@
 #
 # Step 4 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
 # only this step proves the static musl build, the non-root /data and the
-# 0.0.0.0 defaults work together. It is the slow one (a release build for
+# listen addresses work together. It is the slow one (a release build for
 # x86_64-unknown-linux-musl with fat LTO and one codegen unit, several minutes
 # on 2 cores), which CI's 90-minute budget has room for; it runs last so the
 # fast checks fail first. Set RUN_IMAGE_TEST=0 for quick local runs. Without

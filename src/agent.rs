@@ -14,15 +14,20 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::{
     api::{self, LogService, http::HttpState},
     cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
     config::{Config, FsyncPolicy},
+    liveness::{self, LIVENESS_SERVICE, Liveness},
     node::LogNode,
-    security::{AclError, Authorizer, ClientAuth, ReloadableTls, TlsError, tls},
+    security::{
+        AclError, Authorizer, ClientAuth, ClusterSecret, PeerClientTls, PeerCredentials, PeerGuard, PeerNames,
+        ReloadableTls, TlsError, tls,
+    },
     storage::{self, Log, LogConfig},
     telemetry::Metrics,
 };
@@ -46,10 +51,18 @@ pub enum AgentError {
     Reflection(String),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
-    #[error("peer TLS: {0}")]
-    PeerTls(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error(transparent)]
+    PeerAuth(#[from] crate::security::peer_auth::PeerAuthError),
+    #[error("cannot remove leftover snapshot directories in {}: {source}", dir.display())]
+    Cleanup {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fatal error: {0}")]
+    Fatal(String),
 }
 
 /// Fsync period for `--fsync=interval`.
@@ -66,15 +79,146 @@ pub struct Agent {
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
     health: tonic_health::server::HealthReporter,
+    liveness: Liveness,
     servers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
-    background: Vec<JoinHandle<()>>,
+    /// Every background task; each holds a child of `shutdown`.
+    tasks: TaskTracker,
     grace: Duration,
+    fatal_exit_delay: Duration,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| AgentError::Bind { what, addr, source })
+}
+
+fn local_addr(what: &'static str, listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, AgentError> {
+    listener
+        .local_addr()
+        .map_err(|source| AgentError::Bind { what, addr, source })
+}
+
+/// Opens (and recovers) the log, and removes the temporary snapshot
+/// directories a previous run left behind.
+async fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<Log>, AgentError> {
+    let log_config = LogConfig {
+        observer: Some(metrics.clone()),
+        segment_max_bytes: config.segment_max_bytes,
+        sync_interval: (config.fsync == FsyncPolicy::Interval).then_some(FSYNC_INTERVAL),
+        ..LogConfig::default()
+    };
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let log = Log::open(data_dir, log_config)?;
+        // The log holds the directory's lock: no other process uses them.
+        cluster::network::remove_stale_tmp_dirs(log.dir()).map_err(|source| AgentError::Cleanup {
+            dir: log.dir().to_owned(),
+            source,
+        })?;
+        Ok(Arc::new(log))
+    })
+    .await
+    .expect("open task")
+}
+
+/// The peer port's credentials, both sides.
+struct PeerSecurity {
+    /// Mutual TLS on the peer port, if configured.
+    server_tls: Option<Arc<ReloadableTls>>,
+    /// Checks every peer call.
+    guard: PeerGuard,
+    /// What we present when we dial peers.
+    credentials: PeerCredentials,
+}
+
+impl PeerSecurity {
+    fn load(config: &Config) -> Result<PeerSecurity, AgentError> {
+        let secret = match &config.cluster_secret_file {
+            Some(path) => Some(ClusterSecret::load(path)?),
+            None => None,
+        };
+        let Some(files) = &config.peer_tls else {
+            return Ok(PeerSecurity {
+                server_tls: None,
+                guard: PeerGuard::new(None, secret.clone()),
+                credentials: PeerCredentials { tls: None, secret },
+            });
+        };
+        let names = match &config.peer_allowed_names {
+            Some(patterns) => PeerNames::parse(patterns)?,
+            None => PeerNames::from_own_certificate(&files.cert)?,
+        };
+        tracing::info!(allowed = ?names.patterns(), "peer port admits certificates with these names");
+        Ok(PeerSecurity {
+            server_tls: Some(ReloadableTls::new(files.clone(), ClientAuth::Required, vec![b"h2"])?),
+            guard: PeerGuard::new(Some(names), secret.clone()),
+            credentials: PeerCredentials {
+                tls: Some(Arc::new(PeerClientTls::new(files.clone())?)),
+                secret,
+            },
+        })
+    }
+}
+
+/// Serves a tonic server on `listener`, through our TLS accept loop when
+/// `tls` is given, until `token` is cancelled.
+fn serve_grpc<L>(
+    server: tonic::transport::server::Router<L>,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadableTls>>,
+    limits: &crate::config::Limits,
+    token: CancellationToken,
+) -> JoinHandle<Result<(), String>>
+where
+    L: tower::Layer<tonic::service::Routes> + Send + 'static,
+    L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(async move {
+                server
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+        Some(tls) => {
+            let conns = tls::accept_loop(listener, tls, limits.max_tls_handshakes, token.clone());
+            let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
+            tokio::spawn(async move {
+                server
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+}
+
+/// Forms or joins the cluster in the background, under the agent's
+/// shutdown tree: a node still waiting for `--bootstrap-expect` peers (or
+/// retrying a join) stops at once on SIGTERM. The cluster's own loop only
+/// ends when it is done or the cluster stops, which is after the agent
+/// waited for its tasks, so it is aborted here instead.
+fn spawn_membership(cluster: &Arc<Cluster>, tasks: &TaskTracker, token: CancellationToken) {
+    let mut membership = cluster.spawn_membership();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = &mut membership => {}
+            _ = token.cancelled() => {
+                membership.abort();
+                let _ = membership.await;
+            }
+        }
+    });
 }
 
 impl Agent {
@@ -94,37 +238,14 @@ impl Agent {
         metrics: Arc<Metrics>,
         partition: Option<Arc<Partition>>,
     ) -> Result<Agent, AgentError> {
-        let log_config = LogConfig {
-            observer: Some(metrics.clone()),
-            segment_max_bytes: config.segment_max_bytes,
-            sync_interval: (config.fsync == FsyncPolicy::Interval).then_some(FSYNC_INTERVAL),
-            ..LogConfig::default()
-        };
-        let data_dir = config.data_dir.clone();
-        let log = Arc::new(
-            tokio::task::spawn_blocking(move || Log::open(data_dir, log_config))
-                .await
-                .expect("open task")?,
-        );
+        let log = open_log(&config, &metrics).await?;
 
         let client_listener = bind("client API", config.client_addr).await?;
         let peer_listener = bind("peer API", config.peer_addr).await?;
-        let peer_addr = peer_listener.local_addr().map_err(|source| AgentError::Bind {
-            what: "peer API",
-            addr: config.peer_addr,
-            source,
-        })?;
         let http_listener = bind("HTTP", config.http_addr).await?;
-        let client_addr = client_listener.local_addr().map_err(|source| AgentError::Bind {
-            what: "client API",
-            addr: config.client_addr,
-            source,
-        })?;
-        let http_addr = http_listener.local_addr().map_err(|source| AgentError::Bind {
-            what: "HTTP",
-            addr: config.http_addr,
-            source,
-        })?;
+        let client_addr = local_addr("client API", &client_listener, config.client_addr)?;
+        let peer_addr = local_addr("peer API", &peer_listener, config.peer_addr)?;
+        let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
         let advertise = config
             .advertise_client_addr
             .clone()
@@ -132,8 +253,10 @@ impl Agent {
 
         let node = Arc::new(LogNode::new(log.clone(), config.max_record_bytes));
         let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let limits = config.limits.clone();
 
-        // Security first: a bad certificate or policy must stop the start.
+        // Security first: a bad certificate, secret or policy must stop the start.
         let client_tls = match &config.tls {
             Some(files) => Some(ReloadableTls::new(files.clone(), ClientAuth::Optional, vec![b"h2"])?),
             None => None,
@@ -150,11 +273,8 @@ impl Agent {
             Some(files) => Authorizer::new(files.ca.is_some(), config.acl.clone())?,
             None => Authorizer::open(),
         });
+        let peers = PeerSecurity::load(&config)?;
 
-        let peer_tls = match &config.peer_tls {
-            Some(files) => Some(ReloadableTls::new(files.clone(), ClientAuth::Required, vec![b"h2"])?),
-            None => None,
-        };
         let mut cluster_config = ClusterConfig::new(NodeInfo {
             name: config.node_id.clone(),
             peer_addr: config
@@ -167,44 +287,34 @@ impl Agent {
         cluster_config.bootstrap_expect = config.bootstrap_expect;
         cluster_config.fsync = config.fsync;
         cluster_config.partition = partition;
-        cluster_config.peer_tls = match &config.peer_tls {
-            Some(files) => Some(peer_client_tls(files)?),
-            None => None,
-        };
+        cluster_config.peer_credentials = peers.credentials.clone();
         let cluster = Cluster::start(cluster_config, node.clone()).await?;
+
         let peer_server = {
-            let token = shutdown.clone();
+            // Peers are trusted with the Raft log: the guard admits only
+            // callers with the peer credentials (see security::peer_auth).
+            let service = InterceptedService::new(PeerService::new(cluster.clone()).into_server(), peers.guard.clone());
             let server = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .initial_stream_window_size(Some(4 << 20))
                 .initial_connection_window_size(Some(16 << 20))
-                .add_service(PeerService::new(cluster.clone()).into_server());
-            match &peer_tls {
-                None => {
-                    let incoming = tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-                    tokio::spawn(async move {
-                        server
-                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-                Some(tls) => {
-                    let conns = tls::accept_loop(peer_listener, tls.clone(), token.clone());
-                    let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
-                    tokio::spawn(async move {
-                        server
-                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-            }
+                .max_concurrent_streams(Some(limits.max_streams_per_connection))
+                .add_service(service);
+            serve_grpc(
+                server,
+                peer_listener,
+                peers.server_tls.clone(),
+                &limits,
+                shutdown.clone(),
+            )
         };
-        let membership = cluster.spawn_membership();
+        spawn_membership(&cluster, &tasks, shutdown.child_token());
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -217,82 +327,54 @@ impl Agent {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| AgentError::Reflection(e.to_string()))?;
+        let log_service = LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone())
+            .with_max_consume_streams(limits.max_consume_streams);
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(health_service)
             .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
-            .add_service(
-                LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone()).into_server(),
-            );
+            .add_service(log_service.into_server());
 
         let grpc = {
-            let token = shutdown.clone();
             // Keepalives find clients that vanished without closing, so their
             // tail-following streams do not park forever.
             let server = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .tcp_keepalive(Some(Duration::from_secs(60)))
+                .max_concurrent_streams(Some(limits.max_streams_per_connection))
                 .layer(api::observe::GrpcObserveLayer::new(metrics.clone()))
                 .add_routes(routes);
-            match &client_tls {
-                None => {
-                    let incoming =
-                        tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true));
-                    tokio::spawn(async move {
-                        server
-                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-                Some(tls) => {
-                    let conns = tls::accept_loop(client_listener, tls.clone(), token.clone());
-                    let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
-                    tokio::spawn(async move {
-                        server
-                            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-            }
+            serve_grpc(server, client_listener, client_tls.clone(), &limits, shutdown.clone())
         };
 
+        let liveness = Liveness::default();
         let http_state = HttpState {
             cluster: cluster.clone(),
             node: node.clone(),
             auth: auth.clone(),
             metrics: metrics.clone(),
+            liveness: liveness.clone(),
         };
         let http = {
-            use axum::serve::ListenerExt;
             let token = shutdown.clone();
             let app = api::http::router(http_state);
             match &http_tls {
                 None => {
-                    let listener = http_listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(token.cancelled_owned())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
+                    let conns = api::http::tcp_accept_loop(http_listener, token.clone());
+                    tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
                 }
                 Some(tls) => {
-                    let conns = tls::accept_loop(http_listener, tls.clone(), token.clone());
-                    tokio::spawn(api::http::serve_tls(conns, app, token))
+                    let conns = tls::accept_loop(http_listener, tls.clone(), limits.max_tls_handshakes, token.clone());
+                    tokio::spawn(api::http::serve(conns, api::http::tls_info, app, limits.clone(), token))
                 }
             }
         };
 
-        let mut background = vec![membership];
         let retention = config.retention();
         if !retention.is_unlimited() {
-            let (cluster, token) = (cluster.clone(), shutdown.clone());
-            background.push(tokio::spawn(async move {
+            let (cluster, token) = (cluster.clone(), shutdown.child_token());
+            tasks.spawn(async move {
                 loop {
                     if let Err(e) = cluster.apply_retention(&retention).await {
                         tracing::error!(cause = %e, "retention failed");
@@ -302,24 +384,41 @@ impl Agent {
                         _ = token.cancelled() => return,
                     }
                 }
-            }));
+            });
         }
 
-        if client_tls.is_some() || config.acl.is_some() {
-            let reloadable: Vec<Arc<ReloadableTls>> = client_tls.iter().chain(http_tls.iter()).cloned().collect();
-            background.push(tokio::spawn(reload_loop(
+        let reloadable: Vec<Arc<ReloadableTls>> = client_tls
+            .iter()
+            .chain(http_tls.iter())
+            .chain(peers.server_tls.iter())
+            .cloned()
+            .collect();
+        if !reloadable.is_empty() || config.acl.is_some() {
+            tasks.spawn(reload_loop(
                 reloadable,
+                peers.credentials.tls.clone(),
                 auth.clone(),
                 config.tls_reload_interval,
-                shutdown.clone(),
-            )));
+                shutdown.child_token(),
+            ));
         }
 
-        background.push(tokio::spawn(readiness_loop(
+        tasks.spawn(readiness_loop(
             cluster.clone(),
             health.clone(),
-            shutdown.clone(),
-        )));
+            liveness.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(liveness::watch(
+            cluster.clone(),
+            liveness.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(liveness_health(
+            liveness.clone(),
+            health.clone(),
+            shutdown.child_token(),
+        ));
         if config.join.is_empty() && config.bootstrap_expect <= 1 {
             // A lone node elects itself at once: return when it serves.
             let mut metrics = cluster.raft().metrics();
@@ -351,9 +450,11 @@ impl Agent {
             cluster,
             shutdown,
             health,
+            liveness,
             servers: vec![("gRPC", grpc), ("HTTP", http), ("peer", peer_server)],
-            background,
+            tasks,
             grace: config.shutdown_grace,
+            fatal_exit_delay: config.fatal_exit_delay,
         })
     }
 
@@ -370,26 +471,52 @@ impl Agent {
         self.shutdown.clone()
     }
 
-    /// Runs until `signal` resolves or a server fails, then shuts down.
+    /// Why the agent is no longer alive, if a fatal error happened.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// Runs until `signal` resolves, a server fails, or a fatal storage or
+    /// Raft error (then, after `--fatal-exit-delay`, returns that error so
+    /// the process exits non-zero and is restarted).
     pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-        let failed = {
+        enum End {
+            Signal,
+            Server(usize, Result<Result<(), String>, tokio::task::JoinError>),
+            Fatal(String),
+        }
+        let end = {
             let watch = futures_util::future::select_all(self.servers.iter_mut().map(|(_, h)| h));
+            let liveness = self.liveness.clone();
             tokio::select! {
-                _ = signal => None,
-                (res, i, _) = watch => Some((i, res)),
+                _ = signal => End::Signal,
+                (res, i, _) = watch => End::Server(i, res),
+                reason = liveness.failed() => End::Fatal(reason),
             }
         };
-        if let Some((i, res)) = failed {
-            let what = self.servers.remove(i).0;
-            let message = match res {
-                Ok(Ok(())) => "stopped unexpectedly".to_owned(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            };
-            self.shutdown().await?;
-            return Err(AgentError::Serve { what, message });
+        match end {
+            End::Signal => self.shutdown().await,
+            End::Server(i, res) => {
+                let what = self.servers.remove(i).0;
+                let message = match res {
+                    Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
+                self.shutdown().await?;
+                Err(AgentError::Serve { what, message })
+            }
+            End::Fatal(reason) => {
+                // Liveness already reports NOT_SERVING; the delay lets a
+                // probe (or an operator) see why before the process goes.
+                tracing::error!(cause = %reason, delay = ?self.fatal_exit_delay, "exiting after a fatal error");
+                tokio::time::sleep(self.fatal_exit_delay).await;
+                if let Err(e) = self.stop(false).await {
+                    tracing::warn!(cause = %e, "shutdown after the fatal error was not clean");
+                }
+                Err(AgentError::Fatal(reason))
+            }
         }
-        self.shutdown().await
     }
 
     /// Graceful shutdown: NOT_SERVING, stop accepting, finish in-flight
@@ -404,6 +531,9 @@ impl Agent {
         self.stop(false).await
     }
 
+    /// Everything after the leave shares one deadline, `--shutdown-grace`:
+    /// servers, background tasks and Raft each get what is left of it, so no
+    /// state (forming, joining, leaderless, mid-snapshot) holds the process.
     async fn stop(self, leave: bool) -> Result<(), AgentError> {
         set_health(&self.health, false).await;
         if leave {
@@ -422,10 +552,21 @@ impl Agent {
                 _ => {}
             }
         }
-        for b in self.background {
-            let _ = b.await;
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "background tasks did not stop in the grace period"
+            );
         }
-        self.cluster.shutdown().await;
+        // Raft gets at least a moment even when the grace is used up.
+        let raft_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        if tokio::time::timeout_at(raft_deadline, self.cluster.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Raft did not stop in the grace period");
+        }
         let log = self.node.log().clone();
         let synced = tokio::task::spawn_blocking(move || log.sync())
             .await
@@ -456,19 +597,25 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         .await;
 }
 
-/// Keeps gRPC health in step with readiness.
-async fn readiness_loop(cluster: Arc<Cluster>, health: tonic_health::server::HealthReporter, token: CancellationToken) {
+/// Keeps gRPC health in step with readiness (and never SERVING once a
+/// fatal error happened).
+async fn readiness_loop(
+    cluster: Arc<Cluster>,
+    health: tonic_health::server::HealthReporter,
+    liveness: Liveness,
+    token: CancellationToken,
+) {
     let mut metrics = cluster.raft().metrics();
     let mut last = None;
     loop {
-        let ready = cluster.is_ready();
+        let ready = cluster.is_ready() && liveness.fatal().is_none();
         if last != Some(ready) {
             set_health(&health, ready).await;
             tracing::info!(ready, "readiness changed");
             last = Some(ready);
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { break },
             // Storage health is not in the Raft metrics.
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = token.cancelled() => return,
@@ -476,21 +623,24 @@ async fn readiness_loop(cluster: Arc<Cluster>, health: tonic_health::server::Hea
     }
 }
 
-/// The client side of peer mutual TLS.
-fn peer_client_tls(files: &tls::TlsFiles) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| AgentError::PeerTls(format!("{}: {e}", p.display())));
-    let mut c = ClientTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-    if let Some(ca) = &files.ca {
-        c = c.ca_certificate(Certificate::from_pem(read(ca)?));
+/// Turns liveness (and readiness) NOT_SERVING on the first fatal error.
+async fn liveness_health(liveness: Liveness, health: tonic_health::server::HealthReporter, token: CancellationToken) {
+    tokio::select! {
+        _ = liveness.failed() => {
+            set_health(&health, false).await;
+            health.set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing).await;
+        }
+        _ = token.cancelled() => {}
     }
-    Ok(c)
 }
 
 /// Picks up rotated certificates and policies: checks the files every
 /// `period` and at once on SIGHUP. A bad new file keeps the old config.
+/// Server-side configs apply to new connections; the peer client
+/// certificate to new peer connections (see `security::peer_tls`).
 async fn reload_loop(
     tls: Vec<Arc<ReloadableTls>>,
+    peer_client: Option<Arc<PeerClientTls>>,
     auth: Arc<Authorizer>,
     period: Duration,
     shutdown: CancellationToken,
@@ -506,6 +656,9 @@ async fn reload_loop(
         }
         for t in &tls {
             t.reload_if_changed();
+        }
+        if let Some(p) = &peer_client {
+            p.reload_if_changed();
         }
         auth.reload_if_changed();
     }

@@ -116,6 +116,21 @@ pub struct AgentArgs {
     /// Peer-port CA [default: --tls-ca].
     #[arg(long, env = "SIDELOG_PEER_TLS_CA", value_name = "FILE")]
     pub peer_tls_ca: Option<PathBuf>,
+    /// Common Names a peer certificate may carry on the peer port, as glob
+    /// patterns (`*` matches any run), comma-separated; client certificates
+    /// are refused there [default: the Common Name of our own peer certificate].
+    #[arg(
+        long,
+        env = "SIDELOG_PEER_ALLOWED_NAMES",
+        value_name = "PATTERN[,PATTERN]",
+        value_delimiter = ','
+    )]
+    pub peer_allowed_names: Option<Vec<String>>,
+    /// File holding a shared secret (at least 16 printable characters) every
+    /// peer call must carry; required to serve the peer port without TLS on
+    /// a non-loopback address.
+    #[arg(long, env = "SIDELOG_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Casbin-format ACL model (needs --tls-ca: subjects come from client certificates).
     #[arg(long, env = "SIDELOG_ACL_MODEL", value_name = "FILE")]
     pub acl_model: Option<PathBuf>,
@@ -140,6 +155,25 @@ pub struct AgentArgs {
     /// Largest record value accepted, e.g. 1MiB [default: 1MiB].
     #[arg(long, env = "SIDELOG_MAX_RECORD_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub max_record_bytes: Option<u64>,
+    /// Concurrent HTTP/2 streams (calls) per connection on every port [default: 256].
+    #[arg(long, env = "SIDELOG_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Open ConsumeStream calls in total; more get RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "SIDELOG_MAX_CONSUME_STREAMS", value_name = "N")]
+    pub max_consume_streams: Option<usize>,
+    /// TLS handshakes in progress per port; connections beyond are closed at once [default: 256].
+    #[arg(long, env = "SIDELOG_MAX_TLS_HANDSHAKES", value_name = "N")]
+    pub max_tls_handshakes: Option<usize>,
+    /// Time an HTTP/1 client has to send a request's headers [default: 10s].
+    #[arg(long, env = "SIDELOG_HTTP_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub http_header_timeout: Option<Duration>,
+    /// An HTTP connection with no traffic either way for this long is closed [default: 2m].
+    #[arg(long, env = "SIDELOG_HTTP_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub http_idle_timeout: Option<Duration>,
+    /// After a fatal storage or Raft error, liveness fails at once and the
+    /// process exits (code 1) after this delay, so Kubernetes restarts it [default: 10s].
+    #[arg(long, env = "SIDELOG_FATAL_EXIT_DELAY", value_name = "DURATION", value_parser = parse_duration)]
+    pub fatal_exit_delay: Option<Duration>,
     /// How long in-flight requests may take to finish on shutdown [default: 10s].
     #[arg(long, env = "SIDELOG_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -171,6 +205,8 @@ pub struct FileConfig {
     pub peer_tls_cert: Option<PathBuf>,
     pub peer_tls_key: Option<PathBuf>,
     pub peer_tls_ca: Option<PathBuf>,
+    pub peer_allowed_names: Option<Vec<String>>,
+    pub cluster_secret_file: Option<PathBuf>,
     pub acl_model: Option<PathBuf>,
     pub acl_policy: Option<PathBuf>,
     pub tls_reload_interval: Option<String>,
@@ -179,6 +215,12 @@ pub struct FileConfig {
     pub retention_bytes: Option<SizeValue>,
     pub retention_age: Option<String>,
     pub max_record_bytes: Option<SizeValue>,
+    pub max_streams_per_connection: Option<u32>,
+    pub max_consume_streams: Option<usize>,
+    pub max_tls_handshakes: Option<usize>,
+    pub http_header_timeout: Option<String>,
+    pub http_idle_timeout: Option<String>,
+    pub fatal_exit_delay: Option<String>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
@@ -209,6 +251,11 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Mutual TLS for the peer port.
     pub peer_tls: Option<TlsFiles>,
+    /// Peer certificate names admitted on the peer port (with peer TLS);
+    /// `None`: the Common Name of our own peer certificate.
+    pub peer_allowed_names: Option<Vec<String>>,
+    /// Shared secret every peer call carries (the path; the value is never logged).
+    pub cluster_secret_file: Option<PathBuf>,
     /// ACL (model, policy).
     pub acl: Option<(PathBuf, PathBuf)>,
     #[serde(with = "humantime_secs")]
@@ -219,10 +266,40 @@ pub struct Config {
     #[serde(with = "humantime_opt")]
     pub retention_age: Option<Duration>,
     pub max_record_bytes: u64,
+    pub limits: Limits,
+    #[serde(with = "humantime_secs")]
+    pub fatal_exit_delay: Duration,
     #[serde(with = "humantime_secs")]
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// Bounds on what clients and peers can make the agent hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` on every port.
+    pub max_streams_per_connection: u32,
+    /// Open ConsumeStreams in total.
+    pub max_consume_streams: usize,
+    /// TLS handshakes in progress per port.
+    pub max_tls_handshakes: usize,
+    #[serde(with = "humantime_secs")]
+    pub http_header_timeout: Duration,
+    #[serde(with = "humantime_secs")]
+    pub http_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams_per_connection: 256,
+            max_consume_streams: 1024,
+            max_tls_handshakes: 256,
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 impl Default for Config {
@@ -240,6 +317,8 @@ impl Default for Config {
             insecure: false,
             tls: None,
             peer_tls: None,
+            peer_allowed_names: None,
+            cluster_secret_file: None,
             acl: None,
             tls_reload_interval: Duration::from_secs(5),
             fsync: FsyncPolicy::Always,
@@ -247,6 +326,8 @@ impl Default for Config {
             retention_bytes: None,
             retention_age: None,
             max_record_bytes: 1 << 20,
+            limits: Limits::default(),
+            fatal_exit_delay: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Json,
             log_level: "info".into(),
@@ -375,6 +456,8 @@ impl Config {
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
             tls,
             peer_tls,
+            peer_allowed_names: args.peer_allowed_names.or(file.peer_allowed_names),
+            cluster_secret_file: args.cluster_secret_file.or(file.cluster_secret_file),
             acl,
             tls_reload_interval: args
                 .tls_reload_interval
@@ -391,6 +474,32 @@ impl Config {
                 .max_record_bytes
                 .or(size("max-record-bytes", file.max_record_bytes)?)
                 .unwrap_or(d.max_record_bytes),
+            limits: Limits {
+                max_streams_per_connection: args
+                    .max_streams_per_connection
+                    .or(file.max_streams_per_connection)
+                    .unwrap_or(d.limits.max_streams_per_connection),
+                max_consume_streams: args
+                    .max_consume_streams
+                    .or(file.max_consume_streams)
+                    .unwrap_or(d.limits.max_consume_streams),
+                max_tls_handshakes: args
+                    .max_tls_handshakes
+                    .or(file.max_tls_handshakes)
+                    .unwrap_or(d.limits.max_tls_handshakes),
+                http_header_timeout: args
+                    .http_header_timeout
+                    .or(duration("http-header-timeout", file.http_header_timeout)?)
+                    .unwrap_or(d.limits.http_header_timeout),
+                http_idle_timeout: args
+                    .http_idle_timeout
+                    .or(duration("http-idle-timeout", file.http_idle_timeout)?)
+                    .unwrap_or(d.limits.http_idle_timeout),
+            },
+            fatal_exit_delay: args
+                .fatal_exit_delay
+                .or(duration("fatal-exit-delay", file.fatal_exit_delay)?)
+                .unwrap_or(d.fatal_exit_delay),
             shutdown_grace: args
                 .shutdown_grace
                 .or(duration("shutdown-grace", file.shutdown_grace)?)
@@ -448,15 +557,54 @@ impl Config {
                 return Err(invalid("join", format!("{a:?} is not HOST:PORT")));
             }
         }
-        if !self.insecure && self.peer_tls.is_none() && !self.peer_addr.ip().is_loopback() {
+        // Without peer credentials anyone who reaches the peer port is a
+        // peer: only loopback (as open as the client port then is), unless
+        // the operator says --insecure.
+        if !self.insecure
+            && self.peer_tls.is_none()
+            && self.cluster_secret_file.is_none()
+            && !self.peer_addr.ip().is_loopback()
+        {
             return Err(invalid(
                 "peer-addr",
                 format!(
-                    "{} is not a loopback address and peer TLS is not configured; \
-                     serving plaintext there needs --insecure (SIDELOG_INSECURE=true)",
+                    "{} is not a loopback address and peers have no credentials; give peer TLS \
+                     (--peer-tls-cert/--peer-tls-key/--peer-tls-ca) or --cluster-secret-file, \
+                     or --insecure (SIDELOG_INSECURE=true) to serve it open",
                     self.peer_addr
                 ),
             ));
+        }
+        if self.peer_allowed_names.is_some() && self.peer_tls.is_none() {
+            return Err(invalid(
+                "peer-allowed-names",
+                "names are checked on peer certificates: give peer TLS (--peer-tls-* or --tls-* with a CA)",
+            ));
+        }
+        if let Some(names) = &self.peer_allowed_names {
+            let parsed =
+                crate::security::PeerNames::parse(names).map_err(|e| invalid("peer-allowed-names", e.to_string()))?;
+            if parsed.patterns().is_empty() {
+                return Err(invalid("peer-allowed-names", "is empty: no peer could connect"));
+            }
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("max-streams-per-connection", l.max_streams_per_connection as usize),
+            ("max-consume-streams", l.max_consume_streams),
+            ("max-tls-handshakes", l.max_tls_handshakes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("http-header-timeout", l.http_header_timeout),
+            ("http-idle-timeout", l.http_idle_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(invalid(key, "must be above zero"));
+            }
         }
         if !self.insecure && self.tls.is_none() {
             for (key, addr) in [("client-addr", self.client_addr), ("http-addr", self.http_addr)] {
@@ -658,5 +806,43 @@ mod tests {
         })
         .unwrap();
         assert!(ok.insecure);
+    }
+
+    #[test]
+    fn a_public_peer_port_needs_peer_credentials() {
+        let public = AgentArgs {
+            peer_addr: Some("0.0.0.0:8401".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::resolve(public.clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("peer-addr") && err.contains("--cluster-secret-file"),
+            "{err}"
+        );
+        let c = Config::resolve(AgentArgs {
+            cluster_secret_file: Some("secret".into()),
+            ..public
+        })
+        .unwrap();
+        assert_eq!(c.cluster_secret_file, Some(PathBuf::from("secret")));
+        // Names are checked on certificates: without peer TLS they mean nothing.
+        let err = Config::resolve(AgentArgs {
+            peer_allowed_names: Some(vec!["sidelog-*".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("peer-allowed-names"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let c = Config::resolve(AgentArgs::default()).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let err = Config::resolve(AgentArgs {
+            max_consume_streams: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max-consume-streams"), "{err}");
     }
 }

@@ -13,6 +13,7 @@
 //! - [`client`]: the Rust client used by the CLI and tests.
 //! - [`config`]: flags, environment and config file merged into one
 //!   validated [`config::Config`].
+//! - [`liveness`]: fatal storage/Raft errors made visible (health, exit).
 //! - [`agent`]: wiring, start order and graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics exposition.
 //! - [`cli`]: the `sidelog` command line (subcommands, perf tool).
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod liveness;
 pub mod node;
 pub mod security;
 pub mod shutdown;

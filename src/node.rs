@@ -43,6 +43,8 @@ pub struct LogNode {
     max_record_bytes: u64,
     /// Data offset one past the last committed record.
     commit: watch::Sender<u64>,
+    /// Test hook: a write failure to report on the next Raft append.
+    injected_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl LogNode {
@@ -54,6 +56,7 @@ impl LogNode {
             log,
             max_record_bytes,
             commit,
+            injected_failure: Default::default(),
         }
     }
 
@@ -153,6 +156,24 @@ impl LogNode {
         tokio::task::spawn_blocking(move || node.read_batch(offset, max_records, max_bytes))
             .await
             .map_err(|e| NodeError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    /// Test hook: makes the next Raft log append fail with `reason`, as a
+    /// full disk or exhausted file descriptors would, so tests can check
+    /// that a fatal storage error is visible (liveness) and ends the process.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self, reason: impl Into<String>) {
+        *self.injected_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+    }
+
+    /// The failure injected by [`LogNode::inject_write_failure`], taken once.
+    pub(crate) fn take_injected_failure(&self) -> Option<String> {
+        self.injected_failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Why the storage refuses writes until reopened, if it does.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.log.durable().failed
     }
 
     /// The storage is healthy.

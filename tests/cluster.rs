@@ -615,3 +615,86 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
     }
     c.shutdown().await;
 }
+
+// ---- the peer port's credentials ----
+
+/// One development PKI for every node of a test cluster (tweaks are plain
+/// `fn`s, so they find it here).
+fn shared_pki() -> &'static std::path::Path {
+    static PKI: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        sidelog::security::certs::write_dev_certs(dir.path(), &[]).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn peer_certificates(config: &mut Config) {
+    let p = shared_pki();
+    config.peer_tls = Some(sidelog::security::TlsFiles {
+        cert: p.join("peer.pem"),
+        key: p.join("peer-key.pem"),
+        ca: Some(p.join("ca.pem")),
+    });
+}
+
+fn cluster_secret(config: &mut Config) {
+    // Each node's own copy of the same secret, beside its data dir.
+    let file = config.data_dir.parent().unwrap().join("cluster-secret");
+    std::fs::write(&file, "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+    config.cluster_secret_file = Some(file);
+}
+
+async fn form_and_write_through_a_follower(tweak: fn(&mut Config)) {
+    let c = TestCluster::start(3, tweak).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = c.client(follower).await;
+    for i in 0..5u64 {
+        assert_eq!(client.produce(format!("p{i}")).await.unwrap(), i);
+    }
+    c.wait_committed(5).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_peer_certificates_form_a_cluster_and_forward_writes() {
+    form_and_write_through_a_follower(peer_certificates).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_with_a_cluster_secret_form_a_cluster_and_forward_writes() {
+    form_and_write_through_a_follower(cluster_secret).await;
+}
+
+// ---- shutdown ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_waiting_for_bootstrap_peers_exits_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path().join("data"));
+    let me = free_port();
+    config.peer_addr = format!("127.0.0.1:{me}").parse().unwrap();
+    // The two other nodes never come.
+    config.join = [me, free_port(), free_port()]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    config.bootstrap_expect = 3;
+    config.shutdown_grace = Duration::from_secs(2);
+    let agent = Agent::start(config).await.expect("starts while forming");
+    assert!(!agent.cluster().is_ready());
+    let started = tokio::time::Instant::now();
+    // The signal arrives at once, as SIGTERM during forming would.
+    let run = agent.run_until(async {});
+    let result = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("shutdown while forming must not hang");
+    result.expect("a clean shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + Duration::from_secs(2),
+        "took {:?}, beyond the 2s grace",
+        started.elapsed()
+    );
+}

@@ -3,7 +3,9 @@
 mod api;
 mod cluster;
 mod common;
+mod peer_security;
 mod process;
+mod robustness;
 mod security;
 mod storage;
 mod telemetry;

@@ -6,7 +6,7 @@
 //! GET  /                 {"offset":N}                     -> {"record":{"value":"<base64>","offset":N}}
 //! POST /v1/records       same as POST /
 //! GET  /v1/records/{N}   same as GET / with offset N
-//! GET  /healthz          200 while the process serves
+//! GET  /healthz          200 while the process is alive; 503 and the reason after a fatal error
 //! GET  /readyz           200 when the node can take writes, else 503
 //! GET  /metrics          Prometheus text format
 //! ```
@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use super::convert::{http_auth_status, http_status};
 use crate::{
     cluster::Cluster,
+    config::Limits,
+    liveness::Liveness,
     node::LogNode,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo, tls::TlsConn},
     telemetry::Metrics,
@@ -40,6 +42,7 @@ pub struct HttpState {
     pub node: Arc<LogNode>,
     pub auth: Arc<Authorizer>,
     pub metrics: Arc<Metrics>,
+    pub liveness: Liveness,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -47,7 +50,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(consume_body).post(produce))
         .route("/v1/records", axum::routing::post(produce))
         .route("/v1/records/{offset}", get(consume_path))
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -188,6 +191,13 @@ async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path
     }
 }
 
+async fn alive(State(s): State<HttpState>) -> Response {
+    match s.liveness.fatal() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reason) => error(StatusCode::SERVICE_UNAVAILABLE, format!("fatal: {reason}")),
+    }
+}
+
 async fn ready(State(s): State<HttpState>) -> Response {
     if s.cluster.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -208,30 +218,48 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-/// Serves HTTP (1.1 and 2) over TLS connections from the accept loop until
+/// Serves HTTP (1.1 and 2) over the connections from an accept loop until
 /// `shutdown`, then lets open connections finish gracefully (the caller
-/// bounds how long).
-pub async fn serve_tls(
-    mut conns: tokio::sync::mpsc::Receiver<TlsConn>,
+/// bounds how long). `info` tells who is on the other end.
+///
+/// Bounds: `http_header_timeout` for HTTP/1 request headers (a slowloris
+/// client is cut off), `http_idle_timeout` for a connection with no traffic
+/// either way, and `max_streams_per_connection` for HTTP/2.
+pub async fn serve<C>(
+    mut conns: tokio::sync::mpsc::Receiver<C>,
+    info: fn(&C) -> PeerInfo,
     app: Router,
+    limits: Limits,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use hyper_util::{
-        rt::{TokioExecutor, TokioIo},
+        rt::{TokioExecutor, TokioIo, TokioTimer},
         server::{conn::auto::Builder, graceful::GracefulShutdown},
         service::TowerToHyperService,
     };
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.http_header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection);
     loop {
         let conn = tokio::select! {
             c = conns.recv() => match c { Some(c) => c, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let svc = TowerToHyperService::new(app.clone().layer(Extension(conn.info().clone())));
+        let svc = TowerToHyperService::new(app.clone().layer(Extension(info(&conn))));
+        let io = super::idle_timeout::IdleTimeout::new(conn, limits.http_idle_timeout);
         let served = graceful.watch(
             builder
-                .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
                 .into_owned(),
         );
         tokio::spawn(async move {
@@ -242,4 +270,45 @@ pub async fn serve_tls(
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Who a TLS connection comes from.
+pub fn tls_info(conn: &TlsConn) -> PeerInfo {
+    conn.info().clone()
+}
+
+/// Who a plaintext connection comes from (no certificate subject).
+pub fn tcp_info(conn: &tokio::net::TcpStream) -> PeerInfo {
+    PeerInfo {
+        remote: conn.peer_addr().ok(),
+        subject: None,
+    }
+}
+
+/// Accepts plaintext TCP connections (nodelay set) until `shutdown`.
+pub fn tcp_accept_loop(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Receiver<tokio::net::TcpStream> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.send(tcp).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

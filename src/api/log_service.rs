@@ -31,7 +31,14 @@ pub struct LogService {
     auth: Arc<Authorizer>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// One permit per open ConsumeStream (`--max-consume-streams`): each
+    /// holds a task and up to a queue of records, so their number is bounded.
+    streams: Arc<tokio::sync::Semaphore>,
+    max_streams: usize,
 }
+
+/// Default bound on open ConsumeStreams (see `config::Limits`).
+const DEFAULT_MAX_STREAMS: usize = 1024;
 
 impl LogService {
     pub fn new(
@@ -46,7 +53,16 @@ impl LogService {
             auth,
             metrics,
             shutdown,
+            streams: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_STREAMS)),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
+    }
+
+    /// Bounds the number of ConsumeStreams open at once.
+    pub fn with_max_consume_streams(mut self, max: usize) -> Self {
+        self.streams = Arc::new(tokio::sync::Semaphore::new(max));
+        self.max_streams = max;
+        self
     }
 
     fn count_in(&self, records: u64, bytes: usize) {
@@ -129,6 +145,12 @@ impl LogApi for LogService {
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many open ConsumeStreams (limit {}, --max-consume-streams): retry later",
+                self.max_streams
+            ))
+        })?;
         let request = request.into_inner();
         if request.linearizable {
             self.cluster.read_barrier().await?;
@@ -141,6 +163,7 @@ impl LogApi for LogService {
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             metrics.consume_streams.inc();
             let _open = scopeguard(|| {
                 metrics.consume_streams.dec();

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod http;
+pub mod idle_timeout;
 pub mod log_service;
 pub mod observe;
 

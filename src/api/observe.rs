@@ -51,6 +51,54 @@ fn peer_of<B>(req: &Request<B>) -> (Option<String>, Option<String>) {
     (remote, None)
 }
 
+/// Label value for anything outside the fixed sets below.
+pub const OTHER: &str = "other";
+
+/// The gRPC methods served on the client port, by full path. Metric labels
+/// come only from this list: a label per request path would let any caller
+/// grow `/metrics` (and memory) without bound.
+const GRPC_METHODS: &[(&str, &str)] = &[
+    ("/log.v1.Log/Produce", "Produce"),
+    ("/log.v1.Log/Consume", "Consume"),
+    ("/log.v1.Log/ConsumeStream", "ConsumeStream"),
+    ("/log.v1.Log/ProduceStream", "ProduceStream"),
+    ("/log.v1.Log/GetServers", "GetServers"),
+    ("/log.v1.Log/ProduceBatch", "ProduceBatch"),
+    ("/sidelog.v1.Cluster/Status", "Status"),
+    ("/sidelog.v1.Cluster/Remove", "Remove"),
+    ("/grpc.health.v1.Health/Check", "Check"),
+    ("/grpc.health.v1.Health/Watch", "Watch"),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionInfo",
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionInfo",
+    ),
+];
+
+/// The metric label for a gRPC request path.
+pub fn grpc_method_label(path: &str) -> &'static str {
+    GRPC_METHODS.iter().find(|(p, _)| *p == path).map_or(OTHER, |(_, m)| m)
+}
+
+/// The metric label for an HTTP request: a standard method and a route the
+/// router matched (both finite), else `other`.
+pub fn http_label(method: &http::Method, route: Option<&str>) -> String {
+    let method = match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => OTHER,
+    };
+    format!("{method} {}", route.unwrap_or(OTHER))
+}
+
 /// Canonical gRPC status names, as Prometheus labels and span attributes.
 pub fn grpc_code_name(code: i32) -> &'static str {
     const NAMES: [&str; 17] = [
@@ -129,6 +177,7 @@ where
             .split_once('/')
             .unwrap_or(("", path.as_str()));
         let (service, method) = (service.to_owned(), method.to_owned());
+        let label = grpc_method_label(&path);
         let (remote, subject) = peer_of(&req);
         let span = tracing::debug_span!(
             "grpc.request",
@@ -169,7 +218,7 @@ where
                 Err(_) => 13,
             };
             let name = grpc_code_name(code);
-            metrics.observe_request(&method, name, took);
+            metrics.observe_request(label, name, took);
             span.record("rpc.grpc.status_code", code);
             span.record("status", name);
             span.record("duration_ms", took.as_secs_f64() * 1e3);
@@ -185,11 +234,13 @@ pub async fn http_observe(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let route = req
+    let matched = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        .map(|p| p.as_str().to_owned());
+    let route = matched.clone().unwrap_or_else(|| req.uri().path().to_owned());
     let method = format!("{} {}", req.method(), route);
+    let label = http_label(req.method(), matched.as_deref());
     let (remote, subject) = peer_of(&req);
     let span = tracing::debug_span!(
         "http.request",
@@ -211,7 +262,7 @@ pub async fn http_observe(
     let resp = next.run(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = resp.status().as_u16().to_string();
-    metrics.observe_request(&method, &status, took);
+    metrics.observe_request(&label, &status, took);
     span.record("status", status.as_str());
     span.record("duration_ms", took.as_secs_f64() * 1e3);
     tracing::debug!(parent: &span, method = %method, status = %status, "request finished");

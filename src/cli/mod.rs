@@ -134,7 +134,7 @@ pub fn dev_certs(args: DevCertsArgs) -> anyhow::Result<()> {
     }
     let d = args.out.display();
     eprintln!(
-        "\nAn agent with mutual TLS and the ACL:\n  sidelog agent --tls-cert {d}/server.pem --tls-key {d}/server-key.pem \\\n    --tls-ca {d}/ca.pem --acl-model {d}/model.conf --acl-policy {d}/policy.csv\nA client as root:\n  sidelog produce --value hi --tls-ca {d}/ca.pem --tls-cert {d}/root-client.pem --tls-key {d}/root-client-key.pem"
+        "\nAn agent with mutual TLS and the ACL:\n  sidelog agent --tls-cert {d}/server.pem --tls-key {d}/server-key.pem \\\n    --tls-ca {d}/ca.pem --acl-model {d}/model.conf --acl-policy {d}/policy.csv \\\n    --peer-tls-cert {d}/peer.pem --peer-tls-key {d}/peer-key.pem --peer-tls-ca {d}/ca.pem\nA client as root:\n  sidelog produce --value hi --tls-ca {d}/ca.pem --tls-cert {d}/root-client.pem --tls-key {d}/root-client-key.pem"
     );
     Ok(())
 }

@@ -182,6 +182,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(reason) = self.store.node().take_injected_failure() {
+            return Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(reason)));
+        }
         let encoded: Vec<(u64, u64, Kind, u32, bytes::Bytes)> = entries
             .into_iter()
             .map(|e| {

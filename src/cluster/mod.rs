@@ -65,7 +65,8 @@ pub struct ClusterConfig {
     pub write_timeout: Duration,
     /// Build a snapshot (metadata only: see `store`) every this many entries.
     pub snapshot_every: u64,
-    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// What this node presents to its peers (certificate, cluster secret).
+    pub peer_credentials: crate::security::PeerCredentials,
     pub partition: Option<Arc<Partition>>,
 }
 
@@ -82,7 +83,7 @@ impl ClusterConfig {
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             write_timeout: Duration::from_secs(10),
             snapshot_every: 100_000,
-            peer_tls: None,
+            peer_credentials: Default::default(),
             partition: None,
         }
     }
@@ -140,7 +141,11 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let peers = Peers::new(config.id.clone(), config.peer_tls.clone(), config.partition.clone());
+        let peers = Peers::new(
+            config.id.clone(),
+            config.peer_credentials.clone(),
+            config.partition.clone(),
+        );
         let raft = Raft::new(
             config.id.clone(),
             Arc::new(raft_config),

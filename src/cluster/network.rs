@@ -23,13 +23,17 @@ use openraft::{
     raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse},
 };
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
 use super::{
     pb::{self, peer_client::PeerClient},
     snapshot::SnapshotData,
     types::{Entry, LogId, Membership, NodeId, NodeInfo, Request, Snapshot, TypeConfig, Vote, log_id},
 };
+use crate::security::{PeerCredentials, peer_auth::SecretInterceptor};
 
 /// Cuts traffic between chosen nodes (tests).
 #[derive(Debug, Default)]
@@ -64,13 +68,25 @@ impl Partition {
 /// Deadline of a plain RPC (not snapshots).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A client of a peer's `sidelog.v1.Peer` service, presenting our peer
+/// credentials (certificate on the connection, secret on every call).
+pub type PeerChannel = InterceptedService<Channel, SecretInterceptor>;
+
 /// Connections to peers, shared by Raft replication, forwarding and joins.
 #[derive(Clone, Debug)]
 pub struct Peers {
     me: NodeId,
-    tls: Option<ClientTlsConfig>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    credentials: PeerCredentials,
+    channels: Arc<Mutex<Channels>>,
     partition: Option<Arc<Partition>>,
+}
+
+/// Open channels by address, all built with the peer certificate of
+/// `generation` (see `security::peer_tls`).
+#[derive(Debug, Default)]
+struct Channels {
+    generation: u64,
+    by_addr: HashMap<String, Channel>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +100,10 @@ pub enum PeerError {
 }
 
 impl Peers {
-    pub fn new(me: NodeId, tls: Option<ClientTlsConfig>, partition: Option<Arc<Partition>>) -> Self {
+    pub fn new(me: NodeId, credentials: PeerCredentials, partition: Option<Arc<Partition>>) -> Self {
         Peers {
             me,
-            tls,
+            credentials,
             channels: Default::default(),
             partition,
         }
@@ -98,7 +114,7 @@ impl Peers {
     }
 
     /// A client for the peer at `addr` (known as `to`, when known).
-    pub fn client(&self, to: Option<&NodeId>, addr: &str) -> Result<PeerClient<Channel>, PeerError> {
+    pub fn client(&self, to: Option<&NodeId>, addr: &str) -> Result<PeerClient<PeerChannel>, PeerError> {
         if let (Some(p), Some(to)) = (&self.partition, to)
             && p.is_cut(&self.me, to)
         {
@@ -106,22 +122,29 @@ impl Peers {
         }
         let channel = {
             let mut channels = self.channels.lock().unwrap();
-            match channels.get(addr) {
+            // A rotated peer certificate: dial again so peers see the new one.
+            let generation = self.credentials.tls.as_ref().map_or(0, |t| t.generation());
+            if channels.generation != generation {
+                channels.by_addr.clear();
+                channels.generation = generation;
+            }
+            match channels.by_addr.get(addr) {
                 Some(c) => c.clone(),
                 None => {
                     let c = self.endpoint(addr)?.connect_lazy();
-                    channels.insert(addr.to_owned(), c.clone());
+                    channels.by_addr.insert(addr.to_owned(), c.clone());
                     c
                 }
             }
         };
-        Ok(PeerClient::new(channel)
+        Ok(PeerClient::with_interceptor(channel, self.credentials.interceptor())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20))
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerError> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self.credentials.tls.as_ref().map(|t| t.config());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let bad = |message: String| PeerError::Address {
             addr: addr.to_owned(),
             message,
@@ -134,8 +157,8 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(5))
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
-        if let Some(tls) = &self.tls {
-            e = e.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+        if let Some(tls) = tls {
+            e = e.tls_config(tls).map_err(|e| bad(e.to_string()))?;
         }
         Ok(e)
     }
@@ -329,7 +352,7 @@ fn rpc_error<E: std::error::Error>(e: PeerError) -> RpcErr<E> {
 }
 
 impl PeerNetwork {
-    fn client(&self) -> Result<PeerClient<Channel>, PeerError> {
+    fn client(&self) -> Result<PeerClient<PeerChannel>, PeerError> {
         self.peers.client(Some(&self.target), &self.addr)
     }
 }
@@ -474,10 +497,45 @@ impl Drop for RemoveDir {
     }
 }
 
-/// A process-unique suffix for temporary directories.
+/// Prefixes of the temporary snapshot directories in a data directory.
+pub const TMP_DIR_PREFIXES: [&str; 2] = ["snapshot-out-", "snapshot-in-"];
+
+/// A unique suffix for temporary directories: the pid alone is not (in a
+/// container it is always 1, so a restarted node would reuse the names of
+/// its previous run), so the process's start time in nanoseconds and a
+/// counter follow it.
 pub fn next_tmp_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    format!(
+        "{}-{started:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes temporary snapshot directories a previous run left behind (a
+/// crash or kill skips their `Drop`): they hold hard links that would keep
+/// deleted segments on disk forever. Call before the node serves. Returns
+/// how many were removed.
+pub fn remove_stale_tmp_dirs(data_dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if TMP_DIR_PREFIXES.iter().any(|p| name.starts_with(p)) && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            tracing::info!(dir = %entry.path().display(), "removed a leftover snapshot directory");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Collects an incoming snapshot stream into files under `dir`; returns the

@@ -1,6 +1,11 @@
-//! `sidelog dev-certs`: a CA, a server certificate and two client
-//! certificates plus an ACL model and policy, for development and tests
-//! (the book's cfssl setup in one command).
+//! `sidelog dev-certs`: a CA, a server certificate, a peer certificate and
+//! two client certificates plus an ACL model and policy, for development
+//! and tests (the book's cfssl setup in one command).
+//!
+//! The peer certificate has its own Common Name, [`PEER_CN`]: the peer port
+//! admits only certificates with the peer name (see
+//! `security::peer_auth`), so the client certificates (`root`, `nobody`)
+//! signed by the same CA cannot call Raft, join or forward RPCs.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +33,9 @@ p, root, *, produce
 p, root, *, consume
 p, root, *, admin
 ";
+
+/// Common Name of the development peer certificate.
+pub const PEER_CN: &str = "sidelog-peer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -127,6 +135,7 @@ pub fn write_dev_certs(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     sans.extend(extra_sans.iter().cloned());
     let (server, server_key) = ca.issue("server", &sans, None)?;
+    let (peer, peer_key) = ca.issue(PEER_CN, &sans, None)?;
     let (root, root_key) = ca.issue("root", &[], None)?;
     let (nobody, nobody_key) = ca.issue("nobody", &[], None)?;
     let mut files = Vec::new();
@@ -135,6 +144,8 @@ pub fn write_dev_certs(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>
         ("ca-key.pem", ca.key_pem.as_str()),
         ("server.pem", &server),
         ("server-key.pem", &server_key),
+        ("peer.pem", &peer),
+        ("peer-key.pem", &peer_key),
         ("root-client.pem", &root),
         ("root-client-key.pem", &root_key),
         ("nobody-client.pem", &nobody),
@@ -148,6 +159,7 @@ pub fn write_dev_certs(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>
     for key in [
         "ca-key.pem",
         "server-key.pem",
+        "peer-key.pem",
         "root-client-key.pem",
         "nobody-client-key.pem",
     ] {

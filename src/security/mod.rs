@@ -2,6 +2,8 @@
 
 pub mod acl;
 pub mod certs;
+pub mod peer_auth;
+pub mod peer_tls;
 pub mod tls;
 
 use std::{
@@ -11,6 +13,8 @@ use std::{
 };
 
 pub use acl::{ACT_CONSUME, ACT_PRODUCE, Acl, AclError, OBJECT_ANY};
+pub use peer_auth::{ClusterSecret, PeerCredentials, PeerGuard, PeerNames};
+pub use peer_tls::PeerClientTls;
 pub use tls::{ClientAuth, PeerInfo, ReloadableTls, TlsError, TlsFiles};
 
 /// Why a request was refused.

@@ -301,12 +301,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts TCP connections, performs TLS handshakes concurrently (a slow
 /// or failing client never blocks the others) and yields finished
 /// connections until `shutdown`.
+///
+/// At most `max_handshakes` handshakes run at once: each holds a task, a
+/// socket and rustls state for up to [`HANDSHAKE_TIMEOUT`], so without a
+/// bound anyone who can open sockets could hold unbounded memory. A
+/// connection beyond the bound is closed at once (logged at most once a
+/// second) rather than queued: queueing would let the same flood delay
+/// every legitimate client by the handshake timeout.
 pub fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadableTls>,
+    max_handshakes: usize,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<TlsConn> {
     let (tx, rx) = mpsc::channel(128);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
+    let mut last_warned: Option<tokio::time::Instant> = None;
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -320,10 +330,24 @@ pub fn accept_loop(
                 },
                 _ = shutdown.cancelled() => return,
             };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        peer = %remote,
+                        limit = max_handshakes,
+                        "too many TLS handshakes in progress (--max-tls-handshakes); closing new connections"
+                    );
+                }
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (tls.acceptor(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let subject = stream
                             .get_ref()
