@@ -525,10 +525,11 @@ impl Config {
         if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
             return Err(invalid("max-record-bytes", "must be between 1 byte and 4GiB"));
         }
-        if self.max_record_bytes > 256 << 20 {
+        if self.max_record_bytes > 16 << 20 {
             return Err(invalid(
                 "max-record-bytes",
-                "must be at most 256MiB (a record travels in one gRPC message)",
+                "must be at most 16MiB (a record travels in one Raft entry, which is replicated within one \
+                 heartbeat)",
             ));
         }
         if self.client_addr == self.http_addr && self.client_addr.port() != 0 {

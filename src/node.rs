@@ -114,7 +114,9 @@ impl LogNode {
             return Err(self.out_of_range(offset));
         }
         self.log.read_offset(offset).map_err(|e| match e {
-            storage::Error::OffsetOutOfRange { .. } => self.out_of_range(offset),
+            storage::Error::OffsetOutOfRange { .. } | storage::Error::IndexOutOfRange { .. } => {
+                self.out_of_range(offset)
+            }
             e => e.into(),
         })
     }
@@ -131,7 +133,9 @@ impl LogNode {
         self.log
             .read_data(offset, committed, max_records, max_bytes)
             .map_err(|e| match e {
-                storage::Error::OffsetOutOfRange { .. } => self.out_of_range(offset),
+                storage::Error::OffsetOutOfRange { .. } | storage::Error::IndexOutOfRange { .. } => {
+                self.out_of_range(offset)
+            }
                 e => e.into(),
             })
     }

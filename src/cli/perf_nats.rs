@@ -79,32 +79,41 @@ pub async fn produce(
     let mut info = String::new();
     rd.read_line(&mut info).await?;
     anyhow::ensure!(info.starts_with("INFO"), "not a NATS server: {info:?}");
-    let connect = r#"{"verbose":false,"pedantic":false,"headers":false,"no_responders":true,"name":"sidelog-perf"}"#;
+    let connect = r#"{"verbose":false,"pedantic":false,"name":"sidelog-perf"}"#;
     wr.write_all(format!("CONNECT {connect}\r\nSUB _INBOX.perf.> 1\r\n").as_bytes()).await?;
 
-    // Create the stream (an existing one with the same config is fine).
+    // Create the stream (an existing one with the same config is fine). A
+    // cluster that is still electing its JetStream leader answers with an
+    // error for a few seconds: retry for up to 20 s.
     let config = format!(
         r#"{{"name":"{subject}","subjects":["{subject}"],"storage":"file","num_replicas":{replicas}}}"#
     );
-    wr.write_all(
-        format!("PUB $JS.API.STREAM.CREATE.{subject} _INBOX.perf.create {}\r\n{config}\r\n", config.len()).as_bytes(),
-    )
-    .await?;
-    wr.flush().await?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        match read_incoming(&mut rd).await? {
-            Incoming::Msg { payload, .. } => {
-                let text = String::from_utf8_lossy(&payload);
-                anyhow::ensure!(
-                    !text.contains("\"error\"") || text.contains("already in use"),
-                    "creating the JetStream stream: {text}"
-                );
-                break;
+        wr.write_all(
+            format!("PUB $JS.API.STREAM.CREATE.{subject} _INBOX.perf.create {}\r\n{config}\r\n", config.len())
+                .as_bytes(),
+        )
+        .await?;
+        wr.flush().await?;
+        let answer = loop {
+            match read_incoming(&mut rd).await? {
+                Incoming::Msg { payload, .. } => break String::from_utf8_lossy(&payload).into_owned(),
+                Incoming::Ping => {
+                    wr.write_all(b"PONG\r\n").await?;
+                    wr.flush().await?;
+                }
+                Incoming::Err(e) => bail!("NATS: {e}"),
+                Incoming::Other => {}
             }
-            Incoming::Ping => wr.write_all(b"PONG\r\n").await?,
-            Incoming::Err(e) => bail!("NATS: {e}"),
-            Incoming::Other => {}
+        };
+        if !answer.contains("\"error\"") || answer.contains("already in use") {
+            break;
         }
+        if Instant::now() >= deadline {
+            bail!("creating the JetStream stream: {answer}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 
     let window = Arc::new(Semaphore::new(inflight));

@@ -106,10 +106,8 @@ pub struct Cluster {
     store: Arc<store::Store>,
     node: Arc<LogNode>,
     peers: Peers,
-    /// Proposals for this node's proposer (used while it leads).
+    /// Every write of this node, in order, for the dispatcher (`proposer`).
     proposals: mpsc::Sender<proposer::Proposal>,
-    /// Proposals to forward to the leader (used while it follows).
-    forward: mpsc::Sender<proposer::Proposal>,
     shutdown: CancellationToken,
 }
 
@@ -129,9 +127,9 @@ impl Cluster {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
-            // Entries are batches of up to ~1 MiB (see `proposer`): this
-            // bounds one AppendEntries message to about 64 MiB.
-            max_payload_entries: 64,
+            // Bytes per AppendEntries are bounded separately (see
+            // `log_store::REPLICATION_BUDGET`); this bounds the count.
+            max_payload_entries: 1024,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             // Records are deleted by retention only (see `store`); openraft
             // purges only what retention asks for.
@@ -156,9 +154,7 @@ impl Cluster {
         .await
         .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let (proposals, proposal_queue) = mpsc::channel(proposer::QUEUE);
-        let (forward, forward_queue) = mpsc::channel(forwarder::QUEUE);
         let shutdown = CancellationToken::new();
-        tokio::spawn(proposer::run(raft.clone(), proposal_queue, shutdown.clone()));
         let cluster = Arc::new(Cluster {
             config,
             raft,
@@ -166,10 +162,14 @@ impl Cluster {
             node,
             peers,
             proposals,
-            forward,
             shutdown,
         });
-        tokio::spawn(forwarder::run(Arc::downgrade(&cluster), forward_queue));
+        tokio::spawn(proposer::run(
+            Arc::downgrade(&cluster),
+            cluster.raft.clone(),
+            proposal_queue,
+            cluster.shutdown.clone(),
+        ));
         Ok(cluster)
     }
 
@@ -228,7 +228,7 @@ impl Cluster {
             self.node.check_size(v)?;
         }
         let n = values.len() as u64;
-        let first = self.propose(values.to_vec()).await?.await?;
+        let first = self.propose(values.to_vec(), false).await?.await?;
         Ok((first..first + n).collect())
     }
 
@@ -240,17 +240,19 @@ impl Cluster {
         value: Bytes,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
         self.node.check_size(&value)?;
-        self.propose(vec![value]).await
+        self.propose(vec![value], false).await
     }
 
-    /// Queues records for the proposer (leader) or the forwarder
-    /// (follower). Waits while the queue is full (backpressure), at most the
-    /// write timeout. The returned future resolves to the first record's
-    /// offset; once it is dropped or times out, the records are not
-    /// proposed if they have not been yet.
+    /// Queues records for the dispatcher, which proposes them (leader) or
+    /// forwards them (follower); `local_only` refuses to forward. Waits
+    /// while the queue is full (backpressure), at most the write timeout.
+    /// The returned future resolves to the first record's offset; once it
+    /// is dropped or times out, the records are not proposed or forwarded
+    /// if they have not been yet.
     async fn propose(
         &self,
         values: Vec<Bytes>,
+        local_only: bool,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
         use tracing::Instrument;
         let timeout = self.config.write_timeout;
@@ -269,8 +271,12 @@ impl Cluster {
         };
         let commit_span = span("raft.commit");
         // `raft.propose` covers the wait for room in the queue (backpressure).
-        let queue = if leader { &self.proposals } else { &self.forward };
-        let queued = queue.send(proposer::Proposal { values, reply: tx }).instrument(span("raft.propose"));
+        let proposal = proposer::Proposal {
+            values,
+            reply: tx,
+            local_only,
+        };
+        let queued = self.proposals.send(proposal).instrument(span("raft.propose"));
         match tokio::time::timeout_at(deadline, queued).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(unavailable("the node is shutting down")),
@@ -293,12 +299,21 @@ impl Cluster {
         .instrument(commit_span))
     }
 
-    /// Writes forwarded by a follower: this node must be the leader.
+    /// Writes forwarded by a follower: written here as one entry, or
+    /// refused when this node does not lead (never forwarded again).
     async fn produce_as_leader(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
         if !self.is_leader() {
             return Err(unavailable("not the leader (leadership moved): retry"));
         }
-        self.produce(&values).await
+        if values.is_empty() {
+            return Err(NodeError::InvalidArgument("no records to produce".into()));
+        }
+        for v in &values {
+            self.node.check_size(v)?;
+        }
+        let n = values.len() as u64;
+        let first = self.propose(values, true).await?.await?;
+        Ok((first..first + n).collect())
     }
 
     /// Every member, with its advertised client address.

@@ -256,6 +256,18 @@ pub fn append_request_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendE
 }
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, tonic::Status> {
+    // Entries must continue `prev_log_id` without gaps: a malformed request
+    // is refused here instead of failing (and stopping) the log store.
+    let mut expect = r.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
+    for (i, e) in r.entries.iter().enumerate() {
+        if (i > 0 || r.prev_log_id.is_some()) && e.index != expect {
+            return Err(tonic::Status::invalid_argument(format!(
+                "entry {i} has index {} where {expect} was expected",
+                e.index
+            )));
+        }
+        expect = e.index + 1;
+    }
     Ok(AppendEntriesRequest {
         vote: vote_from_pb(r.vote),
         prev_log_id: r.prev_log_id.map(log_id_from_pb),

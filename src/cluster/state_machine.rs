@@ -168,11 +168,27 @@ fn install(store: &Store, meta: &SnapshotMeta, data: &SnapshotData, next_offset:
     let log = store.log();
     let present = last.index >= log.first_index() && log.read(last.index).is_ok_and(|r| r.term == last.leader_id.term);
     if !present && !matches!(data, SnapshotData::Local(l) if Arc::ptr_eq(l, log)) {
+        // Received files came from a peer: verify every batch before the
+        // log is reset, so a bad snapshot is refused and the log kept.
+        if let SnapshotData::Received { .. } = data {
+            let mut expect = None;
+            for r in data.batches(last.index) {
+                let r = r.map_err(|e| io_error(sig(), ErrorVerb::Read, e))?;
+                if expect.is_some_and(|i| i != r.index) {
+                    return Err(io_error(
+                        sig(),
+                        ErrorVerb::Read,
+                        std::io::Error::other(format!("snapshot batch {} out of sequence", r.index)),
+                    ));
+                }
+                expect = Some(r.index + 1);
+            }
+        }
         store.update(|s| s.installing = true)?;
         let mut records = data.batches(last.index).peekable();
         let (first_index, first_offset) = match records.peek() {
             Some(Ok(r)) => (r.index, r.base_offset),
-            Some(Err(_)) => (0, 0),
+            Some(Err(e)) => return Err(io_error(sig(), ErrorVerb::Read, std::io::Error::other(e.to_string()))),
             None => (last.index + 1, next_offset),
         };
         log.reset(first_index, first_offset)

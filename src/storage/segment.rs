@@ -94,7 +94,7 @@ pub(super) fn encode_file_header(base_index: u64, base_offset: u64) -> [u8; FILE
 }
 
 /// Reads and checks the file header; returns the base offset.
-pub(super) fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
+pub(crate) fn read_file_header(file: &File, path: &Path, base_index: u64) -> Result<u64> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     file.read_exact_at(&mut h, 0).map_err(|e| Error::io(path, e))?;
     let crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));

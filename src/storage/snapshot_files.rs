@@ -72,6 +72,16 @@ impl Log {
 /// batch boundary.
 pub fn read_segment_file(path: &Path) -> Result<SegmentFileReader> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // The file came from a peer: check that it is a segment of our format
+    // before trusting any length in it.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base_index = segment::parse_file_name(&name).map(|(b, _)| b).ok_or_else(|| Error::Corrupt {
+        path: path.to_owned(),
+        position: 0,
+        reason: "not a segment file name".into(),
+    })?;
+    segment::read_file_header(&file, path, base_index)?;
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; segment::FILE_HEADER_LEN as usize];
     io::Read::read_exact(&mut reader, &mut header).map_err(|e| Error::io(path, e))?;
@@ -79,6 +89,7 @@ pub fn read_segment_file(path: &Path) -> Result<SegmentFileReader> {
         path: path.to_owned(),
         reader,
         position: segment::FILE_HEADER_LEN,
+        file_len,
     })
 }
 
@@ -87,6 +98,7 @@ pub struct SegmentFileReader {
     path: PathBuf,
     reader: io::BufReader<File>,
     position: u64,
+    file_len: u64,
 }
 
 impl Iterator for SegmentFileReader {
@@ -114,6 +126,9 @@ impl Iterator for SegmentFileReader {
             Ok(h) => h,
             Err(e) => return Some(Err(corrupt(self.position, &format!("{e:?}")))),
         };
+        if h.batch_len() > self.file_len - self.position {
+            return Some(Err(corrupt(self.position, "batch runs past the end of the file")));
+        }
         let mut payload = vec![0u8; h.len as usize];
         if let Err(e) = self.reader.read_exact(&mut payload) {
             return Some(Err(Error::io(&self.path, e)));
