@@ -45,6 +45,12 @@ container_engine() {
     if [ -n "${CONTAINER_ENGINE:-}" ]; then
         echo "$CONTAINER_ENGINE"; return 0
     fi
+    if have podman && have apt-get && [ "$(id -u)" -eq 0 ]; then
+        # A podman without netavark/aardvark-dns runs containers but its
+        # networks answer no DNS, so pods cannot find each other by name (what
+        # the chart and the DNS-discovery test rely on): install the whole stack.
+        ( apt_install podman runc netavark aardvark-dns ) >&2 || true
+    fi
     if have podman && "$REPO_ROOT/scripts/podman.sh" info >/dev/null 2>&1; then
         echo podman; return 0
     fi
@@ -54,7 +60,7 @@ container_engine() {
     if ! have podman && have apt-get && [ "$(id -u)" -eq 0 ]; then
         # Installing may fail (no network to the Debian mirror, say): then we
         # simply have no engine, which the caller reports.
-        ( apt_install podman runc ) || true
+        ( apt_install podman runc netavark aardvark-dns ) >&2 || true
         if have podman && "$REPO_ROOT/scripts/podman.sh" info >/dev/null 2>&1; then
             echo podman; return 0
         fi

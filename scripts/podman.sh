@@ -35,7 +35,9 @@ command -v podman >/dev/null 2>&1 || {
 }
 
 conf="${SIDELOG_CONTAINERS_CONF:-$REPO_ROOT/target/containers.conf}"
-want=$'[containers]\ndefault_ulimits = []\n'
+# netavark is named explicitly: podman 4.3 otherwise keeps CNI on a host that
+# already has images, and CNI networks here answer no DNS for aliases.
+want=$'[containers]\ndefault_ulimits = []\n\n[network]\nnetwork_backend = "netavark"\n'
 # Write the file only when it is missing or different (idempotent).
 if [ ! -f "$conf" ] || [ "$(cat "$conf")"$'\n' != "$want" ]; then
     mkdir -p "$(dirname "$conf")"

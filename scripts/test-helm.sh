@@ -236,17 +236,18 @@ run_podman() {
     have curl || apt_install curl
     # shellcheck disable=SC1091
     . "$PLAN/plan.sh"
-    local net=sidelog-helm-test n i
+    local n i
+    HELM_NET=sidelog-helm-test
     cleanup_podman() {
         for n in "${PODS[@]}"; do
             engine rm -f "$n" >/dev/null 2>&1 || true
             engine volume rm -f "$n-data" >/dev/null 2>&1 || true
         done
-        engine network rm -f "$net" >/dev/null 2>&1 || true
+        engine network rm -f "$HELM_NET" >/dev/null 2>&1 || true
     }
     trap cleanup_podman EXIT
     cleanup_podman
-    engine network create "$net" >/dev/null || die "network create failed"
+    engine network create "$HELM_NET" >/dev/null || die "network create failed"
     for i in "${!PODS[@]}"; do
         local -n cmd="RUN_$i"
         engine "${cmd[@]}" >/dev/null || die "starting ${PODS[$i]} failed"
@@ -256,7 +257,10 @@ run_podman() {
     for i in "${!PODS[@]}"; do
         until curl -fsS -m 2 "http://127.0.0.1:$((18080 + i))/readyz" >/dev/null 2>&1; do
             if [ "$(date +%s)" -ge "$deadline" ]; then
-                engine logs "${PODS[$i]}" 2>&1 | tail -30 >&2
+                for n in "${PODS[@]}"; do
+                    echo "--- last log lines of $n" >&2
+                    engine logs "$n" 2>&1 | grep -v 'cluster not formed yet' | tail -20 >&2
+                done
                 die "${PODS[$i]} not ready within ${READY_TIMEOUT}s"
             fi
             sleep 0.5
@@ -271,9 +275,14 @@ run_podman() {
     local r
     r="$(curl -fsS -m 10 -X POST http://127.0.0.1:18081 -d '{"record":{"value":"aGVsbS10ZXN0"}}')" || die "produce via ${PODS[1]} failed"
     log "produce via ${PODS[1]}: $r"
-    sleep 1
-    r="$(curl -fsS -m 10 -X GET http://127.0.0.1:18082 -d '{"offset":0}')" || die "consume via ${PODS[2]} failed"
-    grep -q aGVsbS10ZXN0 <<<"$r" || die "record not replicated: $r"
+    # The follower applies the record shortly after the leader acks it:
+    # poll for it (bounded) instead of sleeping a fixed time.
+    local tries=0
+    until r="$(curl -fsS -m 10 -X GET http://127.0.0.1:18082 -d '{"offset":0}')" && grep -q aGVsbS10ZXN0 <<<"$r"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 40 ] || die "record not replicated to ${PODS[2]}: $r"
+        sleep 0.25
+    done
     log "consume via ${PODS[2]}: $r"
     for n in "${PODS[@]}"; do
         engine stop -t "$GRACE" "$n" >/dev/null
