@@ -10,7 +10,10 @@
 //!   consumers read below.
 //! - [`api`]: the gRPC `log.v1` service, health, reflection and HTTP/JSON
 //!   routes; error to status mapping.
-//! - [`client`]: the Rust client used by the CLI and tests.
+//! - [`discovery`]: finding peer addresses (static list, DNS, mDNS) for
+//!   the cluster's bootstrap/join loop.
+//! - [`client`]: the leader-aware Rust client (GetServers, routing,
+//!   retries) used by the CLI and tests.
 //! - [`config`]: flags, environment and config file merged into one
 //!   validated [`config::Config`].
 //! - [`liveness`]: fatal storage/Raft errors made visible (health, exit).
@@ -24,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod liveness;
 pub mod node;
 pub mod security;

@@ -3,9 +3,11 @@
 mod api;
 mod cluster;
 mod common;
+mod discovery;
 mod peer_security;
 mod process;
 mod robustness;
 mod security;
 mod storage;
+mod support_dns;
 mod telemetry;
