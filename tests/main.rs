@@ -4,6 +4,7 @@ mod api;
 mod cluster;
 mod common;
 mod discovery;
+mod mdns;
 mod peer_security;
 mod process;
 mod robustness;
