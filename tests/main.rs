@@ -1,6 +1,7 @@
 //! One integration-test binary (one build), one module per area.
 
 mod api;
+mod client;
 mod cluster;
 mod common;
 mod discovery;

@@ -300,10 +300,17 @@ impl Cluster {
         .instrument(commit_span))
     }
 
+    /// Not-the-leader, naming the leader's client address if one is known.
+    pub fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader: self.leader().map(|(_, info)| info.client_addr),
+        }
+    }
+
     /// Writes forwarded by a follower: this node must be the leader.
     async fn produce_as_leader(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
         if !self.is_leader() {
-            return Err(unavailable("not the leader (leadership moved): retry"));
+            return Err(self.not_leader());
         }
         self.produce(&values).await
     }
