@@ -19,6 +19,7 @@
 //! - [`liveness`]: fatal storage/Raft errors made visible (health, exit).
 //! - [`agent`]: wiring, start order and graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics exposition.
+//! - [`trace_context`]: W3C trace context carried across peer calls.
 //! - [`cli`]: the `sidelog` command line (subcommands, perf tool).
 
 pub mod agent;
@@ -34,3 +35,4 @@ pub mod security;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod trace_context;

@@ -15,6 +15,7 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::{
     Cluster, pb,
@@ -58,7 +59,14 @@ pub async fn run(cluster: Weak<Cluster>, mut queue: mpsc::Receiver<Proposal>) {
         }
         let Some(cluster) = cluster.upgrade() else { return };
         let values: Vec<Bytes> = batch.iter().flat_map(|p| p.values.iter().cloned()).collect();
-        let result = cluster.forward_batch(values).await;
+        // The forward joins the trace of the first traced request in it
+        // (one call carries one traceparent); the others' spans still show
+        // their wait in `raft.commit`.
+        let span = match batch.iter().find(|p| !p.span.is_none()) {
+            Some(p) => tracing::debug_span!(parent: &p.span, "raft", otel.name = "raft.forward", records = values.len()),
+            None => tracing::Span::none(),
+        };
+        let result = cluster.forward_batch(values).instrument(span).await;
         drop(cluster);
         match result {
             Ok(offsets) => {
@@ -96,6 +104,7 @@ impl Cluster {
             .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
         let mut req = tonic::Request::new(pb::ForwardRequest { values });
         req.set_timeout(self.config.write_timeout);
+        crate::trace_context::inject(&mut req);
         let offsets = client
             .forward(req)
             .await

@@ -277,7 +277,12 @@ impl Cluster {
         let commit_span = span("raft.commit");
         // `raft.propose` covers the wait for room in the queue (backpressure).
         let queue = if leader { &self.proposals } else { &self.forward };
-        let queued = queue.send(proposer::Proposal { values, reply: tx }).instrument(span("raft.propose"));
+        let proposal = proposer::Proposal {
+            values,
+            reply: tx,
+            span: if traced { tracing::Span::current() } else { tracing::Span::none() },
+        };
+        let queued = queue.send(proposal).instrument(span("raft.propose"));
         match tokio::time::timeout_at(deadline, queued).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(unavailable("the node is shutting down")),
@@ -360,8 +365,10 @@ impl Cluster {
             .peers
             .client(Some(&leader), &info.peer_addr)
             .map_err(|e| unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        crate::trace_context::inject(&mut req);
         let index = client
-            .read_index(pb::ReadIndexRequest {})
+            .read_index(req)
             .await
             .map_err(|s| unavailable(format!("read index from the leader: {}", s.message())))?
             .into_inner()

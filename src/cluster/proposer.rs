@@ -49,6 +49,9 @@ pub type Reply = oneshot::Sender<Result<u64, NodeError>>;
 pub struct Proposal {
     pub values: Vec<Bytes>,
     pub reply: Reply,
+    /// The request span that proposed (none when untraced): a forward
+    /// continues its trace on the leader.
+    pub span: tracing::Span,
 }
 
 impl Proposal {
