@@ -14,10 +14,11 @@ have cargo  || die "cargo not found: this machine needs the Rust toolchain (rust
 have python3 || die "python3 not found"
 
 # Debian packages: curl (e2e HTTP tests), file (static-binary check); for the
-# image test, musl-tools (musl-gcc for ring) and podman + runc.
+# image test, musl-tools (musl-gcc for ring) and podman + runc + netavark +
+# aardvark-dns (container DNS: the chart and DNS-discovery tests need it).
 pkgs=(curl file)
 if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then
-    pkgs+=(musl-tools podman runc)
+    pkgs+=(musl-tools podman runc netavark aardvark-dns)
     if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
         rustup target add x86_64-unknown-linux-musl || die "rustup target add x86_64-unknown-linux-musl failed"
     fi

@@ -21,7 +21,8 @@ use tonic_health::ServingStatus;
 use crate::{
     api::{self, LogService, http::HttpState},
     cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
-    config::{Config, FsyncPolicy},
+    config::{Config, DiscoveryMode, FsyncPolicy},
+    discovery::{Discovery, DiscoveryError, DnsDiscovery, DnsSettings, MdnsDiscovery, MdnsSettings},
     liveness::{self, LIVENESS_SERVICE, Liveness},
     node::LogNode,
     security::{
@@ -63,6 +64,8 @@ pub enum AgentError {
     },
     #[error("fatal error: {0}")]
     Fatal(String),
+    #[error("peer discovery: {0}")]
+    Discovery(#[from] DiscoveryError),
 }
 
 /// Fsync period for `--fsync=interval`.
@@ -203,6 +206,40 @@ where
     }
 }
 
+/// The configured discovery source. mDNS starts announcing here, once the
+/// listeners are bound (the announcement carries their ports).
+fn discovery_source(config: &Config, me: &NodeInfo, peer_addr: SocketAddr) -> Result<Discovery, AgentError> {
+    let d = &config.discovery;
+    Ok(match d.mode {
+        DiscoveryMode::Static => Discovery::fixed(config.join.clone()),
+        DiscoveryMode::Dns => {
+            let mut own = crate::discovery::own_addresses(peer_addr);
+            if let Ok(advertised) = me.peer_addr.parse() {
+                own.push(advertised);
+            }
+            Discovery::new(DnsDiscovery::new(DnsSettings {
+                name: d.dns_name.clone().unwrap_or_default(),
+                peer_port: me
+                    .peer_addr
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(peer_addr.port()),
+                refresh: d.dns_refresh,
+                server: d.dns_server,
+                own,
+            })?)
+        }
+        DiscoveryMode::Mdns => Discovery::new(MdnsDiscovery::start(MdnsSettings {
+            node: me.name.clone(),
+            cluster: d.cluster_name.clone(),
+            peer_addr: me.peer_addr.clone(),
+            client_addr: me.client_addr.clone(),
+            peer_port: peer_addr.port(),
+            interfaces: d.mdns_interfaces.clone(),
+        })?),
+    })
+}
+
 /// Forms or joins the cluster in the background, under the agent's
 /// shutdown tree: a node still waiting for `--bootstrap-expect` peers (or
 /// retrying a join) stops at once on SIGTERM. The cluster's own loop only
@@ -283,7 +320,7 @@ impl Agent {
                 .unwrap_or_else(|| peer_addr.to_string()),
             client_addr: advertise,
         });
-        cluster_config.join = config.join.clone();
+        cluster_config.discovery = discovery_source(&config, &cluster_config.info, peer_addr)?;
         cluster_config.bootstrap_expect = config.bootstrap_expect;
         cluster_config.fsync = config.fsync;
         cluster_config.partition = partition;
@@ -419,7 +456,7 @@ impl Agent {
             health.clone(),
             shutdown.child_token(),
         ));
-        if config.join.is_empty() && config.bootstrap_expect <= 1 {
+        if !cluster.discovers_peers() && config.bootstrap_expect <= 1 {
             // A lone node elects itself at once: return when it serves.
             let mut metrics = cluster.raft().metrics();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -49,6 +49,29 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// How a node finds its peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// The `--join` list.
+    #[default]
+    Static,
+    /// Multicast DNS on the local link (`_sidelog._tcp.local.`).
+    Mdns,
+    /// DNS: SRV or A/AAAA records of `--dns-name` (a Kubernetes headless Service).
+    Dns,
+}
+
+impl DiscoveryMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiscoveryMode::Static => "static",
+            DiscoveryMode::Mdns => "mdns",
+            DiscoveryMode::Dns => "dns",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -87,10 +110,38 @@ pub struct AgentArgs {
     /// Peer addresses to contact to form or join a cluster (comma-separated).
     #[arg(long, env = "SIDELOG_JOIN", value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
     pub join: Option<Vec<String>>,
+    /// How peers are found: static (the --join list), mdns (the local
+    /// link), dns (--dns-name, e.g. a Kubernetes headless Service) [default: static].
+    #[arg(long, env = "SIDELOG_DISCOVERY", value_enum)]
+    pub discovery: Option<DiscoveryMode>,
+    /// With --discovery dns: the name to resolve. SRV records
+    /// `_peer._tcp.NAME` are used when present, else A/AAAA records with
+    /// our peer port; a NAME starting with `_` is the SRV name itself.
+    #[arg(long, env = "SIDELOG_DNS_NAME", value_name = "NAME")]
+    pub dns_name: Option<String>,
+    /// With --discovery dns: longest time a DNS answer is reused [default: 5s].
+    #[arg(long, env = "SIDELOG_DNS_REFRESH", value_name = "DURATION", value_parser = parse_duration)]
+    pub dns_refresh: Option<Duration>,
+    /// Nameserver to ask instead of the system's (tests; unusual setups).
+    #[arg(long, env = "SIDELOG_DNS_SERVER", value_name = "ADDR", hide = true)]
+    pub dns_server: Option<SocketAddr>,
+    /// With --discovery mdns: only nodes announcing the same name form a
+    /// cluster, so several clusters can share a LAN [default: sidelog].
+    #[arg(long, env = "SIDELOG_CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// With --discovery mdns: interfaces to announce and browse on
+    /// (comma-separated) [default: all but loopback and container bridges].
+    #[arg(
+        long,
+        env = "SIDELOG_MDNS_INTERFACE",
+        value_name = "NAME[,NAME]",
+        value_delimiter = ','
+    )]
+    pub mdns_interface: Option<Vec<String>>,
     /// Form a new cluster once this many nodes (this one included) see each
     /// other; the lowest node id initializes it [default: 1 without --join
     /// (a lone node forms its own cluster), 0 with --join (only join an
-    /// existing cluster)].
+    /// existing cluster); required with --discovery mdns or dns].
     #[arg(long, env = "SIDELOG_BOOTSTRAP_EXPECT", value_name = "N")]
     pub bootstrap_expect: Option<usize>,
     /// Serve plaintext on non-loopback addresses (otherwise refused: give TLS flags instead).
@@ -197,6 +248,12 @@ pub struct FileConfig {
     pub peer_addr: Option<String>,
     pub advertise_peer_addr: Option<String>,
     pub join: Option<Vec<String>>,
+    pub discovery: Option<DiscoveryMode>,
+    pub dns_name: Option<String>,
+    pub dns_refresh: Option<String>,
+    pub dns_server: Option<String>,
+    pub cluster_name: Option<String>,
+    pub mdns_interface: Option<Vec<String>>,
     pub bootstrap_expect: Option<usize>,
     pub insecure: Option<bool>,
     pub tls_cert: Option<PathBuf>,
@@ -245,6 +302,7 @@ pub struct Config {
     pub peer_addr: SocketAddr,
     pub advertise_peer_addr: Option<String>,
     pub join: Vec<String>,
+    pub discovery: DiscoveryConfig,
     pub bootstrap_expect: usize,
     pub insecure: bool,
     /// TLS for the client and HTTP ports.
@@ -273,6 +331,31 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+/// How peers are found (`--discovery` and its companions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DiscoveryConfig {
+    pub mode: DiscoveryMode,
+    pub dns_name: Option<String>,
+    #[serde(with = "humantime_secs")]
+    pub dns_refresh: Duration,
+    pub dns_server: Option<SocketAddr>,
+    pub cluster_name: String,
+    pub mdns_interfaces: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            mode: DiscoveryMode::Static,
+            dns_name: None,
+            dns_refresh: Duration::from_secs(5),
+            dns_server: None,
+            cluster_name: "sidelog".into(),
+            mdns_interfaces: Vec::new(),
+        }
+    }
 }
 
 /// Bounds on what clients and peers can make the agent hold.
@@ -313,6 +396,7 @@ impl Default for Config {
             peer_addr: "127.0.0.1:8401".parse().expect("valid"),
             advertise_peer_addr: None,
             join: Vec::new(),
+            discovery: DiscoveryConfig::default(),
             bootstrap_expect: 1,
             insecure: false,
             tls: None,
@@ -431,6 +515,26 @@ impl Config {
             .map(|a| a.trim().to_owned())
             .filter(|a| !a.is_empty())
             .collect();
+        let dd = d.discovery.clone();
+        let discovery = DiscoveryConfig {
+            mode: args.discovery.or(file.discovery).unwrap_or(dd.mode),
+            dns_name: args.dns_name.or(file.dns_name).map(|n| n.trim().to_owned()),
+            dns_refresh: args
+                .dns_refresh
+                .or(duration("dns-refresh", file.dns_refresh)?)
+                .unwrap_or(dd.dns_refresh),
+            dns_server: args.dns_server.or(addr("dns-server", file.dns_server)?),
+            cluster_name: args.cluster_name.or(file.cluster_name).unwrap_or(dd.cluster_name),
+            mdns_interfaces: args.mdns_interface.or(file.mdns_interface).unwrap_or_default(),
+        };
+        let bootstrap_expect = args.bootstrap_expect.or(file.bootstrap_expect);
+        if bootstrap_expect.is_none() && discovery.mode != DiscoveryMode::Static {
+            return Err(invalid(
+                "bootstrap-expect",
+                "is required with --discovery mdns or dns: the number of nodes that form the \
+                 cluster together (0: only join an existing cluster)",
+            ));
+        }
         let config = Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             node_id: args.node_id.or(file.node_id).unwrap_or(d.node_id),
@@ -448,11 +552,9 @@ impl Config {
                 .or(addr("peer-addr", file.peer_addr)?)
                 .unwrap_or(d.peer_addr),
             advertise_peer_addr: args.advertise_peer_addr.or(file.advertise_peer_addr),
-            bootstrap_expect: args
-                .bootstrap_expect
-                .or(file.bootstrap_expect)
-                .unwrap_or(if join.is_empty() { 1 } else { 0 }),
+            bootstrap_expect: bootstrap_expect.unwrap_or(if join.is_empty() { 1 } else { 0 }),
             join,
+            discovery,
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
             tls,
             peer_tls,
@@ -544,7 +646,8 @@ impl Config {
                 format!("{} is also the client or HTTP address", self.peer_addr),
             ));
         }
-        if self.join.is_empty() && self.bootstrap_expect > 1 {
+        self.validate_discovery()?;
+        if self.join.is_empty() && self.bootstrap_expect > 1 && self.discovery.mode == DiscoveryMode::Static {
             return Err(invalid(
                 "bootstrap-expect",
                 format!(
@@ -619,6 +722,49 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let d = &self.discovery;
+        match d.mode {
+            DiscoveryMode::Dns if d.dns_name.as_deref().is_none_or(str::is_empty) => {
+                return Err(invalid("dns-name", "is required with --discovery dns"));
+            }
+            DiscoveryMode::Dns => {}
+            _ if d.dns_name.is_some() => {
+                return Err(invalid("dns-name", "is only used with --discovery dns"));
+            }
+            _ => {}
+        }
+        if d.mode != DiscoveryMode::Mdns && !d.mdns_interfaces.is_empty() {
+            return Err(invalid("mdns-interface", "is only used with --discovery mdns"));
+        }
+        if d.mode != DiscoveryMode::Static && !self.join.is_empty() {
+            return Err(invalid(
+                "join",
+                format!(
+                    "is the static peer list; --discovery {} finds peers itself",
+                    d.mode.name()
+                ),
+            ));
+        }
+        if let Some(name) = &d.dns_name
+            && (name.len() > 253 || name.contains(char::is_whitespace))
+        {
+            return Err(invalid("dns-name", format!("{name:?} is not a DNS name")));
+        }
+        if d.dns_refresh.is_zero() {
+            return Err(invalid("dns-refresh", "must be above zero"));
+        }
+        // The name travels in an mDNS TXT record and an instance name.
+        let c = &d.cluster_name;
+        if c.is_empty() || c.len() > 63 || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch)) {
+            return Err(invalid(
+                "cluster-name",
+                format!("{c:?}: use 1 to 63 letters, digits, '-' or '_'"),
+            ));
         }
         Ok(())
     }

@@ -10,12 +10,16 @@
 //!   consumers read below.
 //! - [`api`]: the gRPC `log.v1` service, health, reflection and HTTP/JSON
 //!   routes; error to status mapping.
-//! - [`client`]: the Rust client used by the CLI and tests.
+//! - [`discovery`]: finding peer addresses (static list, DNS, mDNS) for
+//!   the cluster's bootstrap/join loop.
+//! - [`client`]: the leader-aware Rust client (GetServers, routing,
+//!   retries) used by the CLI and tests.
 //! - [`config`]: flags, environment and config file merged into one
 //!   validated [`config::Config`].
 //! - [`liveness`]: fatal storage/Raft errors made visible (health, exit).
 //! - [`agent`]: wiring, start order and graceful shutdown.
 //! - [`telemetry`]: logging setup and metrics exposition.
+//! - [`trace_context`]: W3C trace context carried across peer calls.
 //! - [`cli`]: the `sidelog` command line (subcommands, perf tool).
 
 pub mod agent;
@@ -24,9 +28,11 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod liveness;
 pub mod node;
 pub mod security;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod trace_context;

@@ -22,6 +22,10 @@ pub enum NodeError {
     InvalidArgument(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller asked not to be forwarded and this node does not lead:
+    /// `leader` is the leader's client address, if one is known.
+    #[error("not the leader{}", leader.as_ref().map_or(" (no leader known yet)".to_owned(), |l| format!("; the leader is at {l}")))]
+    NotLeader { leader: Option<String> },
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -134,8 +138,8 @@ impl LogNode {
             .read_data(offset, committed, max_records, max_bytes)
             .map_err(|e| match e {
                 storage::Error::OffsetOutOfRange { .. } | storage::Error::IndexOutOfRange { .. } => {
-                self.out_of_range(offset)
-            }
+                    self.out_of_range(offset)
+                }
                 e => e.into(),
             })
     }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub records_out: Counter,
     pub bytes_out: Counter,
+    /// Records a follower accepted and forwarded to the leader.
+    pub records_forwarded: Counter,
     pub fsyncs: Counter,
     pub fsync_seconds: Histogram,
     pub records_per_fsync: Histogram,
@@ -95,6 +97,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             records_out: Counter::default(),
             bytes_out: Counter::default(),
+            records_forwarded: Counter::default(),
             fsyncs: Counter::default(),
             fsync_seconds,
             records_per_fsync,
@@ -120,6 +123,11 @@ impl Metrics {
         r.register("bytes_in", "Record bytes produced", m.bytes_in.clone());
         r.register("records_out", "Records consumed", m.records_out.clone());
         r.register("bytes_out", "Record bytes consumed", m.bytes_out.clone());
+        r.register(
+            "records_forwarded",
+            "Records this node accepted as a follower and forwarded to the leader",
+            m.records_forwarded.clone(),
+        );
         r.register("fsyncs", "fdatasync calls by group commit", m.fsyncs.clone());
         r.register("fsync_duration_seconds", "fdatasync latency", m.fsync_seconds.clone());
         r.register(

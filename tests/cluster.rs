@@ -49,11 +49,7 @@ fn openraft_storage_suite_passes_on_the_segmented_log() {
 // ---- helpers ----
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::common::free_port()
 }
 
 /// Waits for `cond`, checking every 20 ms, failing after `secs`.
@@ -559,7 +555,12 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
                     .collect();
                 let mut req = tonic::Request::new(sidelog::api::pb::ProduceBatchRequest { records });
                 req.set_timeout(Duration::from_secs(5));
-                let acked = client.raw().produce_batch(req).await.ok().map(|r| r.into_inner().offsets);
+                let acked = client
+                    .raw()
+                    .produce_batch(req)
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().offsets);
                 calls.push((values, acked));
             }
             calls
@@ -567,7 +568,9 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
     }
     for round in 0..2u64 {
         wait_until("some records before the kill", 30, || {
-            c.live().iter().any(|&i| c.agent(i).node().committed() > (round + 1) * 200)
+            c.live()
+                .iter()
+                .any(|&i| c.agent(i).node().committed() > (round + 1) * 200)
         })
         .await;
         let leader = c.leader().await;
@@ -592,7 +595,11 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
         assert_eq!(reference[..n], other[..n], "node {i} disagrees with node 0");
     }
     let offsets: Vec<u64> = reference.iter().map(|r| r.0).collect();
-    assert_eq!(offsets, (0..reference.len() as u64).collect::<Vec<_>>(), "offsets are dense");
+    assert_eq!(
+        offsets,
+        (0..reference.len() as u64).collect::<Vec<_>>(),
+        "offsets are dense"
+    );
     let at: HashMap<&[u8], u64> = reference.iter().map(|(o, v)| (&v[..], *o)).collect();
     assert_eq!(at.len(), reference.len(), "a value appears twice");
     for (values, acked) in &calls {
@@ -604,7 +611,11 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
             }
             None => {
                 let n = present.iter().filter(|p| p.is_some()).count();
-                assert!(n == 0 || n == values.len(), "batch {:?} is partly written: {present:?}", values[0]);
+                assert!(
+                    n == 0 || n == values.len(),
+                    "batch {:?} is partly written: {present:?}",
+                    values[0]
+                );
                 if n > 0 {
                     let first = present[0].unwrap();
                     let want: Vec<Option<u64>> = (first..first + n as u64).map(Some).collect();

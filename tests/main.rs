@@ -1,11 +1,15 @@
 //! One integration-test binary (one build), one module per area.
 
 mod api;
+mod client;
 mod cluster;
 mod common;
+mod discovery;
+mod mdns;
 mod peer_security;
 mod process;
 mod robustness;
 mod security;
 mod storage;
+mod support_dns;
 mod telemetry;

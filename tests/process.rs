@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -14,7 +13,7 @@ use sidelog::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::common::free_port()
 }
 
 struct Ports {
@@ -91,7 +90,9 @@ async fn fsync_never_loses_no_acknowledged_record_to_sigkill() {
                 let result = if values.len() == 1 {
                     client.produce(Bytes::from(values[0].clone())).await.map(|o| vec![o])
                 } else {
-                    client.produce_batch(values.iter().map(|v| Bytes::from(v.clone())).collect()).await
+                    client
+                        .produce_batch(values.iter().map(|v| Bytes::from(v.clone())).collect())
+                        .await
                 };
                 let Ok(offsets) = result else { return };
                 acked.lock().unwrap().extend(values.into_iter().zip(offsets));
@@ -117,11 +118,18 @@ async fn fsync_never_loses_no_acknowledged_record_to_sigkill() {
     let top = acked.iter().map(|a| a.1).max().unwrap();
     let mut log: HashMap<u64, Bytes> = HashMap::new();
     for offset in 0..=top {
-        let r = client.consume(offset).await.unwrap_or_else(|e| panic!("offset {offset}: {e}"));
+        let r = client
+            .consume(offset)
+            .await
+            .unwrap_or_else(|e| panic!("offset {offset}: {e}"));
         log.insert(offset, r.value);
     }
     for (value, offset) in &acked {
-        assert_eq!(log.get(offset).map(|v| &v[..]), Some(value.as_bytes()), "acknowledged {value}");
+        assert_eq!(
+            log.get(offset).map(|v| &v[..]),
+            Some(value.as_bytes()),
+            "acknowledged {value}"
+        );
     }
     // And it takes writes again, after everything it had.
     let next = client.produce(Bytes::from_static(b"after")).await.unwrap();

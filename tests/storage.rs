@@ -312,7 +312,9 @@ async fn concurrent_appenders_share_fsyncs() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
-                let a = log.append(&[Entry::data(&one(format!("{t}-{i}").as_bytes()), 1)]).unwrap();
+                let a = log
+                    .append(&[Entry::data(&one(format!("{t}-{i}").as_bytes()), 1)])
+                    .unwrap();
                 let d = log.wait_durable(a.next_index).await.unwrap();
                 assert!(d >= a.next_index);
             }
@@ -721,15 +723,26 @@ fn an_old_format_data_dir_is_refused_and_left_untouched() {
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.file_name().unwrap() != "LOCK")
-            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect();
         files.sort();
         files
     };
     let before = snapshot(dir.path());
-    let err = Log::open(dir.path(), LogConfig::default()).err().expect("an old format is refused");
+    let err = Log::open(dir.path(), LogConfig::default())
+        .err()
+        .expect("an old format is refused");
     match &err {
-        Error::UnsupportedFormat { path, found: 1, supported: 2 } => assert_eq!(path, &seg_path),
+        Error::UnsupportedFormat {
+            path,
+            found: 1,
+            supported: 2,
+        } => assert_eq!(path, &seg_path),
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
     let msg = err.to_string();
@@ -744,7 +757,10 @@ fn a_batch_whose_body_does_not_match_its_count_is_refused() {
     let body = encode_body(&[&b"a"[..], b"b"]);
     let err = log.append(&[Entry::data(&body, 3)]).unwrap_err();
     assert!(matches!(err, Error::BadBatch { index: 0, .. }), "{err:?}");
-    assert!(matches!(log.append(&[Entry::data(&[], 0)]), Err(Error::BadBatch { .. })));
+    assert!(matches!(
+        log.append(&[Entry::data(&[], 0)]),
+        Err(Error::BadBatch { .. })
+    ));
     assert_eq!((log.next_index(), log.next_offset()), (0, 0));
     // The log stays usable.
     log.append(&[Entry::data(&body, 2)]).unwrap();
@@ -764,7 +780,12 @@ fn reads_inside_large_batches_return_exactly_the_record_asked_for() {
     log.sync().unwrap();
     assert_offsets_readable(&log, next);
     // A range that starts and ends inside batches.
-    let got: Vec<u64> = log.read_data(3, 20, usize::MAX, usize::MAX).unwrap().iter().map(|r| r.offset).collect();
+    let got: Vec<u64> = log
+        .read_data(3, 20, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
     assert_eq!(got, (3..20).collect::<Vec<_>>());
     let limited = log.read_data(3, 40, 5, usize::MAX).unwrap();
     assert_eq!(limited.len(), 5);

@@ -35,6 +35,13 @@ impl From<NodeError> for Status {
             }
             NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
             NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+            NodeError::NotLeader { leader } => {
+                let mut status = Status::unavailable(e.to_string());
+                if let Some(addr) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_KEY, addr);
+                }
+                status
+            }
             NodeError::NotFound(_) => Status::not_found(e.to_string()),
             NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
             NodeError::Storage(_) => {
@@ -50,6 +57,20 @@ impl From<NodeError> for Status {
 pub const FIRST_OFFSET_KEY: &str = "x-sidelog-first-offset";
 pub const NEXT_OFFSET_KEY: &str = "x-sidelog-next-offset";
 
+/// Metadata on a not-the-leader UNAVAILABLE: the leader's client address,
+/// so clients redirect without parsing the message.
+pub const LEADER_KEY: &str = "x-sidelog-leader";
+
+/// Request metadata: `leader` asks a follower to answer not-the-leader
+/// instead of forwarding a write (leader-aware clients send it; plain
+/// clients, like the book's, are forwarded).
+pub const ROUTE_KEY: &str = "x-sidelog-route";
+
+/// The leader's client address carried by a not-the-leader status.
+pub fn leader_of(status: &Status) -> Option<String> {
+    Some(status.metadata().get(LEADER_KEY)?.to_str().ok()?.to_owned())
+}
+
 /// The next offset carried by an OUT_OF_RANGE status, if any.
 pub fn next_offset_of(status: &Status) -> Option<u64> {
     status.metadata().get(NEXT_OFFSET_KEY)?.to_str().ok()?.parse().ok()
@@ -62,9 +83,9 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
         NodeError::OutOfRange { .. } => StatusCode::NOT_FOUND,
         NodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        NodeError::Unavailable(_) | NodeError::Storage(crate::storage::Error::Failed(_)) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        NodeError::Unavailable(_)
+        | NodeError::NotLeader { .. }
+        | NodeError::Storage(crate::storage::Error::Failed(_)) => StatusCode::SERVICE_UNAVAILABLE,
         NodeError::NotFound(_) => StatusCode::NOT_FOUND,
         NodeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

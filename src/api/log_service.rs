@@ -65,6 +65,24 @@ impl LogService {
         self
     }
 
+    /// Refuses a write on a follower when the caller asked for the leader
+    /// only (see `convert::ROUTE_KEY`); otherwise counts what will be
+    /// forwarded.
+    fn route<T>(&self, request: &Request<T>, records: u64) -> Result<(), Status> {
+        if self.cluster.is_leader() {
+            return Ok(());
+        }
+        let leader_only = request
+            .metadata()
+            .get(super::convert::ROUTE_KEY)
+            .is_some_and(|v| v.as_bytes() == b"leader");
+        if leader_only {
+            return Err(self.cluster.not_leader().into());
+        }
+        self.metrics.records_forwarded.inc_by(records);
+        Ok(())
+    }
+
     fn count_in(&self, records: u64, bytes: usize) {
         self.metrics.records_in.inc_by(records);
         self.metrics.bytes_in.inc_by(bytes as u64);
@@ -104,6 +122,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl LogApi for LogService {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
+        self.route(&request, 1)?;
         let value = value_of(request.into_inner())?;
         let offset = self.cluster.produce(std::slice::from_ref(&value)).await?[0];
         self.count_in(1, value.len());
@@ -116,6 +135,7 @@ impl LogApi for LogService {
         request: Request<pb::ProduceBatchRequest>,
     ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
+        self.route(&request, request.get_ref().records.len() as u64)?;
         let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
         tracing::Span::current().record("records", values.len());
         let offsets = self.cluster.produce(&values).await?;
@@ -170,7 +190,10 @@ impl LogApi for LogService {
             });
             let mut commit = node.subscribe_commit();
             loop {
-                let batch = match node.read_batch_off_runtime(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES).await {
+                let batch = match node
+                    .read_batch_off_runtime(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES)
+                    .await
+                {
                     Ok(b) => b,
                     Err(e) => {
                         // e.g. retention removed records this slow reader had not read.
@@ -226,6 +249,9 @@ impl LogApi for LogService {
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
+        // Checked once, when the stream opens: a leader-aware client
+        // reopens its stream elsewhere when leadership moves.
+        self.route(&request, 0)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let cluster = self.cluster.clone();

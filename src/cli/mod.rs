@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::{
-    client::{Client, ClientTls},
+    client::{Client, ClientTls, RoutedClient},
     config::AgentArgs,
 };
 
@@ -74,7 +74,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let connect = match &args.action {
         ClusterAction::Status { connect } | ClusterAction::Remove { connect, .. } => connect,
     };
-    let client = connect.connect().await?;
+    let routed = connect.routed().await?;
+    // Status describes the node asked (the first that answers); removal
+    // goes to the leader.
+    let client = match &args.action {
+        ClusterAction::Status { .. } => routed.any().await?,
+        ClusterAction::Remove { .. } => routed.leader().await?,
+    };
     let mut admin = client.cluster();
     match args.action {
         ClusterAction::Status { .. } => {
@@ -141,9 +147,17 @@ pub fn dev_certs(args: DevCertsArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Agent client address.
-    #[arg(long, env = "SIDELOG_ADDR", default_value = "127.0.0.1:8400", value_name = "ADDR")]
-    pub addr: String,
+    /// Agent client addresses (comma-separated), or a DNS name that
+    /// resolves to several: the client learns the rest with GetServers,
+    /// writes to the leader and reads from followers.
+    #[arg(
+        long,
+        env = "SIDELOG_ADDR",
+        default_value = "127.0.0.1:8400",
+        value_name = "ADDR[,ADDR]",
+        value_delimiter = ','
+    )]
+    pub addr: Vec<String>,
     /// CA (PEM) that signed the agent's certificate: connect over TLS.
     #[arg(long, env = "SIDELOG_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -156,14 +170,33 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        let tls = (self.tls_ca.is_some() || self.tls_cert.is_some()).then(|| ClientTls {
+    fn tls(&self) -> Option<ClientTls> {
+        (self.tls_ca.is_some() || self.tls_cert.is_some()).then(|| ClientTls {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
             domain: None,
-        });
-        Ok(Client::connect_with(&self.addr, tls.as_ref()).await?)
+        })
+    }
+
+    /// A connection to the first address only.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect_with(&self.addr[0], self.tls().as_ref()).await?)
+    }
+
+    /// The leader-aware client over every server the addresses lead to.
+    pub async fn routed(&self) -> anyhow::Result<RoutedClient> {
+        Ok(RoutedClient::connect(&self.addr, self.tls()).await?)
+    }
+
+    /// A connection to the leader.
+    pub async fn leader(&self) -> anyhow::Result<Client> {
+        Ok(self.routed().await?.leader().await?)
+    }
+
+    /// A connection to a follower (the leader if it is alone).
+    pub async fn reader(&self) -> anyhow::Result<Client> {
+        Ok(self.routed().await?.reader().await?)
     }
 }
 
@@ -192,7 +225,7 @@ pub struct ConsumeArgs {
 const STDIN_BATCH: usize = 1000;
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let mut client = args.connect.connect().await?;
+    let client = args.connect.routed().await?;
     let mut out = std::io::stdout().lock();
     if let Some(v) = args.value {
         writeln!(out, "{}", client.produce(v).await?)?;
@@ -222,14 +255,14 @@ fn print_record(out: &mut impl Write, offset: u64, value: &[u8]) -> std::io::Res
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = args.connect.connect().await?;
+    use futures_util::StreamExt;
+    let client = args.connect.routed().await?;
     let stdout = std::io::stdout();
     if args.follow {
-        let mut stream = client.consume_stream(args.offset).await?;
-        while let Some(resp) = stream.message().await? {
-            if let Some(r) = resp.record {
-                print_record(&mut stdout.lock(), r.offset, &r.value)?;
-            }
+        let mut stream = client.follow(args.offset);
+        while let Some(r) = stream.next().await {
+            let r = r?;
+            print_record(&mut stdout.lock(), r.offset, &r.value)?;
         }
         return Ok(());
     }

@@ -27,7 +27,10 @@ use tokio::{
 /// One protocol message the benchmark cares about.
 enum Incoming {
     /// A message on our inbox: its reply subject suffix and payload.
-    Msg { subject: String, payload: Vec<u8> },
+    Msg {
+        subject: String,
+        payload: Vec<u8>,
+    },
     Ping,
     Err(String),
     Other,
@@ -71,7 +74,9 @@ pub async fn produce(
     done: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<u32>> {
     let addr = addr.trim_start_matches("nats://");
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to NATS at {addr}"))?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to NATS at {addr}"))?;
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(1 << 16, rd);
@@ -80,19 +85,22 @@ pub async fn produce(
     rd.read_line(&mut info).await?;
     anyhow::ensure!(info.starts_with("INFO"), "not a NATS server: {info:?}");
     let connect = r#"{"verbose":false,"pedantic":false,"name":"sidelog-perf"}"#;
-    wr.write_all(format!("CONNECT {connect}\r\nSUB _INBOX.perf.> 1\r\n").as_bytes()).await?;
+    wr.write_all(format!("CONNECT {connect}\r\nSUB _INBOX.perf.> 1\r\n").as_bytes())
+        .await?;
 
     // Create the stream (an existing one with the same config is fine). A
     // cluster that is still electing its JetStream leader answers with an
     // error for a few seconds: retry for up to 20 s.
-    let config = format!(
-        r#"{{"name":"{subject}","subjects":["{subject}"],"storage":"file","num_replicas":{replicas}}}"#
-    );
+    let config =
+        format!(r#"{{"name":"{subject}","subjects":["{subject}"],"storage":"file","num_replicas":{replicas}}}"#);
     let deadline = Instant::now() + std::time::Duration::from_secs(20);
     loop {
         wr.write_all(
-            format!("PUB $JS.API.STREAM.CREATE.{subject} _INBOX.perf.create {}\r\n{config}\r\n", config.len())
-                .as_bytes(),
+            format!(
+                "PUB $JS.API.STREAM.CREATE.{subject} _INBOX.perf.create {}\r\n{config}\r\n",
+                config.len()
+            )
+            .as_bytes(),
         )
         .await?;
         wr.flush().await?;
@@ -172,7 +180,10 @@ pub async fn produce(
                 if !payload.windows(5).any(|w| w == b"\"seq\"") {
                     bail!("JetStream refused a publish: {}", String::from_utf8_lossy(&payload));
                 }
-                let at = sent.get(i as usize).context("ack for an unknown publish")?.load(Ordering::Relaxed);
+                let at = sent
+                    .get(i as usize)
+                    .context("ack for an unknown publish")?
+                    .load(Ordering::Relaxed);
                 let now = start.elapsed().as_micros() as u64;
                 lat.push(now.saturating_sub(at).min(u64::from(u32::MAX)) as u32);
                 window.add_permits(1);

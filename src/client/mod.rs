@@ -1,5 +1,19 @@
-//! The Rust client the CLI and tests use: a thin, typed layer over the
-//! `log.v1` gRPC API with sensible connection settings, plaintext or TLS.
+//! The Rust clients the CLI and tests use.
+//!
+//! - [`Client`]: one connection to one agent, a thin typed layer over the
+//!   `log.v1` gRPC API with sensible connection settings, plaintext or TLS.
+//!   The agent forwards writes to the leader for it.
+//! - [`RoutedClient`]: the book's resolver and picker: learns the servers
+//!   through `GetServers`, sends writes to the leader itself, spreads reads
+//!   over the followers, and retries through elections and lost nodes.
+
+mod backoff;
+mod routed;
+mod servers;
+
+pub use backoff::Backoff;
+pub use routed::{RoutedClient, RoutingOptions};
+pub use servers::ServerSet;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -27,6 +41,14 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no server answered GetServers (tried {tried})")]
+    NoServers { tried: String },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -77,6 +99,28 @@ impl Client {
 
     /// Connects, over TLS when `tls` is given.
     pub async fn connect_with(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        let endpoint = Self::endpoint(addr, tls)?;
+        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client that connects on first use (and reconnects after a
+    /// failure): connection errors surface as UNAVAILABLE from the calls.
+    pub fn lazy(addr: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        Ok(Self::from_channel(Self::endpoint(addr, tls)?.connect_lazy()))
+    }
+
+    fn from_channel(channel: Channel) -> Client {
+        let inner = LogClient::new(channel.clone())
+            .max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20);
+        Client { inner, channel }
+    }
+
+    fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
         let mut endpoint = Endpoint::from_shared(uri_of(addr, tls.is_some()))
             .map_err(|e| ClientError::Address {
                 addr: addr.to_owned(),
@@ -101,14 +145,7 @@ impl Client {
                 source,
             })?;
         }
-        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
-        let inner = LogClient::new(channel.clone())
-            .max_decoding_message_size(512 << 20)
-            .max_encoding_message_size(512 << 20);
-        Ok(Client { inner, channel })
+        Ok(endpoint)
     }
 
     /// The cluster admin service of the same agent.

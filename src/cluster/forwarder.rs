@@ -7,6 +7,7 @@
 //! written by the leader: the caller is told so.
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 use super::{Cluster, pb, proposer::Proposal, unavailable};
 use crate::node::NodeError;
@@ -17,7 +18,10 @@ pub async fn forward(cluster: &Cluster, batch: Vec<Proposal>) -> Result<(), Vec<
     let (leader, info) = match cluster.wait_leader(cluster.config.write_timeout).await {
         Some(l) => l,
         None => {
-            reply_err(batch, "no leader known: the cluster has no quorum or is still forming; nothing was written");
+            reply_err(
+                batch,
+                "no leader known: the cluster has no quorum or is still forming; nothing was written",
+            );
             return Ok(());
         }
     };
@@ -30,7 +34,18 @@ pub async fn forward(cluster: &Cluster, batch: Vec<Proposal>) -> Result<(), Vec<
         return Ok(());
     }
     let values: Vec<Bytes> = batch.iter().flat_map(|p| p.values.iter().cloned()).collect();
-    match cluster.forward_batch(leader, &info.peer_addr, values).await {
+    // The forward joins the trace of the first traced request in it (one
+    // call carries one traceparent); the others' spans still show their
+    // wait in `raft.commit`.
+    let span = match batch.iter().find(|p| !p.span.is_none()) {
+        Some(p) => tracing::debug_span!(parent: &p.span, "raft", otel.name = "raft.forward", records = values.len()),
+        None => tracing::Span::none(),
+    };
+    match cluster
+        .forward_batch(leader, &info.peer_addr, values)
+        .instrument(span)
+        .await
+    {
         Ok(offsets) => {
             let mut at = 0;
             for p in batch {
@@ -52,7 +67,12 @@ fn reply_err(batch: Vec<Proposal>, msg: &str) {
 impl Cluster {
     /// Sends `values` to the leader in one Forward call; returns their
     /// offsets (one per value, consecutive).
-    async fn forward_batch(&self, leader: super::NodeId, addr: &str, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
+    async fn forward_batch(
+        &self,
+        leader: super::NodeId,
+        addr: &str,
+        values: Vec<Bytes>,
+    ) -> Result<Vec<u64>, NodeError> {
         let n = values.len();
         let mut client = self
             .peers
@@ -60,6 +80,7 @@ impl Cluster {
             .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
         let mut req = tonic::Request::new(pb::ForwardRequest { values });
         req.set_timeout(self.config.write_timeout);
+        crate::trace_context::inject(&mut req);
         let offsets = client
             .forward(req)
             .await

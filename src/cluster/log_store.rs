@@ -203,7 +203,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         if let Some(reason) = self.store.node().take_injected_failure() {
-            return Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(reason)));
+            return Err(io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(reason),
+            ));
         }
         let encoded: Vec<(u64, u64, Kind, u32, bytes::Bytes)> = entries
             .into_iter()
@@ -244,7 +248,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?
                 .map_err(|e| log_error(ErrorVerb::Write, e))?;
         }
-        let bytes: u64 = batches.iter().map(|b| (storage::HEADER_LEN + b.body.len()) as u64).sum();
+        let bytes: u64 = batches
+            .iter()
+            .map(|b| (storage::HEADER_LEN + b.body.len()) as u64)
+            .sum();
         let appended = if log.append_would_roll(bytes) {
             // A segment roll fsyncs and creates files: keep it off the
             // runtime's threads (and so off the Raft core's).
@@ -312,7 +319,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -349,6 +355,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.offset_at(10), 20);
-        assert_eq!(store.offset_at(5), 5, "a snapshot that does not end before it is not used");
+        assert_eq!(
+            store.offset_at(5),
+            5,
+            "a snapshot that does not end before it is not used"
+        );
     }
 }

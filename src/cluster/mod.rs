@@ -54,8 +54,9 @@ pub struct ClusterConfig {
     pub id: NodeId,
     /// What other nodes dial, and what `GetServers` reports.
     pub info: NodeInfo,
-    /// Peer addresses to contact.
-    pub join: Vec<String>,
+    /// Where peer addresses come from (`--join`, DNS, mDNS); asked again
+    /// on every membership attempt.
+    pub discovery: crate::discovery::Discovery,
     /// Form a cluster once this many nodes are seen (0: only join).
     pub bootstrap_expect: usize,
     pub fsync: FsyncPolicy,
@@ -76,7 +77,7 @@ impl ClusterConfig {
         ClusterConfig {
             id: types::node_id(&info.name),
             info,
-            join: Vec::new(),
+            discovery: Default::default(),
             bootstrap_expect: 1,
             fsync: FsyncPolicy::Always,
             heartbeat: Duration::from_millis(100),
@@ -200,6 +201,12 @@ impl Cluster {
         Some((id, info))
     }
 
+    /// Whether the discovery source can name peers at all (not an empty
+    /// static list).
+    pub fn discovers_peers(&self) -> bool {
+        self.config.discovery.may_find_peers()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader.as_ref() == Some(&self.config.id)
     }
@@ -275,6 +282,11 @@ impl Cluster {
             values,
             reply: tx,
             local_only,
+            span: if traced {
+                tracing::Span::current()
+            } else {
+                tracing::Span::none()
+            },
         };
         let queued = self.proposals.send(proposal).instrument(span("raft.propose"));
         match tokio::time::timeout_at(deadline, queued).await {
@@ -299,11 +311,18 @@ impl Cluster {
         .instrument(commit_span))
     }
 
+    /// Not-the-leader, naming the leader's client address if one is known.
+    pub fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader: self.leader().map(|(_, info)| info.client_addr),
+        }
+    }
+
     /// Writes forwarded by a follower: written here as one entry, or
     /// refused when this node does not lead (never forwarded again).
     async fn produce_as_leader(&self, values: Vec<Bytes>) -> Result<Vec<u64>, NodeError> {
         if !self.is_leader() {
-            return Err(unavailable("not the leader (leadership moved): retry"));
+            return Err(self.not_leader());
         }
         if values.is_empty() {
             return Err(NodeError::InvalidArgument("no records to produce".into()));
@@ -361,8 +380,10 @@ impl Cluster {
             .peers
             .client(Some(&leader), &info.peer_addr)
             .map_err(|e| unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        crate::trace_context::inject(&mut req);
         let index = client
-            .read_index(pb::ReadIndexRequest {})
+            .read_index(req)
             .await
             .map_err(|s| unavailable(format!("read index from the leader: {}", s.message())))?
             .into_inner()
@@ -530,7 +551,8 @@ impl Cluster {
         if initialized && is_member {
             return Ok(true);
         }
-        if self.config.join.is_empty() {
+        let discovery = &self.config.discovery;
+        if !discovery.may_find_peers() {
             if initialized {
                 // Removed from its cluster and given nobody to rejoin through.
                 tracing::warn!("this node is not a member of its cluster and has no --join peers");
@@ -543,32 +565,8 @@ impl Cluster {
             }
             return Err("--bootstrap-expect is above 1 but no --join peers are given".into());
         }
-        let hello = pb::HelloRequest {
-            node: Some(network::node_info_to_pb(&self.config.info)),
-        };
-        let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
-        let mut leader = None;
-        for addr in &self.config.join {
-            let Ok(mut client) = self.peers.client(None, addr) else {
-                continue;
-            };
-            let mut req = tonic::Request::new(hello.clone());
-            req.set_timeout(Duration::from_secs(2));
-            let Ok(resp) = client.hello(req).await else { continue };
-            let r = resp.into_inner();
-            let Some(node) = r.node else { continue };
-            let (id, info) = network::node_info_from_pb(node);
-            if self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
-                continue;
-            }
-            if r.initialized {
-                if let Some(l) = r.leader {
-                    leader = Some(network::node_info_from_pb(l));
-                }
-            } else if id != self.config.id {
-                seen.insert(id, info);
-            }
-        }
+        let addrs = discovery.peers().await.map_err(|e| e.to_string())?;
+        let (seen, leader) = self.hello_all(&addrs).await;
         if let Some((lid, linfo)) = leader {
             if lid == self.config.id {
                 return Ok(true);
@@ -611,6 +609,38 @@ impl Cluster {
             return Ok(true);
         }
         Err("waiting for the lowest id to bootstrap the cluster".into())
+    }
+
+    /// Says hello to every address: the uninitialized nodes seen (this one
+    /// included), and a leader if some reachable node is in a cluster.
+    async fn hello_all(&self, addrs: &[String]) -> (BTreeMap<NodeId, NodeInfo>, Option<(NodeId, NodeInfo)>) {
+        let hello = pb::HelloRequest {
+            node: Some(network::node_info_to_pb(&self.config.info)),
+        };
+        let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
+        let mut leader = None;
+        for addr in addrs {
+            let Ok(mut client) = self.peers.client(None, addr) else {
+                continue;
+            };
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(Duration::from_secs(2));
+            let Ok(resp) = client.hello(req).await else { continue };
+            let r = resp.into_inner();
+            let Some(node) = r.node else { continue };
+            let (id, info) = network::node_info_from_pb(node);
+            if self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
+                continue;
+            }
+            if r.initialized {
+                if let Some(l) = r.leader {
+                    leader = Some(network::node_info_from_pb(l));
+                }
+            } else if id != self.config.id {
+                seen.insert(id, info);
+            }
+        }
+        (seen, leader)
     }
 
     async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), String> {
@@ -719,9 +749,9 @@ impl Cluster {
     /// Stops Raft (after a graceful leave, if wanted).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.config.discovery.close();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(cause = %e, "raft shutdown");
         }
     }
 }
-

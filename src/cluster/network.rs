@@ -220,9 +220,8 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, tonic::Status> {
         Ok(pb::EntryKind::Blank) => EntryPayload::Blank,
         Ok(pb::EntryKind::Normal) => {
             // A malformed batch would shift every later offset: refuse it here.
-            crate::storage::check_body(crate::storage::Kind::Data, e.count, &e.payload).map_err(|err| {
-                tonic::Status::invalid_argument(format!("bad batch at index {}: {err}", e.index))
-            })?;
+            crate::storage::check_body(crate::storage::Kind::Data, e.count, &e.payload)
+                .map_err(|err| tonic::Status::invalid_argument(format!("bad batch at index {}: {err}", e.index)))?;
             EntryPayload::Normal(Request {
                 count: e.count,
                 body: e.payload,

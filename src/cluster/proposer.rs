@@ -65,6 +65,9 @@ pub struct Proposal {
     /// Forwarded by a follower: write here or refuse, never forward again
     /// (two nodes that each think the other leads would bounce it).
     pub local_only: bool,
+    /// The request span that proposed (none when untraced): a forward
+    /// continues its trace on the leader.
+    pub span: tracing::Span,
 }
 
 impl Proposal {
@@ -122,7 +125,9 @@ pub async fn run(cluster: Weak<Cluster>, raft: Raft, mut queue: mpsc::Receiver<P
         if first.reply.is_closed() {
             continue;
         }
-        let Some(leader) = cluster.upgrade().map(|c| c.is_leader()) else { return };
+        let Some(leader) = cluster.upgrade().map(|c| c.is_leader()) else {
+            return;
+        };
         if leader || first.local_only {
             let slot = tokio::select! {
                 s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{
     Cluster,
@@ -87,8 +88,22 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn forward(&self, request: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardResponse>, Status> {
+        // A follower's forward continues its caller's trace here; untraced
+        // forwards get no span (one per batch would flood the collector).
+        let span = if request.metadata().get("traceparent").is_some() {
+            let span = tracing::info_span!(
+                "peer",
+                otel.name = "sidelog.v1.Peer/Forward",
+                otel.kind = "server",
+                records = request.get_ref().values.len()
+            );
+            crate::trace_context::adopt(request.metadata(), &span);
+            span
+        } else {
+            tracing::Span::none()
+        };
         let values = request.into_inner().values;
-        let offsets = self.cluster.produce_as_leader(values).await?;
+        let offsets = self.cluster.produce_as_leader(values).instrument(span).await?;
         Ok(Response::new(pb::ForwardResponse { offsets }))
     }
 
@@ -142,9 +157,16 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn read_index(
         &self,
-        _request: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = self.cluster.read_index().await?;
+        let span = if request.metadata().get("traceparent").is_some() {
+            let span = tracing::info_span!("peer", otel.name = "sidelog.v1.Peer/ReadIndex", otel.kind = "server");
+            crate::trace_context::adopt(request.metadata(), &span);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let index = self.cluster.read_index().instrument(span).await?;
         Ok(Response::new(pb::ReadIndexResponse {
             index,
             next_offset: self.cluster.node.committed(),

@@ -70,4 +70,3 @@ pub fn snapshot_id(last: Option<LogId>, next_offset: u64) -> String {
 pub fn snapshot_next_offset(id: &str) -> Option<u64> {
     id.rsplit('-').next()?.parse().ok()
 }
-

@@ -106,7 +106,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             );
                         }
                         a.next_offset = req.base_offset + u64::from(req.count);
-                        out.push(Response { offset: req.base_offset });
+                        out.push(Response {
+                            offset: req.base_offset,
+                        });
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(e.log_id), m);

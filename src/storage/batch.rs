@@ -234,7 +234,11 @@ pub enum BodyError {
 /// control entry claims no records.
 pub fn check_body(kind: Kind, count: u32, body: &[u8]) -> Result<(), BodyError> {
     if kind == Kind::Control {
-        return if count == 0 { Ok(()) } else { Err(BodyError::ControlWithRecords) };
+        return if count == 0 {
+            Ok(())
+        } else {
+            Err(BodyError::ControlWithRecords)
+        };
     }
     if count == 0 {
         return Err(BodyError::Empty);
@@ -244,10 +248,15 @@ pub fn check_body(kind: Kind, count: u32, body: &[u8]) -> Result<(), BodyError> 
         let overrun = BodyError::Overrun { record };
         let len = body.get(pos..pos + 4).ok_or(overrun)?;
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        pos = (pos + 4).checked_add(len).filter(|&end| end <= body.len()).ok_or(overrun)?;
+        pos = (pos + 4)
+            .checked_add(len)
+            .filter(|&end| end <= body.len())
+            .ok_or(overrun)?;
     }
     if pos != body.len() {
-        return Err(BodyError::Trailing { extra: body.len() - pos });
+        return Err(BodyError::Trailing {
+            extra: body.len() - pos,
+        });
     }
     Ok(())
 }

@@ -91,7 +91,6 @@ impl Log {
         self.shared.durable.subscribe()
     }
 
-
     /// Hands every appended batch to the operating system (`pwrite`, no
     /// fsync). After this a crash of the process loses nothing; only a
     /// crash of the machine may. Blocking. Used by the `--fsync never` and
@@ -305,5 +304,4 @@ impl Shared {
         }
         Ok(self.durable.borrow().clone())
     }
-
 }

@@ -107,7 +107,6 @@ impl Log {
         });
         Ok(())
     }
-
 }
 
 impl Shared {
@@ -200,4 +199,3 @@ impl Shared {
         sync_dir(&self.dir)
     }
 }
-

@@ -85,13 +85,13 @@ pub use batch::{
     encode_body, push_record,
 };
 pub use error::{Error, Result};
+use flusher::{FlushRequest, Inflight, LINGER_MICROS, WRITE_BEHIND_BYTES};
+use markers::{CLEAN_MARKER, CleanMarker};
 pub use reading::{BatchIter, RecordIter};
 pub use recovery::Recovery;
 pub use retention::Retention;
-pub use snapshot_files::{LinkedSegment, SegmentFileReader, read_segment_file};
-use flusher::{FlushRequest, Inflight, LINGER_MICROS, WRITE_BEHIND_BYTES};
-use markers::{CLEAN_MARKER, CleanMarker};
 use segment::Segment;
+pub use snapshot_files::{LinkedSegment, SegmentFileReader, read_segment_file};
 
 /// Told about every fsync of the log (for metrics; must be cheap).
 pub trait FlushObserver: Send + Sync + std::fmt::Debug {
@@ -503,5 +503,4 @@ impl Inner {
         self.pending.clear();
         Ok(())
     }
-
 }

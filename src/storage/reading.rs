@@ -21,7 +21,12 @@ use super::{
 /// Where one batch is: copied out of a memory buffer, or in a file.
 enum Located {
     Bytes(Bytes),
-    File { file: Arc<File>, path: PathBuf, pos: u64, len: u64 },
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        pos: u64,
+        len: u64,
+    },
 }
 
 impl Log {
@@ -143,7 +148,9 @@ impl Inner {
         };
         if !seg.sealed && pos >= self.pending_pos {
             let at = (pos - self.pending_pos) as usize;
-            return Ok(Located::Bytes(Bytes::copy_from_slice(&self.pending[at..at + len as usize])));
+            return Ok(Located::Bytes(Bytes::copy_from_slice(
+                &self.pending[at..at + len as usize],
+            )));
         }
         if let Some(f) = self
             .inflight

@@ -20,8 +20,8 @@ use super::{
     index::Index,
     markers::{self, CLEAN_MARKER, CleanMarker, RESET_MARKER},
     segment,
-    sync_dir,
     segment::{FILE_HEADER_LEN, Segment, file_name, read_file_header},
+    sync_dir,
 };
 
 /// What recovery found in the active segment.
@@ -204,7 +204,6 @@ impl Segment {
         };
         Ok((seg, rec))
     }
-
 }
 
 /// Reads the batch at `pos` if it is complete and verifies.
@@ -239,108 +238,108 @@ impl Read for FileReadAt<'_> {
 /// recovers the active one. Returns `(sealed, active)`.
 pub(super) fn open_segments(dir: &Path, config: &LogConfig) -> Result<(Vec<Segment>, Segment)> {
     let dir = dir.to_owned();
-        let mut bases = Vec::new();
-        let mut orphan_indexes = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name();
-            match segment::parse_file_name(&name.to_string_lossy()) {
-                Some((base, "log")) => bases.push(base),
-                Some((base, "idx")) => orphan_indexes.push(base),
-                _ => {}
+    let mut bases = Vec::new();
+    let mut orphan_indexes = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let name = entry.file_name();
+        match segment::parse_file_name(&name.to_string_lossy()) {
+            Some((base, "log")) => bases.push(base),
+            Some((base, "idx")) => orphan_indexes.push(base),
+            _ => {}
+        }
+    }
+    bases.sort_unstable();
+    // Refuse another format version before anything here is changed.
+    for &base in &bases {
+        let p = dir.join(file_name(base, "log"));
+        match segment::file_format_version(&p) {
+            Ok(Some(found)) if found != FORMAT_VERSION => {
+                return Err(Error::UnsupportedFormat {
+                    path: p,
+                    found,
+                    supported: FORMAT_VERSION,
+                });
             }
+            Ok(_) => {}
+            Err(e) => return Err(Error::io(&p, e)),
         }
-        bases.sort_unstable();
-        // Refuse another format version before anything here is changed.
-        for &base in &bases {
-            let p = dir.join(file_name(base, "log"));
-            match segment::file_format_version(&p) {
-                Ok(Some(found)) if found != FORMAT_VERSION => {
-                    return Err(Error::UnsupportedFormat {
-                        path: p,
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Error::io(&p, e)),
-            }
-        }
-        for base in orphan_indexes.into_iter().filter(|b| bases.binary_search(b).is_err()) {
-            // A retention delete removes the .log first; finish its job.
-            let p = dir.join(file_name(base, "idx"));
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
+    }
+    for base in orphan_indexes.into_iter().filter(|b| bases.binary_search(b).is_err()) {
+        // A retention delete removes the .log first; finish its job.
+        let p = dir.join(file_name(base, "idx"));
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    }
 
-        let capacity = config.index_max_entries.max(1);
-        // A clean shutdown leaves a marker vouching for the active segment's
-        // index; it is consumed here, before anything can be appended.
-        let marker_path = dir.join(CLEAN_MARKER);
-        let clean = std::fs::read_to_string(&marker_path)
-            .ok()
-            .and_then(|t| CleanMarker::decode(&t));
-        match std::fs::remove_file(&marker_path) {
-            Ok(()) => sync_dir(&dir)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&marker_path, e)),
-        }
-        // A `reset` interrupted by a crash: finish it (see `Log::reset`).
-        // While the marker exists nothing was appended after the reset, so
-        // every segment goes and the new one is made afresh.
-        let reset_path = dir.join(RESET_MARKER);
-        if let Ok(text) = std::fs::read_to_string(&reset_path) {
-            if let Some((index, offset)) = markers::decode_reset(&text) {
-                tracing::warn!(index, offset, "completing an interrupted reset");
-                for &b in &bases {
-                    for ext in ["log", "idx"] {
-                        let p = dir.join(file_name(b, ext));
-                        match std::fs::remove_file(&p) {
-                            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
-                            _ => {}
-                        }
+    let capacity = config.index_max_entries.max(1);
+    // A clean shutdown leaves a marker vouching for the active segment's
+    // index; it is consumed here, before anything can be appended.
+    let marker_path = dir.join(CLEAN_MARKER);
+    let clean = std::fs::read_to_string(&marker_path)
+        .ok()
+        .and_then(|t| CleanMarker::decode(&t));
+    match std::fs::remove_file(&marker_path) {
+        Ok(()) => sync_dir(&dir)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&marker_path, e)),
+    }
+    // A `reset` interrupted by a crash: finish it (see `Log::reset`).
+    // While the marker exists nothing was appended after the reset, so
+    // every segment goes and the new one is made afresh.
+    let reset_path = dir.join(RESET_MARKER);
+    if let Ok(text) = std::fs::read_to_string(&reset_path) {
+        if let Some((index, offset)) = markers::decode_reset(&text) {
+            tracing::warn!(index, offset, "completing an interrupted reset");
+            for &b in &bases {
+                for ext in ["log", "idx"] {
+                    let p = dir.join(file_name(b, ext));
+                    match std::fs::remove_file(&p) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                        _ => {}
                     }
                 }
-                Segment::create(&dir, index, offset, capacity)?;
-                bases = vec![index];
-            } else {
-                // Torn while being written: no segment was touched yet.
-                tracing::warn!("ignoring an incomplete reset marker");
             }
-            sync_dir(&dir)?;
-            std::fs::remove_file(&reset_path).map_err(|e| Error::io(&reset_path, e))?;
-            sync_dir(&dir)?;
+            Segment::create(&dir, index, offset, capacity)?;
+            bases = vec![index];
+        } else {
+            // Torn while being written: no segment was touched yet.
+            tracing::warn!("ignoring an incomplete reset marker");
         }
-        let mut sealed = Vec::with_capacity(bases.len());
-        let active = match bases.split_last() {
-            None => Segment::create(&dir, config.initial_index, 0, capacity)?,
-            Some((&last, older)) => {
-                for &base in older {
-                    let seg = Segment::open_sealed(&dir, base)?;
-                    check_contiguous(sealed.last(), &seg)?;
-                    sealed.push(seg);
-                }
-                let fallback = sealed.last().map_or(0, |s: &Segment| s.end_offset);
-                let (seg, rec) = Segment::recover_active(&dir, last, capacity, clean, fallback)?;
-                check_contiguous(sealed.last(), &seg)?;
-                if rec.truncated_bytes > 0 {
-                    tracing::warn!(
-                        path = %rec.path.display(),
-                        cut_bytes = rec.truncated_bytes,
-                        reason = rec.reason.as_deref().unwrap_or(""),
-                        rebuilt_index_entries = rec.rebuilt_entries,
-                        "recovery cut the unverifiable tail of the active segment"
-                    );
-                } else if rec.rebuilt_entries > 0 {
-                    tracing::info!(
-                        path = %rec.path.display(),
-                        rebuilt_index_entries = rec.rebuilt_entries,
-                        "recovery rebuilt index entries"
-                    );
-                }
-                seg
-            }
-        };
         sync_dir(&dir)?;
+        std::fs::remove_file(&reset_path).map_err(|e| Error::io(&reset_path, e))?;
+        sync_dir(&dir)?;
+    }
+    let mut sealed = Vec::with_capacity(bases.len());
+    let active = match bases.split_last() {
+        None => Segment::create(&dir, config.initial_index, 0, capacity)?,
+        Some((&last, older)) => {
+            for &base in older {
+                let seg = Segment::open_sealed(&dir, base)?;
+                check_contiguous(sealed.last(), &seg)?;
+                sealed.push(seg);
+            }
+            let fallback = sealed.last().map_or(0, |s: &Segment| s.end_offset);
+            let (seg, rec) = Segment::recover_active(&dir, last, capacity, clean, fallback)?;
+            check_contiguous(sealed.last(), &seg)?;
+            if rec.truncated_bytes > 0 {
+                tracing::warn!(
+                    path = %rec.path.display(),
+                    cut_bytes = rec.truncated_bytes,
+                    reason = rec.reason.as_deref().unwrap_or(""),
+                    rebuilt_index_entries = rec.rebuilt_entries,
+                    "recovery cut the unverifiable tail of the active segment"
+                );
+            } else if rec.rebuilt_entries > 0 {
+                tracing::info!(
+                    path = %rec.path.display(),
+                    rebuilt_index_entries = rec.rebuilt_entries,
+                    "recovery rebuilt index entries"
+                );
+            }
+            seg
+        }
+    };
+    sync_dir(&dir)?;
     Ok((sealed, active))
 }
 

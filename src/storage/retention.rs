@@ -87,5 +87,4 @@ impl Log {
         );
         (n > 0).then(|| inner.sealed[n - 1].next_index())
     }
-
 }

@@ -28,8 +28,8 @@ use std::{
 
 use super::{
     Error, Result,
-    index::Index,
     batch::{self, FORMAT_VERSION, HEADER_LEN},
+    index::Index,
 };
 
 pub const FILE_HEADER_LEN: u64 = 32;
@@ -309,4 +309,3 @@ impl Segment {
         }
     }
 }
-

@@ -64,7 +64,6 @@ impl Log {
         }
         Ok(out)
     }
-
 }
 
 /// Reads the batches of a segment `.log` file front to back, verifying
@@ -75,12 +74,17 @@ pub fn read_segment_file(path: &Path) -> Result<SegmentFileReader> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     // The file came from a peer: check that it is a segment of our format
     // before trusting any length in it.
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let base_index = segment::parse_file_name(&name).map(|(b, _)| b).ok_or_else(|| Error::Corrupt {
-        path: path.to_owned(),
-        position: 0,
-        reason: "not a segment file name".into(),
-    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base_index = segment::parse_file_name(&name)
+        .map(|(b, _)| b)
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_owned(),
+            position: 0,
+            reason: "not a segment file name".into(),
+        })?;
     segment::read_file_header(&file, path, base_index)?;
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; segment::FILE_HEADER_LEN as usize];

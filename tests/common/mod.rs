@@ -4,6 +4,27 @@ use std::path::PathBuf;
 
 use sidelog::{agent::Agent, client::Client, config::Config};
 
+/// A loopback port for a listener a test starts later (peer ports, which
+/// other nodes must know in advance). Taken below the kernel's ephemeral
+/// range (32768+), so a port-0 bind elsewhere in the test binary cannot take
+/// it between this check and the real bind; a counter keeps the tests of
+/// one run apart, and the process id runs of several binaries.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 50) * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 10_000) as u16;
+        if port >= 32_000 {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub struct TestNode {
     pub agent: Option<Agent>,
     pub dir: tempfile::TempDir,

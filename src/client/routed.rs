@@ -1,0 +1,443 @@
+//! [`RoutedClient`]: the book's client-side discovery and load balancing.
+//!
+//! It starts from seed addresses (several, or one DNS name that resolves to
+//! several), asks any of them for `GetServers`, and then talks to the
+//! servers itself: writes go to the leader, marked leader-only so a
+//! follower answers not-the-leader (naming the leader in metadata) instead
+//! of forwarding; reads rotate over the followers. The server list is
+//! refreshed on an interval and after any failure. UNAVAILABLE answers
+//! (node down, election, not the leader) are retried with jittered
+//! exponential backoff until `retry_for` runs out.
+//!
+//! A write retried after a timeout or a lost connection may already have
+//! been committed: delivery is at least once, as with any log client
+//! without idempotent producers.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::Future;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Status};
+
+use super::{Backoff, Client, ClientError, ClientTls, ServerSet};
+use crate::api::{
+    convert::{ROUTE_KEY, leader_of, next_offset_of},
+    pb,
+};
+
+#[derive(Clone, Debug)]
+pub struct RoutingOptions {
+    /// How often the server list is refreshed when nothing fails.
+    pub refresh_interval: Duration,
+    /// How long one call keeps retrying before it returns the last error.
+    pub retry_for: Duration,
+    /// Deadline of one attempt.
+    pub call_timeout: Duration,
+    /// First and longest backoff between attempts.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for RoutingOptions {
+    fn default() -> Self {
+        RoutingOptions {
+            refresh_interval: Duration::from_secs(10),
+            retry_for: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(15),
+            backoff: (Duration::from_millis(20), Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A leader-aware client over the whole cluster. Cloning shares it.
+#[derive(Clone)]
+pub struct RoutedClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    seeds: Vec<String>,
+    tls: Option<ClientTls>,
+    options: RoutingOptions,
+    // A std Mutex: never held across an await.
+    state: Mutex<State>,
+    /// One refresh at a time: after a leader dies every caller fails at
+    /// once, and one GetServers answers them all.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    servers: ServerSet,
+    conns: HashMap<String, Client>,
+    refreshed: Option<Instant>,
+    stale: bool,
+    /// One past the highest offset this client had acknowledged: a read
+    /// below it that a lagging follower cannot serve yet goes to the leader.
+    acked: u64,
+    /// Servers whose last call failed (down, unreachable), and when: reads
+    /// avoid them for `DOWN_FOR` rather than hitting the same dead follower
+    /// after every refresh.
+    down: HashMap<String, Instant>,
+}
+
+/// How long reads avoid a server that failed.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// Retrying may help: the node is down, overloaded, electing, or not the
+/// leader.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+        // A connection closed or reset mid-call (a node stopping or dying)
+        // surfaces as UNKNOWN, CANCELLED or INTERNAL made by this side's
+        // transport, not by a server: the error's source says which.
+        || (s.code() == Code::Unknown && s.message().contains("transport"))
+        || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+}
+
+fn leader_only<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(ROUTE_KEY, "leader".parse().expect("ascii"));
+    req
+}
+
+impl RoutedClient {
+    /// Starts from `seeds` (`HOST:PORT`; a host name may resolve to many
+    /// servers) and learns the cluster. Fails if no seed answers.
+    pub async fn connect(seeds: &[String], tls: Option<ClientTls>) -> Result<Self, ClientError> {
+        Self::connect_with(seeds, tls, RoutingOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        seeds: &[String],
+        tls: Option<ClientTls>,
+        options: RoutingOptions,
+    ) -> Result<Self, ClientError> {
+        let client = RoutedClient {
+            inner: Arc::new(Inner {
+                seeds: seeds.to_vec(),
+                tls,
+                options,
+                state: Mutex::new(State::default()),
+                refreshing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        // Invalid addresses and TLS files fail here, not on first use.
+        for s in seeds {
+            client.conn(s)?;
+        }
+        if !client.refresh().await {
+            return Err(ClientError::NoServers { tried: seeds.join(",") });
+        }
+        Ok(client)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conn(&self, addr: &str) -> Result<Client, ClientError> {
+        if let Some(c) = self.state().conns.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Client::lazy(addr, self.inner.tls.as_ref())?;
+        self.state().conns.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// The servers as last learned.
+    pub fn servers(&self) -> ServerSet {
+        self.state().servers.clone()
+    }
+
+    /// Seeds, with host names resolved to every address they have.
+    async fn resolved_seeds(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for seed in &self.inner.seeds {
+            let hostport = seed.split_once("://").map_or(seed.as_str(), |(_, rest)| rest);
+            match tokio::net::lookup_host(hostport).await {
+                Ok(addrs) => out.extend(addrs.map(|a| a.to_string())),
+                Err(_) => out.push(seed.clone()),
+            }
+        }
+        out
+    }
+
+    /// Asks the known servers, then the seeds, for `GetServers`; keeps the
+    /// first non-empty answer. False if nobody answered.
+    pub async fn refresh(&self) -> bool {
+        let _one = self.inner.refreshing.lock().await;
+        let mut candidates = self.state().servers.all();
+        candidates.extend(self.resolved_seeds().await);
+        candidates.dedup();
+        for addr in candidates {
+            let Ok(c) = self.conn(&addr) else { continue };
+            let mut req = Request::new(pb::GetServersRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            let Ok(resp) = c.raw().get_servers(req).await else {
+                continue;
+            };
+            let set = ServerSet::from_servers(&resp.into_inner().servers);
+            if set.is_empty() {
+                continue;
+            }
+            let mut st = self.state();
+            let mut set = set;
+            set.keep_rotation(&st.servers);
+            st.servers = set;
+            st.refreshed = Some(Instant::now());
+            st.stale = false;
+            return true;
+        }
+        self.state().stale = true;
+        false
+    }
+
+    async fn refresh_if_due(&self) {
+        let due = {
+            let st = self.state();
+            st.stale
+                || st
+                    .refreshed
+                    .is_none_or(|t| t.elapsed() >= self.inner.options.refresh_interval)
+        };
+        if due {
+            self.refresh().await;
+        }
+    }
+
+    /// Runs `op` against the server `pick` chooses, retrying as the module
+    /// docs describe. `op` gets the client and whether this is the leader.
+    async fn call<T, F, Fut>(&self, write: bool, op: F) -> Result<T, Status>
+    where
+        F: Fn(Client, bool) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let opts = &self.inner.options;
+        let deadline = Instant::now() + opts.retry_for;
+        let mut backoff = Backoff::new(opts.backoff.0, opts.backoff.1);
+        let mut redirected = false;
+        loop {
+            self.refresh_if_due().await;
+            let (addr, to_leader) = {
+                let mut st = self.state();
+                let leader = st.servers.leader().map(str::to_owned);
+                match (write, leader) {
+                    (true, Some(l)) => (Some(l), true),
+                    // No leader known (an election): any server waits for
+                    // one and forwards.
+                    (true, None) | (false, _) => {
+                        let State { servers, down, .. } = &mut *st;
+                        let recently_down = |a: &str| down.get(a).is_some_and(|t| t.elapsed() < DOWN_FOR);
+                        (servers.pick_reader_avoiding(recently_down), false)
+                    }
+                }
+            };
+            let result = match &addr {
+                Some(a) => match self.conn(a) {
+                    Ok(c) => tokio::time::timeout(opts.call_timeout, op(c, to_leader))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer from {a} in time")))),
+                    Err(e) => return Err(Status::invalid_argument(e.to_string())),
+                },
+                None => Err(Status::unavailable("no servers known")),
+            };
+            let status = match result {
+                Ok(v) => {
+                    if let Some(a) = &addr {
+                        self.state().down.remove(a);
+                    }
+                    return Ok(v);
+                }
+                Err(s) if retryable(&s) => s,
+                Err(s) => return Err(s),
+            };
+            if let Some(a) = &addr
+                && leader_of(&status).is_none()
+            {
+                self.state().down.insert(a.clone(), Instant::now());
+            }
+            if let Some(leader) = leader_of(&status) {
+                self.state().servers.set_leader(leader);
+                // Straight to the leader named, once; then back off.
+                if !redirected {
+                    redirected = true;
+                    continue;
+                }
+            } else {
+                let mut st = self.state();
+                st.stale = true;
+                if let (true, Some(a)) = (to_leader, &addr) {
+                    st.servers.forget_leader(a);
+                }
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay > deadline {
+                return Err(status);
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn note_acked(&self, next: u64) {
+        let mut st = self.state();
+        st.acked = st.acked.max(next);
+    }
+
+    /// Produces one record on the leader; returns its offset.
+    pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Status> {
+        let value = value.into();
+        let offset = self
+            .call(true, |c, to_leader| {
+                let record = pb::Record {
+                    value: value.clone(),
+                    ..Default::default()
+                };
+                let msg = pb::ProduceRequest { record: Some(record) };
+                let req = if to_leader { leader_only(msg) } else { Request::new(msg) };
+                async move { Ok(c.raw().produce(req).await?.into_inner().offset) }
+            })
+            .await?;
+        self.note_acked(offset + 1);
+        Ok(offset)
+    }
+
+    /// Produces records atomically on the leader; returns their offsets.
+    pub async fn produce_batch(&self, values: Vec<Bytes>) -> Result<Vec<u64>, Status> {
+        let offsets = self
+            .call(true, |c, to_leader| {
+                let records = values
+                    .iter()
+                    .map(|v| pb::Record {
+                        value: v.clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let msg = pb::ProduceBatchRequest { records };
+                let req = if to_leader { leader_only(msg) } else { Request::new(msg) };
+                async move { Ok(c.raw().produce_batch(req).await?.into_inner().offsets) }
+            })
+            .await?;
+        if let Some(last) = offsets.last() {
+            self.note_acked(last + 1);
+        }
+        Ok(offsets)
+    }
+
+    /// The record at `offset`, from a follower (round-robin). A record this
+    /// client was acknowledged that the follower has not applied yet is
+    /// read from the leader instead (read your writes).
+    pub async fn consume(&self, offset: u64) -> Result<pb::Record, Status> {
+        let read = |c: Client, _| async move {
+            let mut c = c;
+            c.consume(offset).await
+        };
+        match self.call(false, read).await {
+            Err(s)
+                if s.code() == Code::OutOfRange
+                    && offset < self.state().acked
+                    && next_offset_of(&s).is_some_and(|n| offset >= n) =>
+            {
+                self.call(true, |c: Client, _| async move {
+                    let c = c;
+                    let req = pb::ConsumeRequest {
+                        offset,
+                        linearizable: true,
+                    };
+                    c.raw()
+                        .consume(req)
+                        .await?
+                        .into_inner()
+                        .record
+                        .ok_or_else(|| Status::internal("response without a record"))
+                })
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Records from `offset` on, following the tail; on a lost server the
+    /// stream resumes on another from the next offset. Ends at the first
+    /// error retries cannot get past.
+    pub fn follow(&self, offset: u64) -> ReceiverStream<Result<pb::Record, Status>> {
+        let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut next = offset;
+            loop {
+                let opened = this
+                    .call(false, |c: Client, _| async move {
+                        let mut c = c;
+                        c.consume_stream(next).await
+                    })
+                    .await;
+                let mut stream = match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if let Some(r) = resp.record {
+                                next = r.offset + 1;
+                                if tx.send(Ok(r)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(s) if retryable(&s) => {
+                            this.state().stale = true;
+                            break;
+                        }
+                        Err(s) => {
+                            let _ = tx.send(Err(s)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// A connection to the leader (refreshing until one is known), for
+    /// calls this type does not wrap.
+    pub async fn leader(&self) -> Result<Client, Status> {
+        self.call(true, |c, to_leader| async move {
+            if to_leader {
+                Ok(c)
+            } else {
+                Err(Status::unavailable("no leader known"))
+            }
+        })
+        .await
+    }
+
+    /// A connection to the next reader (a follower, round-robin).
+    pub async fn reader(&self) -> Result<Client, Status> {
+        self.call(false, |c, _| async move { Ok(c) }).await
+    }
+
+    /// A connection to the first seed that answers, else any known server.
+    pub async fn any(&self) -> Result<Client, Status> {
+        let mut candidates = self.resolved_seeds().await;
+        candidates.extend(self.state().servers.all());
+        for addr in candidates {
+            let Ok(mut c) = self.conn(&addr) else { continue };
+            if c.get_servers().await.is_ok() {
+                return Ok(c);
+            }
+        }
+        Err(Status::unavailable("no server answers"))
+    }
+}

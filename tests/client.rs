@@ -1,0 +1,201 @@
+//! The leader-aware client: GetServers, writes straight to the leader,
+//! reads spread over the followers, retries across a leader's death.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use sidelog::{
+    agent::Agent,
+    client::{Client, RoutedClient},
+    cluster::types::node_id,
+    telemetry::Metrics,
+};
+
+use crate::common::config_in;
+
+async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Trio {
+    agents: Vec<Option<Agent>>,
+    metrics: Vec<Arc<Metrics>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Trio {
+    async fn start() -> Trio {
+        let ports: Vec<u16> = (0..3).map(|_| crate::common::free_port()).collect();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let metrics: Vec<_> = (0..3).map(|_| Metrics::new()).collect();
+        let starts = (0..3).map(|i| {
+            let mut c = config_in(dirs[i].path().join("data"));
+            c.node_id = format!("client-{i}");
+            c.peer_addr = format!("127.0.0.1:{}", ports[i]).parse().unwrap();
+            c.join = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            c.bootstrap_expect = 3;
+            Agent::start_with(c, metrics[i].clone())
+        });
+        let agents: Vec<_> = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|a| Some(a.unwrap()))
+            .collect();
+        let trio = Trio {
+            agents,
+            metrics,
+            _dirs: dirs,
+        };
+        wait_until("a ready cluster of three", 30, || {
+            trio.live().all(|i| trio.agent(i).cluster().is_ready())
+        })
+        .await;
+        trio
+    }
+
+    fn agent(&self, i: usize) -> &Agent {
+        self.agents[i].as_ref().unwrap()
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..3).filter(|i| self.agents[*i].is_some())
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let id = self.agent(self.live().next()?).cluster().metrics().current_leader?;
+        self.live().find(|&i| node_id(&format!("client-{i}")) == id)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        self.agent(i).client_addr.to_string()
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.metrics.iter().map(|m| m.records_forwarded.get()).sum()
+    }
+
+    async fn stop(mut self) {
+        for a in self.agents.iter_mut().filter_map(Option::take) {
+            a.stop_without_leave().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_produce_sent_to_a_followers_address_reaches_the_leader_without_a_forward() {
+    let trio = Trio::start().await;
+    let leader = trio.leader().unwrap();
+    let follower = (leader + 1) % 3;
+    let client = RoutedClient::connect(&[trio.addr(follower)], None).await.unwrap();
+    assert_eq!(client.servers().leader(), Some(trio.addr(leader).as_str()));
+    for i in 0..20u64 {
+        assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
+    }
+    assert_eq!(trio.forwarded(), 0, "no follower forwarded a write");
+    assert_eq!(trio.metrics[leader].records_in.get(), 20);
+    // The counter works: a plain client at the follower is forwarded.
+    let mut plain = Client::connect(&trio.addr(follower)).await.unwrap();
+    plain.produce("forwarded").await.unwrap();
+    assert_eq!(trio.metrics[follower].records_forwarded.get(), 1);
+    trio.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_not_the_leader_answer_names_the_leader_in_metadata() {
+    let trio = Trio::start().await;
+    let leader = trio.leader().unwrap();
+    let follower = (leader + 1) % 3;
+    let plain = Client::connect(&trio.addr(follower)).await.unwrap();
+    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+        record: Some(sidelog::api::pb::Record {
+            value: Bytes::from_static(b"x"),
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut()
+        .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());
+    let status = plain.raw().produce(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(sidelog::api::convert::leader_of(&status), Some(trio.addr(leader)));
+    assert_eq!(trio.forwarded(), 0);
+    trio.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumes_are_spread_round_robin_over_the_followers() {
+    let trio = Trio::start().await;
+    let leader = trio.leader().unwrap();
+    let client = RoutedClient::connect(&[trio.addr(leader)], None).await.unwrap();
+    let values: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("r{i}"))).collect();
+    client.produce_batch(values).await.unwrap();
+    wait_until("followers applied the batch", 10, || {
+        trio.live().all(|i| trio.agent(i).node().committed() >= 10)
+    })
+    .await;
+    for round in 0..5 {
+        for offset in 0..10u64 {
+            let r = client.consume(offset).await.unwrap();
+            assert_eq!(r.value, format!("r{offset}"), "round {round}");
+        }
+    }
+    let out: Vec<u64> = trio.metrics.iter().map(|m| m.records_out.get()).collect();
+    assert_eq!(out[leader], 0, "reads avoid the leader: {out:?}");
+    for f in (0..3).filter(|&i| i != leader) {
+        assert_eq!(out[f], 25, "each follower serves half the reads: {out:?}");
+    }
+    trio.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_moves_on_when_the_leader_dies_mid_stream_and_every_acknowledged_record_is_kept() {
+    let mut trio = Trio::start().await;
+    let leader = trio.leader().unwrap();
+    let seeds: Vec<String> = (0..3).map(|i| trio.addr(i)).collect();
+    let client = RoutedClient::connect(&seeds, None).await.unwrap();
+    let (tx, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..300u32 {
+                let value = format!("v{i}");
+                let offset = client
+                    .produce(value.clone())
+                    .await
+                    .expect("the client retries through the election");
+                if tx.send((offset, value)).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        seen.push(acked.recv().await.unwrap());
+    }
+    trio.agents[leader].take().unwrap().stop_without_leave().await.unwrap();
+    producer.await.unwrap();
+    while let Ok(a) = acked.try_recv() {
+        seen.push(a);
+    }
+    assert_eq!(seen.len(), 300);
+    let new_leader = trio.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+    let top = seen.iter().map(|(o, _)| *o).max().unwrap();
+    for i in trio.live().collect::<Vec<_>>() {
+        wait_until("survivors committed every acknowledged record", 30, || {
+            trio.agent(i).node().committed() > top
+        })
+        .await;
+        for (offset, value) in &seen {
+            let r = trio.agent(i).node().read(*offset).unwrap();
+            assert_eq!(&r.value[..], value.as_bytes(), "offset {offset} on node {i}");
+        }
+    }
+    // Reads go on through the survivors too.
+    assert_eq!(client.consume(seen[0].0).await.unwrap().value, seen[0].1);
+    trio.stop().await;
+}
