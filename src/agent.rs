@@ -23,7 +23,7 @@ use crate::{
     cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
     config::{Config, DiscoveryMode, FsyncPolicy},
     discovery::{Discovery, DiscoveryError, DnsDiscovery, DnsSettings, MdnsDiscovery, MdnsSettings},
-    liveness::{self, LIVENESS_SERVICE, Liveness},
+    liveness::{self, LIVENESS_SERVICE, Liveness, STARTED_SERVICE},
     node::LogNode,
     security::{
         AclError, Authorizer, ClientAuth, ClusterSecret, PeerClientTls, PeerCredentials, PeerGuard, PeerNames,
@@ -78,6 +78,8 @@ pub struct Agent {
     pub client_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// The health-only listener's address (`--health-addr`), if any.
+    pub health_addr: Option<SocketAddr>,
     node: Arc<LogNode>,
     cluster: Arc<Cluster>,
     shutdown: CancellationToken,
@@ -283,6 +285,14 @@ impl Agent {
         let client_addr = local_addr("client API", &client_listener, config.client_addr)?;
         let peer_addr = local_addr("peer API", &peer_listener, config.peer_addr)?;
         let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
+        let health_listener = match config.health_addr {
+            Some(addr) => Some(bind("health", addr).await?),
+            None => None,
+        };
+        let health_addr = match (&health_listener, config.health_addr) {
+            (Some(l), Some(addr)) => Some(local_addr("health", l, addr)?),
+            _ => None,
+        };
         let advertise = config
             .advertise_client_addr
             .clone()
@@ -368,7 +378,7 @@ impl Agent {
             .with_max_consume_streams(limits.max_consume_streams);
         let routes = tonic::service::Routes::new(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
             .add_service(log_service.into_server());
 
@@ -395,7 +405,7 @@ impl Agent {
         };
         let http = {
             let token = shutdown.clone();
-            let app = api::http::router(http_state);
+            let app = api::http::router(http_state.clone());
             match &http_tls {
                 None => {
                     let conns = api::http::tcp_accept_loop(http_listener, token.clone());
@@ -407,6 +417,24 @@ impl Agent {
                 }
             }
         };
+
+        // Health only, plaintext: the kubelet's gRPC probe and Prometheus
+        // reach it on the pod IP; the data APIs are not routed here at all.
+        let mut servers = vec![("gRPC", grpc), ("HTTP", http), ("peer", peer_server)];
+        if let Some(listener) = health_listener {
+            let token = shutdown.clone();
+            // tonic's router answers every unknown path with gRPC
+            // UNIMPLEMENTED inside an HTTP 200; the fallback makes anything
+            // but health a plain 404 (gRPC clients read it as UNIMPLEMENTED).
+            let app = api::http::health_router(http_state.clone())
+                .merge(tonic::service::Routes::new(health_service).into_axum_router())
+                .fallback(api::http::health_port_not_found);
+            let conns = api::http::tcp_accept_loop(listener, token.clone());
+            servers.push((
+                "health",
+                tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token)),
+            ));
+        }
 
         let retention = config.retention();
         if !retention.is_unlimited() {
@@ -470,6 +498,7 @@ impl Agent {
                 set_health(&health, true).await;
             }
         }
+        health.set_service_status(STARTED_SERVICE, ServingStatus::Serving).await;
         tracing::info!(
             client_addr = %client_addr,
             http_addr = %http_addr,
@@ -483,12 +512,13 @@ impl Agent {
             client_addr,
             http_addr,
             peer_addr,
+            health_addr,
             node,
             cluster,
             shutdown,
             health,
             liveness,
-            servers: vec![("gRPC", grpc), ("HTTP", http), ("peer", peer_server)],
+            servers,
             tasks,
             grace: config.shutdown_grace,
             fatal_exit_delay: config.fatal_exit_delay,
@@ -573,6 +603,9 @@ impl Agent {
     /// state (forming, joining, leaderless, mid-snapshot) holds the process.
     async fn stop(self, leave: bool) -> Result<(), AgentError> {
         set_health(&self.health, false).await;
+        self.health
+            .set_service_status(STARTED_SERVICE, ServingStatus::NotServing)
+            .await;
         if leave {
             self.cluster.leave(self.grace).await;
         }

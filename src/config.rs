@@ -98,6 +98,12 @@ pub struct AgentArgs {
     /// HTTP: JSON produce/consume, /metrics, /healthz, /readyz [default: 127.0.0.1:8080].
     #[arg(long, env = "SIDELOG_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// A plaintext health-only listener: gRPC health (services "", log.v1.Log,
+    /// sidelog.started, sidelog.live) and HTTP /healthz, /readyz, /metrics,
+    /// nothing else. For Kubernetes probes and scrapes on the pod IP while the
+    /// data APIs stay on localhost or behind TLS [default: none].
+    #[arg(long, env = "SIDELOG_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// The client address other nodes and clients should dial [default: the bound client address].
     #[arg(long, env = "SIDELOG_ADVERTISE_CLIENT_ADDR", value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
@@ -244,6 +250,7 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub client_addr: Option<String>,
     pub http_addr: Option<String>,
+    pub health_addr: Option<String>,
     pub advertise_client_addr: Option<String>,
     pub peer_addr: Option<String>,
     pub advertise_peer_addr: Option<String>,
@@ -298,6 +305,7 @@ pub struct Config {
     pub node_id: String,
     pub client_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
     pub advertise_client_addr: Option<String>,
     pub peer_addr: SocketAddr,
     pub advertise_peer_addr: Option<String>,
@@ -392,6 +400,7 @@ impl Default for Config {
             node_id: hostname(),
             client_addr: "127.0.0.1:8400".parse().expect("valid"),
             http_addr: "127.0.0.1:8080".parse().expect("valid"),
+            health_addr: None,
             advertise_client_addr: None,
             peer_addr: "127.0.0.1:8401".parse().expect("valid"),
             advertise_peer_addr: None,
@@ -546,6 +555,7 @@ impl Config {
                 .http_addr
                 .or(addr("http-addr", file.http_addr)?)
                 .unwrap_or(d.http_addr),
+            health_addr: args.health_addr.or(addr("health-addr", file.health_addr)?),
             advertise_client_addr: args.advertise_client_addr.or(file.advertise_client_addr),
             peer_addr: args
                 .peer_addr
@@ -638,6 +648,15 @@ impl Config {
             return Err(invalid(
                 "http-addr",
                 format!("{} is also the client address", self.http_addr),
+            ));
+        }
+        if let Some(h) = self.health_addr
+            && h.port() != 0
+            && [self.client_addr, self.http_addr, self.peer_addr].contains(&h)
+        {
+            return Err(invalid(
+                "health-addr",
+                format!("{h} is also the client, HTTP or peer address"),
             ));
         }
         if self.peer_addr.port() != 0 && (self.peer_addr == self.client_addr || self.peer_addr == self.http_addr) {
@@ -853,6 +872,24 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert!(parse_size("12 parsecs").unwrap_err().contains("parsecs"));
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn the_health_address_must_be_a_port_of_its_own() {
+        let args = AgentArgs {
+            health_addr: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("health-addr") && err.contains("127.0.0.1:8080"), "{err}");
+        let args = AgentArgs {
+            health_addr: Some("0.0.0.0:8402".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(args).unwrap().health_addr,
+            Some("0.0.0.0:8402".parse().unwrap())
+        );
     }
 
     #[test]

@@ -17,8 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 
-/// gRPC health service name that reports liveness only.
-pub const LIVENESS_SERVICE: &str = "liveness";
+/// gRPC health service that reports liveness only: SERVING until a fatal
+/// error (a Kubernetes liveness probe; never follows quorum, so a minority
+/// partition does not restart-loop).
+pub const LIVENESS_SERVICE: &str = "sidelog.live";
+/// gRPC health service that reports start-up: SERVING once the local log is
+/// open and the agent serves, whether or not a cluster has formed (a
+/// Kubernetes startup probe), NOT_SERVING from the start of a shutdown.
+pub const STARTED_SERVICE: &str = "sidelog.started";
 
 /// The first fatal error, shared by the health services and the agent.
 #[derive(Clone, Debug)]

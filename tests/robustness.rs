@@ -90,7 +90,10 @@ async fn an_injected_storage_failure_fails_liveness_and_ends_the_agent() {
                 .unwrap_or(ServingStatus::Unknown)
         }
     };
-    assert_eq!(status("liveness").await, ServingStatus::Serving);
+    assert_eq!(
+        status(sidelog::liveness::LIVENESS_SERVICE).await,
+        ServingStatus::Serving
+    );
     assert!(http(http_addr, "GET /healthz HTTP/1.1").await.0.contains(" 200"));
 
     node.agent()
@@ -100,7 +103,7 @@ async fn an_injected_storage_failure_fails_liveness_and_ends_the_agent() {
     assert!(c.produce(Bytes::from_static(b"x")).await.is_err());
 
     wait_for("liveness NOT_SERVING", async || {
-        status("liveness").await == ServingStatus::NotServing
+        status(sidelog::liveness::LIVENESS_SERVICE).await == ServingStatus::NotServing
     })
     .await;
     assert_eq!(status("").await, ServingStatus::NotServing);
@@ -259,4 +262,89 @@ async fn streams_per_connection_are_bounded() {
         .expect("the call proceeds once the stream closed")
         .unwrap();
     assert!(offset <= 1);
+}
+
+#[tokio::test]
+async fn the_health_port_answers_probes_and_scrapes_but_serves_no_records() {
+    let node = TestNode::start_with(|c| c.health_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = node.agent().health_addr.expect("a health listener");
+    let mut c = node.client().await;
+    c.produce(Bytes::from_static(b"secret")).await.unwrap();
+
+    // Native gRPC probes: readiness (""), startup, liveness.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in [
+        "",
+        sidelog::liveness::STARTED_SERVICE,
+        sidelog::liveness::LIVENESS_SERVICE,
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "service {service:?}");
+    }
+    // HTTP probes and the scrape.
+    assert!(http(addr, "GET /healthz HTTP/1.1").await.0.contains(" 200"));
+    assert!(http(addr, "GET /readyz HTTP/1.1").await.0.contains(" 200"));
+    let (line, body) = http(addr, "GET /metrics HTTP/1.1").await;
+    assert!(line.contains(" 200") && body.contains("sidelog_"), "{line}");
+
+    // No data API on this port, by either protocol.
+    let mut log = pb::log_client::LogClient::new(channel);
+    let err = log
+        .consume(pb::ConsumeRequest {
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .expect_err("log.v1 is not served on the health port");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    for line in [
+        "GET /v1/records/0 HTTP/1.1",
+        "GET / HTTP/1.1",
+        "POST /v1/records HTTP/1.1",
+    ] {
+        let (status, body) = http(addr, line).await;
+        assert!(status.contains(" 404") || status.contains(" 405"), "{line}: {status}");
+        assert!(!body.contains("c2VjcmV0"), "{line} leaked a record: {body}");
+    }
+    // The data APIs still serve on their own ports.
+    assert_eq!(&c.consume(0).await.unwrap().value[..], b"secret");
+}
+
+#[tokio::test]
+async fn started_goes_not_serving_when_a_shutdown_begins() {
+    let mut node = TestNode::start_with(|c| c.health_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = node.agent().health_addr.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: sidelog::liveness::STARTED_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    let agent = node.agent.take().unwrap();
+    let stopping = tokio::spawn(agent.shutdown());
+    // NOT_SERVING is published before the listeners close.
+    let next = tokio::time::timeout(PROMPTLY, watch.message()).await.expect("no hang");
+    let status = next.expect("the stream is still open").expect("an update").status();
+    assert_eq!(status, ServingStatus::NotServing);
+    stopping.await.unwrap().unwrap();
 }

@@ -45,6 +45,40 @@ pub struct HttpState {
     pub liveness: Liveness,
 }
 
+/// Health and metrics only, for the `--health-addr` listener: the routes a
+/// kubelet or Prometheus needs, none that reads or writes records.
+pub fn health_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(alive))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Anything but health and metrics on the `--health-addr` listener.
+/// gRPC callers get UNIMPLEMENTED the gRPC way (trailers-only), others 404.
+pub async fn health_port_not_found(headers: axum::http::HeaderMap) -> Response {
+    const WHAT: &str = "this port serves only gRPC health, /healthz, /readyz and /metrics";
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let status = tonic::Status::unimplemented(WHAT);
+        let mut response = StatusCode::OK.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/grpc"),
+        );
+        if let Err(e) = status.add_header(headers) {
+            tracing::warn!(cause = %e, "gRPC status header");
+        }
+        return response;
+    }
+    error(StatusCode::NOT_FOUND, format!("not found: {WHAT}"))
+}
+
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/", get(consume_body).post(produce))

@@ -104,17 +104,26 @@ pub async fn produce(
         )
         .await?;
         wr.flush().await?;
-        let answer = loop {
-            match read_incoming(&mut rd).await? {
-                Incoming::Msg { payload, .. } => break String::from_utf8_lossy(&payload).into_owned(),
-                Incoming::Ping => {
-                    wr.write_all(b"PONG\r\n").await?;
-                    wr.flush().await?;
+        // No JetStream meta leader yet means no responder and no answer at
+        // all (this client does not ask for no-responder replies): wait 2 s
+        // per try.
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            loop {
+                match read_incoming(&mut rd).await? {
+                    Incoming::Msg { payload, .. } => {
+                        return Ok::<_, anyhow::Error>(String::from_utf8_lossy(&payload).into_owned());
+                    }
+                    Incoming::Ping => {
+                        wr.write_all(b"PONG\r\n").await?;
+                        wr.flush().await?;
+                    }
+                    Incoming::Err(e) => bail!("NATS: {e}"),
+                    Incoming::Other => {}
                 }
-                Incoming::Err(e) => bail!("NATS: {e}"),
-                Incoming::Other => {}
             }
-        };
+        })
+        .await
+        .unwrap_or_else(|_| Ok("{\"error\":\"no answer (no JetStream leader yet?)\"}".to_owned()))?;
         if !answer.contains("\"error\"") || answer.contains("already in use") {
             break;
         }
@@ -172,7 +181,10 @@ pub async fn produce(
     let mut lat = Vec::with_capacity(total as usize);
     let mut acked = 0u64;
     while acked < total {
-        match read_incoming(&mut rd).await? {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), read_incoming(&mut rd))
+            .await
+            .map_err(|_| anyhow::anyhow!("no JetStream ack for 10 s after {acked} of {total} records"))?;
+        match next? {
             Incoming::Msg { subject, payload } => {
                 let Some(i) = subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok()) else {
                     continue;
