@@ -1,0 +1,1169 @@
+#!/usr/bin/env python3
+"""Fault injection for a sidelog cluster of real binaries, one network
+namespace per node, with a client history checked at the end.
+
+  sudo scripts/faults/harness.py --ci                       # 3 nodes, 3 rounds of kill -9 / partition (~2 min)
+  sudo scripts/faults/harness.py --nodes 5 --rounds 20 --faults all
+  sudo scripts/faults/harness.py cleanup                    # remove what a killed harness left behind
+
+Layout: a bridge slfbr0 (10.77.0.1/24) in the root namespace; node i
+(n1..nN) runs in namespace sl-f<i> at 10.77.0.<10+i> behind a veth pair;
+clients (threads of this process) reach the nodes through the bridge. Nothing
+is sent anywhere else.
+
+Faults (--faults, comma-separated; "partition" = the four partition kinds, "all" = every kind):
+  kill                 kill -9 a node (the leader half of the time), restart it
+  partition-leader     the leader cut off from every peer (clients still reach it)
+  partition-minority   a minority cut off from the majority
+  partition-oneway     every peer drops what one node (often the leader) sends
+  flap                 partitions that come and go every 0.3-1.5 s
+  netem                delay 50±30 ms, 5 % loss, reordering on every node (tc netem);
+                       without sch_netem in the kernel: 5 % loss (iptables statistic)
+                       and a 2 Mbit/s tbf link instead (no reordering)
+  pause                SIGSTOP a node (the leader half of the time), SIGCONT later
+  diskfull             the last node's data dir is a tmpfs (--disk-size); fill it, hold,
+                       free it, restart the node if it exited: it must serve again
+Clock jumps are not injected: sidelog's timers use the monotonic clock, and
+setting the wall clock would change it for the whole machine.
+
+Workload: --producers threads, each sending Produce (70 %) or ProduceBatch of
+2-5 records (30 %) to a random node (followers forward to the leader), and
+--readers threads doing linearizable reads (ConsumeRequest.linearizable,
+served on any node through the leader's read index) of the highest offset
+acknowledged before the read starts. Every operation is logged to
+RUN_DIR/history.jsonl (see check_history.py for the format); an error after
+the request may have reached a node is "info" (unknown outcome).
+
+At the end: heal everything, restart dead nodes, wait until every node has
+committed the same offsets, dump every node's log (ConsumeStream from its
+first offset) to RUN_DIR/dumps/, and run check_history.py. Exit 0 when it
+passes; 1 on any violation, unexpected node exit, or a node that does not
+recover (RUN_DIR is kept, its path printed); 2 usage; 3 setup failure.
+Cleanup (processes, mounts, namespaces, bridge, firewall rules) always runs,
+also on Ctrl-C, SIGTERM or an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import itertools
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DEFAULT_BIN = Path("/work/main/target/release/sidelog")
+
+NS_PREFIX = "sl-f"
+BRIDGE = "slfbr0"
+NET = "10.77.0"
+BRIDGE_IP = f"{NET}.1"
+CLIENT_PORT, PEER_PORT, HTTP_PORT = 8400, 8401, 8080
+FWD_COMMENT = "sidelog-faults"
+MARKER = ".sidelog-faults-run"
+
+PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
+ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
+
+
+def venv_python_candidates():
+    env = os.environ.get("SIDELOG_FAULTS_PYTHON")
+    if env:
+        yield Path(env)
+    for root in (REPO, Path("/work/main")):
+        for v in ("e2e-venv", "faults-venv"):
+            yield root / "target" / v / "bin" / "python"
+
+
+def ensure_grpc():
+    """Re-executes under a venv that has grpcio + grpcio-tools when this
+    Python lacks them."""
+    import importlib.util
+    if importlib.util.find_spec("grpc") and importlib.util.find_spec("grpc_tools"):
+        return
+    if os.environ.get("_SIDELOG_FAULTS_REEXEC"):
+        sys.exit("harness: grpcio / grpcio-tools not importable even in the venv")
+    for py in venv_python_candidates():
+        if py.is_file() and os.access(py, os.X_OK):
+            os.environ["_SIDELOG_FAULTS_REEXEC"] = "1"
+            os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
+    sys.exit("harness: needs grpcio and grpcio-tools. Create a venv:\n"
+             "  python3 -m venv target/e2e-venv && target/e2e-venv/bin/pip install -r tests/e2e/requirements.txt\n"
+             "or set SIDELOG_FAULTS_PYTHON to a python that has them")
+
+
+def die(msg: str, code: int = 3):
+    print(f"harness: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run(cmd, check=True, quiet=False, timeout=30):
+    """Runs a command (list); returns CompletedProcess. Raises on failure when check."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    if not quiet and p.returncode != 0 and os.environ.get("SIDELOG_FAULTS_DEBUG"):
+        print(f"  [{p.returncode}] {' '.join(cmd)}: {p.stderr.strip()}", file=sys.stderr)
+    return p
+
+
+def nsexec(ns, *cmd, check=True):
+    return run(["ip", "netns", "exec", ns, *cmd], check=check)
+
+
+# --------------------------------------------------------------------------
+# Cleanup
+# --------------------------------------------------------------------------
+
+class Cleanup:
+    """Undo actions, run in reverse order, each one guarded."""
+
+    def __init__(self):
+        self.actions = []
+        self.done = False
+        self.lock = threading.Lock()
+
+    def push(self, what, fn):
+        self.actions.append((what, fn))
+
+    def run(self):
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            for what, fn in reversed(self.actions):
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - keep cleaning
+                    print(f"harness: cleanup: {what}: {e}", file=sys.stderr)
+
+
+def leftovers():
+    """Namespaces, bridge, rules and mounts a previous run left behind (by name)."""
+    found = []
+    ns = run(["ip", "netns", "list"], check=False).stdout
+    found += [ln.split()[0] for ln in ns.splitlines() if ln.startswith(NS_PREFIX)]
+    if run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
+        found.append(BRIDGE)
+    if shutil.which("iptables"):
+        rules = run(["iptables", "-S", "FORWARD"], check=False).stdout
+        found += [f"iptables FORWARD rule ({FWD_COMMENT})" for ln in rules.splitlines() if FWD_COMMENT in ln]
+    for m in our_mounts():
+        found.append(f"mount {m}")
+    return found
+
+
+def our_mounts():
+    out = []
+    try:
+        with open("/proc/mounts") as f:
+            for ln in f:
+                parts = ln.split()
+                if len(parts) > 2 and parts[2] == "tmpfs" and parts[1].endswith("/disk"):
+                    run_dir = Path(parts[1].replace("\\040", " ")).parent.parent
+                    if (run_dir / MARKER).exists():
+                        out.append(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def cleanup_leftovers():
+    """Removes everything named like ours: processes in our namespaces, our
+    mounts, namespaces, bridge and FORWARD rule."""
+    ns_list = [ln.split()[0] for ln in run(["ip", "netns", "list"], check=False).stdout.splitlines()
+               if ln.startswith(NS_PREFIX)]
+    for ns in ns_list:
+        for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGCONT)
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    time.sleep(0.3)
+    for m in our_mounts():
+        run(["umount", "-l", m], check=False)
+    for ns in ns_list:
+        run(["ip", "netns", "del", ns], check=False)
+    run(["ip", "link", "del", BRIDGE], check=False)
+    if shutil.which("iptables"):
+        for ln in run(["iptables", "-S", "FORWARD"], check=False).stdout.splitlines():
+            if FWD_COMMENT in ln and ln.startswith("-A "):
+                run(["iptables", "-D", *split_rule(ln[3:])], check=False)
+
+
+def split_rule(s):
+    import shlex
+    return shlex.split(s)
+
+
+# --------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------
+
+class Net:
+    def __init__(self, n: int, cleanup: Cleanup):
+        self.n = n
+        self.cleanup = cleanup
+        self.netem = False
+
+    @staticmethod
+    def ns(i):
+        return f"{NS_PREFIX}{i}"
+
+    @staticmethod
+    def ip(i):
+        return f"{NET}.{10 + i}"
+
+    def setup(self):
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        self.cleanup.push("delete bridge", lambda: run(["ip", "link", "del", BRIDGE], check=False))
+        run(["ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
+        # Bridged frames go through the root FORWARD chain when br_netfilter
+        # is on: accept ours explicitly in case the policy drops.
+        if shutil.which("iptables"):
+            rule = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-m", "comment", "--comment", FWD_COMMENT, "-j", "ACCEPT"]
+            if run(["iptables", "-I", *rule[:1], "1", *rule[1:]], check=False).returncode == 0:
+                self.cleanup.push("delete FORWARD rule", lambda: run(["iptables", "-D", *rule], check=False))
+        for i in range(1, self.n + 1):
+            ns, host, peer = self.ns(i), f"slf{i}h", f"slf{i}n"
+            run(["ip", "netns", "add", ns])
+            self.cleanup.push(f"delete {ns}", lambda ns=ns: run(["ip", "netns", "del", ns], check=False))
+            run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer])
+            self.cleanup.push(f"delete {host}", lambda h=host: run(["ip", "link", "del", h], check=False, quiet=True))
+            run(["ip", "link", "set", peer, "netns", ns])
+            run(["ip", "link", "set", host, "master", BRIDGE, "up"])
+            nsexec(ns, "ip", "link", "set", peer, "name", "eth0")
+            nsexec(ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
+            nsexec(ns, "ip", "link", "set", "eth0", "up")
+            nsexec(ns, "ip", "link", "set", "lo", "up")
+            if shutil.which("iptables"):
+                # Partition rules live in SLF_PART (both directions), loss in SLF_LOSS.
+                nsexec(ns, "iptables", "-N", "SLF_PART")
+                nsexec(ns, "iptables", "-N", "SLF_LOSS")
+                nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_PART")
+                nsexec(ns, "iptables", "-A", "OUTPUT", "-j", "SLF_PART")
+                nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_LOSS")
+        if shutil.which("tc"):
+            ns = self.ns(1)
+            ok = nsexec(ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms", check=False)
+            self.netem = ok.returncode == 0
+            if self.netem:
+                nsexec(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        # Reachability from the root namespace.
+        if shutil.which("ping"):
+            for i in range(1, self.n + 1):
+                if run(["ping", "-c", "1", "-W", "2", self.ip(i)], check=False).returncode != 0:
+                    raise RuntimeError(f"{self.ip(i)} does not answer ping through {BRIDGE}")
+
+    # Partitions ------------------------------------------------------------
+
+    def cut(self, a, b, oneway=False):
+        """Drops traffic between nodes a and b (oneway: only what a sends to b)."""
+        nsexec(self.ns(b), "iptables", "-A", "SLF_PART", "-s", self.ip(a), "-j", "DROP")
+        if not oneway:
+            nsexec(self.ns(a), "iptables", "-A", "SLF_PART", "-s", self.ip(b), "-j", "DROP")
+            nsexec(self.ns(a), "iptables", "-A", "SLF_PART", "-d", self.ip(b), "-j", "DROP")
+            nsexec(self.ns(b), "iptables", "-A", "SLF_PART", "-d", self.ip(a), "-j", "DROP")
+
+    def split(self, side, oneway=False):
+        """Cuts `side` (node numbers) off from the other nodes."""
+        others = [j for j in range(1, self.n + 1) if j not in side]
+        for a in side:
+            for b in others:
+                self.cut(a, b, oneway=oneway)
+
+    def heal_partitions(self):
+        for i in range(1, self.n + 1):
+            nsexec(self.ns(i), "iptables", "-F", "SLF_PART", check=False)
+
+    # Link quality ----------------------------------------------------------
+
+    def degrade(self):
+        """Returns a description of what was applied."""
+        for i in range(1, self.n + 1):
+            ns = self.ns(i)
+            if self.netem:
+                nsexec(ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
+                       "delay", "50ms", "30ms", "loss", "5%", "reorder", "10%", "50%")
+            else:
+                nsexec(ns, "iptables", "-A", "SLF_LOSS", "-i", "eth0", "-m", "statistic",
+                       "--mode", "random", "--probability", "0.05", "-j", "DROP")
+                nsexec(ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+                       "rate", "2mbit", "burst", "32kbit", "latency", "300ms", check=False)
+        if self.netem:
+            return "netem delay 50ms 30ms loss 5% reorder 10% 50%"
+        return "no sch_netem in this kernel: iptables statistic 5% loss + tbf 2mbit (no delay jitter, no reorder)"
+
+    def heal_links(self):
+        for i in range(1, self.n + 1):
+            ns = self.ns(i)
+            nsexec(ns, "iptables", "-F", "SLF_LOSS", check=False)
+            nsexec(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+
+    def heal(self):
+        self.heal_partitions()
+        self.heal_links()
+
+
+# --------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------
+
+class Node:
+    def __init__(self, i, args, run_dir: Path, secret: Path, n: int):
+        self.i = i
+        self.name = f"n{i}"
+        self.ns = Net.ns(i)
+        self.ip = Net.ip(i)
+        self.client = f"{self.ip}:{CLIENT_PORT}"
+        self.http = f"http://{self.ip}:{HTTP_PORT}"
+        self.dir = run_dir / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.disk = None  # tmpfs mount point when this node's disk can fill
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "agent.log"
+        self.proc = None
+        self.expect_exit = False
+        self.paused = False
+        self.starts = 0
+        join = ",".join(f"{Net.ip(j)}:{PEER_PORT}" for j in range(1, n + 1))
+        self.cmd_tail = [
+            "--node-id", self.name,
+            "--client-addr", self.client,
+            "--http-addr", f"{self.ip}:{HTTP_PORT}",
+            "--peer-addr", f"{self.ip}:{PEER_PORT}",
+            "--join", join,
+            "--bootstrap-expect", str(n),
+            "--insecure",  # the client port is plaintext on a non-loopback address
+            "--cluster-secret-file", str(secret),
+            "--segment-max-bytes", args.segment_max_bytes,
+            "--fatal-exit-delay", "2s",
+            "--shutdown-grace", "5s",
+            *args.agent_arg,
+        ]
+        self.bin = str(args.bin)
+
+    def use_tmpfs(self, size: str, cleanup: Cleanup):
+        self.disk = self.dir / "disk"
+        self.disk.mkdir(exist_ok=True)
+        run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(self.disk)])
+        cleanup.push(f"umount {self.disk}", lambda d=self.disk: run(["umount", "-l", str(d)], check=False))
+        self.data = self.disk / "data"
+
+    def start(self):
+        self.starts += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDELOG_")}
+        env.setdefault("RUST_LOG", "info,openraft=warn")
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== harness: start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, self.bin, "agent", "--data-dir", str(self.data), *self.cmd_tail],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)  # Ctrl-C reaches the harness only
+        self.expect_exit = False
+        self.paused = False
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        if self.alive():
+            self.expect_exit = True
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.paused = False
+
+    def pause(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def ready(self, timeout=1.0):
+        try:
+            with NO_PROXY.open(f"{self.http}/readyz", timeout=timeout) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def healthz(self, timeout=1.0):
+        try:
+            with NO_PROXY.open(f"{self.http}/healthz", timeout=timeout) as r:
+                return f"{r.status} {r.read(300).decode(errors='replace').strip()}"
+        except urllib.error.HTTPError as e:
+            return f"{e.code} {e.read(300).decode(errors='replace').strip()}"
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return f"unreachable ({getattr(e, 'reason', e)})"
+
+    def log_tail(self, nbytes=200_000):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - nbytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# --------------------------------------------------------------------------
+# gRPC
+# --------------------------------------------------------------------------
+
+class Api:
+    """Stubs compiled from the repo's protos at run time (as tests/e2e do)."""
+
+    def __init__(self, proto_root: Path, out: Path):
+        import grpc
+        from grpc_tools import protoc
+        import importlib.resources
+        self.grpc = grpc
+        out.mkdir(parents=True, exist_ok=True)
+        wkt = importlib.resources.files("grpc_tools") / "_proto"
+        for proto in ("log/v1/log.proto", "sidelog/v1/peer.proto"):
+            rc = protoc.main(["grpc_tools.protoc", f"-I{proto_root}", f"-I{wkt}",
+                              f"--python_out={out}", f"--grpc_python_out={out}", str(proto_root / proto)])
+            if rc != 0:
+                raise RuntimeError(f"protoc failed on {proto}")
+        sys.path.insert(0, str(out))
+        self.log = importlib.import_module("log.v1.log_pb2")
+        self.log_grpc = importlib.import_module("log.v1.log_pb2_grpc")
+        self.peer = importlib.import_module("sidelog.v1.peer_pb2")
+        self.peer_grpc = importlib.import_module("sidelog.v1.peer_pb2_grpc")
+
+    def channel(self, addr):
+        return self.grpc.insecure_channel(addr, options=[
+            ("grpc.enable_http_proxy", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ])
+
+    def status(self, node: Node, timeout=1.0):
+        """Cluster.Status of a node, or None."""
+        if not node.alive() or node.paused:
+            return None
+        try:
+            with self.channel(node.client) as ch:
+                return self.peer_grpc.ClusterStub(ch).Status(self.peer.StatusRequest(), timeout=timeout)
+        except self.grpc.RpcError:
+            return None
+
+
+# --------------------------------------------------------------------------
+# History and workload
+# --------------------------------------------------------------------------
+
+class History:
+    def __init__(self, path: Path):
+        self.f = open(path, "w", buffering=1 << 16)
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.op_ids = itertools.count(1)
+        self.max_acked = -1
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def write(self, ev: dict, acked_upto: int | None = None) -> dict:
+        with self.lock:
+            if self.f.closed:
+                return ev
+            ev = {"t": round(self.now(), 6), **ev}
+            if acked_upto is not None:
+                self.max_acked = max(self.max_acked, acked_upto)
+            self.f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        return ev
+
+    def invoke_read(self, proc, node):
+        """Logs a read's invoke with the highest offset acknowledged so far, atomically."""
+        with self.lock:
+            if self.max_acked < 0 or self.f.closed:
+                return None, None
+            op = next(self.op_ids)
+            h = self.max_acked
+            ev = {"t": round(self.now(), 6), "proc": proc, "op": op, "type": "invoke", "f": "read",
+                  "offset": h, "node": node}
+            self.f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        return op, h
+
+    def fault(self, kind, phase, **detail):
+        self.write({"proc": "nemesis", "type": "info", "f": "fault", "fault": kind, "phase": phase, **detail})
+
+    def close(self):
+        with self.lock:
+            if not self.f.closed:
+                self.f.flush()
+                self.f.close()
+
+
+DEFINITE = {"INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "UNIMPLEMENTED"}
+
+
+def classify(err) -> tuple[str, str]:
+    """("fail" | "info", message) for a failed write. "fail" only when the
+    request certainly was not written: refused by validation, or never sent
+    (the client had no connection)."""
+    code = err.code().name if err.code() else "UNKNOWN"
+    details = err.details() or ""
+    msg = f"{code}: {details}"[:300]
+    if code in DEFINITE:
+        return "fail", msg
+    if code == "UNAVAILABLE" and "failed to connect to all addresses" in details:
+        return "fail", msg
+    return "info", msg
+
+
+class Workload:
+    def __init__(self, api: Api, nodes, history: History, args):
+        self.api = api
+        self.nodes = nodes
+        self.h = history
+        self.args = args
+        self.stop = threading.Event()
+        self.threads = []
+        self.errors = []
+
+    def start(self):
+        for k in range(1, self.args.producers + 1):
+            self.threads.append(threading.Thread(target=self.guard, args=(self.producer, k), daemon=True))
+        for k in range(1, self.args.readers + 1):
+            self.threads.append(threading.Thread(target=self.guard, args=(self.reader, k), daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def guard(self, fn, k):
+        try:
+            fn(k)
+        except Exception:  # noqa: BLE001
+            self.errors.append(traceback.format_exc())
+            self.stop.set()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=self.args.op_timeout + 10)
+
+    def producer(self, k):
+        grpc = self.api.grpc
+        pb = self.api.log
+        rng = random.Random(self.args.seed * 1000 + k)
+        chans = [self.api.channel(n.client) for n in self.nodes]
+        stubs = [self.api.log_grpc.LogStub(c) for c in chans]
+        seq = 0
+        proc = f"p{k}"
+        try:
+            while not self.stop.is_set():
+                j = rng.randrange(len(self.nodes))
+                node = self.nodes[j].name
+                batch = rng.random() < 0.3
+                size = rng.randint(2, 5) if batch else 1
+                values = []
+                for _ in range(size):
+                    seq += 1
+                    values.append(f"{proc}-{seq}")
+                f = "batch" if batch else "produce"
+                op = next(self.h.op_ids)
+                self.h.write({"proc": proc, "op": op, "type": "invoke", "f": f, "values": values, "node": node})
+                try:
+                    if batch:
+                        resp = stubs[j].ProduceBatch(
+                            pb.ProduceBatchRequest(records=[pb.Record(value=v.encode()) for v in values]),
+                            timeout=self.args.op_timeout)
+                        offsets = list(resp.offsets)
+                        self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": offsets[0],
+                                      "offsets": offsets}, acked_upto=max(offsets))
+                    else:
+                        resp = stubs[j].Produce(pb.ProduceRequest(record=pb.Record(value=values[0].encode())),
+                                                timeout=self.args.op_timeout)
+                        self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": resp.offset},
+                                     acked_upto=resp.offset)
+                    if self.args.pause_ms:
+                        time.sleep(self.args.pause_ms / 1000)
+                except grpc.RpcError as e:
+                    typ, msg = classify(e)
+                    self.h.write({"proc": proc, "op": op, "type": typ, "f": f, "error": msg})
+                    time.sleep(0.05 + rng.random() * 0.1)
+        finally:
+            for c in chans:
+                c.close()
+
+    def reader(self, k):
+        grpc = self.api.grpc
+        pb = self.api.log
+        rng = random.Random(self.args.seed * 1000 + 500 + k)
+        chans = [self.api.channel(n.client) for n in self.nodes]
+        stubs = [self.api.log_grpc.LogStub(c) for c in chans]
+        proc = f"r{k}"
+        try:
+            while not self.stop.is_set():
+                time.sleep(0.05 + rng.random() * 0.1)
+                j = rng.randrange(len(self.nodes))
+                op, h = self.h.invoke_read(proc, self.nodes[j].name)
+                if op is None:
+                    continue
+                try:
+                    resp = stubs[j].Consume(pb.ConsumeRequest(offset=h, linearizable=True),
+                                            timeout=self.args.op_timeout)
+                    self.h.write({"proc": proc, "op": op, "type": "ok", "f": "read", "found": True,
+                                  "values": [resp.record.value.decode(errors="replace")]})
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                        self.h.write({"proc": proc, "op": op, "type": "ok", "f": "read", "found": False,
+                                      "error": (e.details() or "")[:200]})
+                    else:
+                        # A read has no effect: a failed one is just "fail".
+                        self.h.write({"proc": proc, "op": op, "type": "fail", "f": "read",
+                                      "error": f"{e.code().name}: {e.details()}"[:300]})
+        finally:
+            for c in chans:
+                c.close()
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+class Harness:
+    def __init__(self, args, cleanup: Cleanup):
+        self.args = args
+        self.cleanup = cleanup
+        self.rng = random.Random(args.seed)
+        self.run_dir = args.run_dir
+        self.net = Net(args.nodes, cleanup)
+        self.nodes: list[Node] = []
+        self.problems: list[str] = []  # unexpected exits, nodes that did not recover
+        self.notes: list[str] = []
+        self.disk_obs: list[dict] = []
+        self.workload = None
+        self.history = None
+        self.api = None
+
+    def say(self, msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # Setup -----------------------------------------------------------------
+
+    def setup(self):
+        a = self.args
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / MARKER).write_text("sidelog fault-injection run\n")
+        self.api = Api(a.proto_dir, self.run_dir / "stubs")
+        secret = self.run_dir / "cluster-secret"
+        secret.write_text(secrets.token_hex(24) + "\n")
+        secret.chmod(0o600)
+        self.say(f"network: {BRIDGE} {BRIDGE_IP}/24, {a.nodes} namespaces")
+        self.net.setup()
+        if not self.net.netem and "netem" in a.fault_kinds:
+            self.notes.append("sch_netem is not available in this kernel: 'netem' uses iptables loss + tbf instead")
+        self.nodes = [Node(i, a, self.run_dir, secret, a.nodes) for i in range(1, a.nodes + 1)]
+        if "diskfull" in a.fault_kinds:
+            self.nodes[-1].use_tmpfs(a.disk_size, self.cleanup)
+        self.cleanup.push("stop nodes", self.kill_all)  # runs before the umount
+        for n in self.nodes:
+            n.start()
+        self.say(f"nodes: {', '.join(f'{n.name}@{n.ip}' for n in self.nodes)} ({a.bin})")
+        if not self.wait(lambda: all(n.ready() for n in self.nodes), a.start_timeout):
+            self.check_exits()
+            raise RuntimeError(f"the cluster did not become ready within {a.start_timeout}s; logs under {self.run_dir}")
+        self.say(f"cluster ready, leader {self.leader()}")
+
+    def kill_all(self):
+        for n in self.nodes:
+            try:
+                n.kill9()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @staticmethod
+    def wait(cond, timeout, step=0.2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            time.sleep(step)
+        return cond()
+
+    def statuses(self):
+        return {n.name: self.api.status(n) for n in self.nodes}
+
+    def leader(self):
+        """The leader's Node, if any node reports one it agrees with."""
+        for n in self.nodes:
+            s = self.api.status(n)
+            if s is not None and s.state == "leader":
+                return n
+        return None
+
+    def node_by_name(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def check_exits(self, during_diskfull: Node | None = None):
+        """Records nodes that exited without being killed and restarts them."""
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is not None and not n.expect_exit:
+                code = n.proc.returncode
+                if n is during_diskfull:
+                    continue
+                msg = f"{n.name} exited by itself with code {code} (log: {n.log_path})"
+                self.problems.append(msg)
+                self.say("UNEXPECTED EXIT: " + msg)
+                if self.history:
+                    self.history.fault("crash", "start", node=n.name, code=code)
+                n.expect_exit = True
+
+    def pick(self, prefer_leader=0.5):
+        alive = [n for n in self.nodes if n.alive()]
+        lead = self.leader()
+        if lead is not None and self.rng.random() < prefer_leader:
+            return lead
+        return self.rng.choice(alive or self.nodes)
+
+    # Faults ----------------------------------------------------------------
+
+    def fault(self, kind):
+        d = self.args.fault_duration
+        h = self.history
+        lead = self.leader()
+        lead_name = lead.name if lead else None
+        if kind == "kill":
+            n = self.pick()
+            h.fault(kind, "start", node=n.name, leader=lead_name)
+            n.kill9()
+            time.sleep(self.rng.uniform(0.5, max(0.6, d / 2)))
+            n.start()
+            self.say(f"  kill -9 {n.name}{' (leader)' if n is lead else ''}, restarted")
+            h.fault(kind, "end", node=n.name)
+        elif kind == "partition-leader":
+            n = lead or self.pick()
+            h.fault(kind, "start", nodes=[n.name], leader=lead_name)
+            self.net.split([n.i])
+            self.say(f"  {n.name}{' (leader)' if n is lead else ''} cut off from its peers for {d}s")
+            time.sleep(d)
+            self.net.heal_partitions()
+            h.fault(kind, "end")
+        elif kind == "partition-minority":
+            k = (self.args.nodes - 1) // 2
+            side = self.rng.sample(range(1, self.args.nodes + 1), k)
+            if lead and self.rng.random() < 0.5 and lead.i not in side:
+                side[0] = lead.i
+            names = [f"n{i}" for i in side]
+            h.fault(kind, "start", nodes=names, leader=lead_name)
+            self.net.split(side)
+            self.say(f"  minority {names} cut off (leader {lead_name}) for {d}s")
+            time.sleep(d)
+            self.net.heal_partitions()
+            h.fault(kind, "end")
+        elif kind == "partition-oneway":
+            n = lead if (lead and self.rng.random() < 0.7) else self.pick()
+            h.fault(kind, "start", nodes=[n.name], leader=lead_name, direction="from")
+            self.net.split([n.i], oneway=True)
+            self.say(f"  every peer drops what {n.name} sends (one-way; leader {lead_name}) for {d}s")
+            time.sleep(d)
+            self.net.heal_partitions()
+            h.fault(kind, "end")
+        elif kind == "flap":
+            h.fault(kind, "start", leader=lead_name)
+            end = time.monotonic() + d
+            flips = 0
+            while time.monotonic() < end:
+                self.net.heal_partitions()
+                if self.rng.random() < 0.6:
+                    k = self.rng.randint(1, (self.args.nodes - 1) // 2)
+                    self.net.split(self.rng.sample(range(1, self.args.nodes + 1), k),
+                                   oneway=self.rng.random() < 0.3)
+                    flips += 1
+                time.sleep(self.rng.uniform(0.3, 1.5))
+            self.net.heal_partitions()
+            self.say(f"  flapping partitions for {d}s ({flips} cuts)")
+            h.fault(kind, "end", cuts=flips)
+        elif kind == "netem":
+            what = self.net.degrade()
+            h.fault(kind, "start", detail=what)
+            self.say(f"  links degraded for {d}s: {what}")
+            time.sleep(d)
+            self.net.heal_links()
+            h.fault(kind, "end")
+        elif kind == "pause":
+            n = self.pick()
+            h.fault(kind, "start", node=n.name, leader=lead_name)
+            n.pause()
+            self.say(f"  SIGSTOP {n.name}{' (leader)' if n is lead else ''} for {d}s")
+            time.sleep(d)
+            n.resume()
+            h.fault(kind, "end", node=n.name)
+        elif kind == "diskfull":
+            self.disk_full(lead_name)
+        else:
+            raise ValueError(kind)
+
+    def disk_full(self, lead_name):
+        n = self.nodes[-1]
+        d = max(self.args.fault_duration, 5)
+        h = self.history
+        h.fault("diskfull", "start", node=n.name, leader=lead_name)
+        filler = n.disk / "filler"
+        written = 0
+        with open(filler, "wb") as f:
+            for chunk in (1 << 20, 1 << 12):
+                buf = b"\0" * chunk
+                while True:
+                    try:
+                        f.write(buf)
+                        f.flush()
+                        written += chunk
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        break
+        self.say(f"  {n.name}'s disk filled ({written >> 20} MiB filler, leader {lead_name}) for {d}s")
+        seen_health = None
+        exit_code = None
+        end = time.monotonic() + d
+        while time.monotonic() < end:
+            if n.proc.poll() is not None:
+                exit_code = n.proc.returncode
+                break
+            hz = n.healthz()
+            if not hz.startswith("200"):
+                seen_health = seen_health or hz
+            time.sleep(0.5)
+        if exit_code is None and n.proc.poll() is not None:
+            exit_code = n.proc.returncode
+        log = n.log_tail()
+        enospc = bool(re.search(r"No space left|ENOSPC|StorageFull|disk full", log, re.I))
+        filler.unlink()
+        obs = {"healthz": seen_health, "exit_code": exit_code, "log_mentions_enospc": enospc}
+        if exit_code is not None:
+            n.expect_exit = True
+            n.start()
+        recovered = self.wait(n.ready, self.args.recover_timeout)
+        obs["served_again"] = recovered
+        h.fault("diskfull", "end", node=n.name, **obs)
+        self.say(f"  disk freed: healthz during fault {seen_health!r}, exit code {exit_code}, "
+                 f"log mentions ENOSPC: {enospc}, serving again: {recovered}")
+        self.disk_obs.append(obs)
+        if not recovered:
+            self.problems.append(f"{n.name} did not serve again within {self.args.recover_timeout}s after its disk was freed")
+
+    def heal_all(self):
+        self.net.heal()
+        for n in self.nodes:
+            if n.paused:
+                n.resume()
+        if self.nodes and self.nodes[-1].disk is not None:
+            try:
+                (self.nodes[-1].disk / "filler").unlink()
+            except FileNotFoundError:
+                pass
+
+    def recover(self):
+        """After a fault: every node alive, a leader, every node ready."""
+        self.check_exits()
+        for n in self.nodes:
+            if not n.alive():
+                n.start()
+        ok = self.wait(lambda: self.leader() is not None and all(n.ready() for n in self.nodes),
+                       self.args.recover_timeout, step=0.3)
+        if not ok:
+            self.notes.append(f"cluster not fully ready {self.args.recover_timeout}s after a fault "
+                              f"(t={self.history.now():.1f}s)")
+            self.say("  (cluster not fully ready yet; continuing)")
+        return ok
+
+    def rounds(self):
+        a = self.args
+        kinds = a.fault_kinds
+        time.sleep(a.quiet)
+        for r in range(a.rounds):
+            if self.workload.stop.is_set():
+                raise RuntimeError("a workload thread failed:\n" + "\n".join(self.workload.errors))
+            kind = kinds[r % len(kinds)] if a.order == "cycle" else self.rng.choice(kinds)
+            self.say(f"round {r + 1}/{a.rounds}: {kind}")
+            try:
+                self.fault(kind)
+            finally:
+                self.heal_all()
+            self.check_exits(during_diskfull=None)
+            self.recover()
+            time.sleep(a.quiet)
+
+    def converge(self):
+        """Waits until every node has committed and applied the same entries."""
+        a = self.args
+        self.heal_all()
+        self.check_exits()
+        for n in self.nodes:
+            if not n.alive():
+                n.start()
+        deadline = time.monotonic() + a.converge_timeout
+        prev = None
+        while time.monotonic() < deadline:
+            st = self.statuses()
+            if all(s is not None for s in st.values()):
+                key = {(s.next_offset, s.applied_index, s.last_log_index) for s in st.values()}
+                leaders = {s.leader for s in st.values()}
+                if len(key) == 1 and len(leaders) == 1 and None not in leaders and "" not in leaders:
+                    if prev == key:
+                        return st
+                    prev = key
+                else:
+                    prev = None
+            time.sleep(1.0)
+        st = self.statuses()
+        desc = ", ".join(f"{k}: " + (f"next {s.next_offset} applied {s.applied_index} leader {s.leader}"
+                                     if s else "no answer") for k, s in st.items())
+        self.problems.append(f"nodes did not converge within {a.converge_timeout}s: {desc}")
+        return st
+
+    def dump(self, statuses):
+        """Each node's whole committed log, read from that node."""
+        out_dir = self.run_dir / "dumps"
+        out_dir.mkdir(exist_ok=True)
+        pb = self.api.log
+        known = [s.next_offset for s in statuses.values() if s is not None]
+        for n in self.nodes:
+            s = statuses.get(n.name)
+            first = s.first_offset if s else 0
+            end = s.next_offset if s else (max(known) if known else None)
+            rows = []
+            nxt = first
+            for attempt in range(3):
+                if end is not None and nxt >= end:
+                    break
+                try:
+                    with self.api.channel(n.client) as ch:
+                        stream = self.api.log_grpc.LogStub(ch).ConsumeStream(
+                            pb.ConsumeRequest(offset=nxt), timeout=self.args.dump_timeout)
+                        for resp in stream:
+                            r = resp.record
+                            row = {"offset": r.offset}
+                            try:
+                                row["value"] = r.value.decode("utf-8")
+                            except UnicodeDecodeError:
+                                row["value_hex"] = r.value.hex()
+                            rows.append(row)
+                            nxt = r.offset + 1
+                            if end is not None and nxt >= end:
+                                stream.cancel()
+                                break
+                except self.api.grpc.RpcError as e:
+                    if e.code() == self.api.grpc.StatusCode.CANCELLED:
+                        break
+                    self.say(f"  dump of {n.name} interrupted at {nxt}: {e.code().name} {e.details()}")
+                    time.sleep(1)
+            with open(out_dir / f"dump-{n.name}.jsonl", "w") as f:
+                f.write(json.dumps({"node": n.name, "first_offset": first, "next_offset": end}) + "\n")
+                for row in rows:
+                    f.write(json.dumps(row, separators=(",", ":")) + "\n")
+            self.say(f"  {n.name}: {len(rows)} records dumped (offsets {first}..{nxt})")
+
+    def sabotage(self):
+        """Drops the last acknowledged record from every dump, as a lost fsync
+        would: the checker must fail (--sabotage; proves the CI mode catches it)."""
+        acked = -1
+        with open(self.run_dir / "history.jsonl") as f:
+            for ln in f:
+                e = json.loads(ln)
+                if e.get("type") == "ok" and e.get("f") in ("produce", "batch"):
+                    acked = max(acked, max(e.get("offsets") or [e["offset"]]))
+        for p in (self.run_dir / "dumps").glob("*.jsonl"):
+            lines = p.read_text().splitlines()
+            kept = [ln for ln in lines if json.loads(ln).get("offset", -1) < acked]
+            p.write_text("".join(ln + "\n" for ln in kept))
+        self.say(f"  SABOTAGE: offset {acked} and later removed from every dump")
+
+    def main(self):
+        a = self.args
+        self.setup()
+        self.history = History(self.run_dir / "history.jsonl")
+        self.cleanup.push("close the history", self.history.close)
+        self.workload = Workload(self.api, self.nodes, self.history, a)
+        self.workload.start()
+        t0 = time.monotonic()
+        try:
+            self.rounds()
+        finally:
+            self.say("stopping the workload")
+            self.workload.finish()
+        if self.workload.errors:
+            raise RuntimeError("a workload thread failed:\n" + "\n".join(self.workload.errors))
+        self.say("healing, waiting for every node to converge")
+        t1 = time.monotonic()
+        st = self.converge()
+        self.say(f"converged in {time.monotonic() - t1:.1f}s" if not any("converge" in p for p in self.problems)
+                 else "NOT converged")
+        self.dump(st)
+        self.history.close()
+        if a.sabotage:
+            self.sabotage()
+        sys.path.insert(0, str(HERE))
+        import check_history
+        events = check_history.load_history(self.run_dir / "history.jsonl")
+        dumps = {p.stem.removeprefix("dump-"): check_history.load_dump(p)
+                 for p in sorted((self.run_dir / "dumps").glob("*.jsonl"))}
+        report = check_history.check(events, dumps)
+        (self.run_dir / "report.json").write_text(json.dumps(report.to_json(), indent=1))
+        print(report.summary())
+        print(f"duration: {time.monotonic() - t0:.0f}s of faults and workload; nodes {a.nodes}; rounds {a.rounds}; "
+              f"faults {','.join(a.fault_kinds)}; seed {a.seed}")
+        for o in self.disk_obs:
+            print(f"disk full: {o}")
+        for note in self.notes:
+            print(f"note: {note}")
+        for p in self.problems:
+            print(f"PROBLEM: {p}")
+        failed = report.failed or bool(self.problems)
+        return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="sidelog fault injection (needs root)",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "cleanup"])
+    ap.add_argument("--ci", action="store_true",
+                    help="short CI run: 3 nodes, 3 rounds of kill,partition (unless given explicitly)")
+    ap.add_argument("--nodes", type=int, choices=[3, 5])
+    ap.add_argument("--bin", type=Path, default=Path(os.environ.get("SIDELOG_BIN", DEFAULT_BIN)))
+    ap.add_argument("--proto-dir", type=Path, default=REPO / "proto")
+    ap.add_argument("--run-dir", type=Path, help="default: /tmp/sidelog-faults-<time>")
+    ap.add_argument("--faults", help=f"comma-separated: {', '.join(ALL_KINDS)}, partition, all")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--order", choices=["cycle", "random"], default="cycle")
+    ap.add_argument("--fault-duration", type=float, default=8.0, help="seconds a fault is held")
+    ap.add_argument("--quiet", type=float, default=4.0, help="seconds without faults between rounds")
+    ap.add_argument("--producers", type=int, default=6)
+    ap.add_argument("--readers", type=int, default=2)
+    ap.add_argument("--pause-ms", type=float, default=10.0, help="producer pause after each acknowledged op")
+    ap.add_argument("--op-timeout", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    ap.add_argument("--disk-size", default="64m", help="tmpfs size of the diskfull node")
+    ap.add_argument("--segment-max-bytes", default="4MiB")
+    ap.add_argument("--agent-arg", action="append", default=[], help="extra flag for every agent (repeatable)")
+    ap.add_argument("--start-timeout", type=float, default=60.0)
+    ap.add_argument("--recover-timeout", type=float, default=30.0)
+    ap.add_argument("--converge-timeout", type=float, default=120.0)
+    ap.add_argument("--dump-timeout", type=float, default=120.0)
+    ap.add_argument("--keep", action="store_true", help="keep RUN_DIR even when the run passes")
+    ap.add_argument("--sabotage", action="store_true",
+                    help="drop the last acknowledged record from the dumps before checking (must fail)")
+    a = ap.parse_args(argv)
+    if a.ci:
+        a.nodes = a.nodes or 3
+        a.rounds = a.rounds if a.rounds is not None else 3
+        a.faults = a.faults or "kill,partition-leader,partition-minority"
+    a.nodes = a.nodes or 3
+    a.rounds = a.rounds if a.rounds is not None else 5
+    kinds = []
+    for k in (a.faults or "kill,partition").split(","):
+        k = k.strip()
+        if k == "all":
+            kinds += ALL_KINDS
+        elif k == "partition":
+            kinds += PARTITION_KINDS
+        elif k in ALL_KINDS:
+            kinds.append(k)
+        elif k:
+            ap.error(f"unknown fault {k!r} (known: {', '.join(ALL_KINDS)}, partition, all)")
+    a.fault_kinds = list(dict.fromkeys(kinds))
+    if not a.fault_kinds and a.rounds:
+        ap.error("no faults given")
+    if a.run_dir is None:
+        a.run_dir = Path(f"/tmp/sidelog-faults-{time.strftime('%Y%m%d-%H%M%S')}")
+    return a
+
+
+def preflight(a):
+    if os.geteuid() != 0:
+        die("needs root (network namespaces, veth, iptables, tc, mount): run it with sudo", 2)
+    if not shutil.which("ip"):
+        die("`ip` (iproute2) is missing: apt-get install -y iproute2", 2)
+    need = {"iptables": any(k.startswith("partition") or k in ("flap", "netem") for k in a.fault_kinds),
+            "tc": "netem" in a.fault_kinds, "mount": "diskfull" in a.fault_kinds}
+    for tool, needed in need.items():
+        if needed and not shutil.which(tool):
+            die(f"`{tool}` is missing and the faults {a.fault_kinds} need it", 2)
+    if not (a.bin.is_file() and os.access(a.bin, os.X_OK)):
+        die(f"sidelog binary not found at {a.bin} (--bin or SIDELOG_BIN)", 2)
+    left = leftovers()
+    if left:
+        die(f"a previous run left {left} behind: run `{sys.argv[0]} cleanup` first", 2)
+    used = run(["ip", "-o", "addr"], check=False).stdout
+    if f" {NET}." in used:
+        die(f"{NET}.0/24 is already in use on this machine: refusing to touch it", 2)
+
+
+def main(argv=None):
+    a = parse_args(argv if argv is not None else sys.argv[1:])
+    if a.command == "cleanup":
+        if os.geteuid() != 0:
+            die("needs root", 2)
+        before = leftovers()
+        cleanup_leftovers()
+        after = leftovers()
+        print(f"removed: {before or 'nothing'}" + (f"; still there: {after}" if after else ""))
+        return 1 if after else 0
+    preflight(a)
+    ensure_grpc()
+    cleanup = Cleanup()
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    h = Harness(a, cleanup)
+    code = 3
+    try:
+        code = h.main()
+    except KeyboardInterrupt as e:
+        print(f"\nharness: interrupted ({e or 'Ctrl-C'}), cleaning up", file=sys.stderr)
+        code = 130
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        code = 3
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish
+        if h.workload:
+            h.workload.stop.set()
+        cleanup.run()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if code == 0 and not a.keep:
+        shutil.rmtree(a.run_dir, ignore_errors=True)
+        print("PASS (run dir removed; --keep keeps it)")
+    elif code == 0:
+        print(f"PASS; run dir kept: {a.run_dir}")
+    else:
+        print(f"FAIL (exit {code}); history, dumps, node logs and report kept in {a.run_dir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
