@@ -2,7 +2,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
+use futures_util::{FutureExt, Stream, StreamExt, stream::FuturesOrdered};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,49 @@ fn value_of(req: pb::ProduceRequest) -> Result<bytes::Bytes, Status> {
     req.record
         .map(|r| r.value)
         .ok_or_else(|| Status::invalid_argument("ProduceRequest.record is required"))
+}
+
+/// Why a produce stream's chunk stopped taking requests.
+enum StreamStop {
+    /// The client closed its side.
+    End,
+    /// A request without a record.
+    Invalid(Status),
+    /// The transport failed.
+    Broken(Status),
+}
+
+/// Produce-stream requests that arrived together, submitted as one proposal.
+#[derive(Default)]
+struct StreamChunk {
+    values: Vec<bytes::Bytes>,
+    bytes: usize,
+    stop: Option<StreamStop>,
+}
+
+impl StreamChunk {
+    /// Records and bytes one chunk takes at most (the dispatcher bounds its
+    /// entries alike).
+    const MAX_RECORDS: usize = 256;
+    const MAX_BYTES: usize = 256 << 10;
+
+    fn wants_more(&self) -> bool {
+        self.values.len() < Self::MAX_RECORDS && self.bytes < Self::MAX_BYTES
+    }
+
+    fn take(&mut self, req: Option<Result<pb::ProduceRequest, Status>>, node: &crate::node::LogNode) {
+        match req {
+            Some(Ok(req)) => match value_of(req).and_then(|v| node.check_size(&v).map(|()| v).map_err(Status::from)) {
+                Ok(v) => {
+                    self.bytes += v.len();
+                    self.values.push(v);
+                }
+                Err(e) => self.stop = Some(StreamStop::Invalid(e)),
+            },
+            Some(Err(status)) => self.stop = Some(StreamStop::Broken(status)),
+            None => self.stop = Some(StreamStop::End),
+        }
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -257,48 +300,75 @@ impl LogApi for LogService {
         let cluster = self.cluster.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            // Appends happen in request order as requests arrive; commits
-            // are awaited concurrently and answered in order.
+            // Requests are submitted in arrival order, the ones already
+            // received together (one proposal, one commit wait for the
+            // chunk); commits are awaited concurrently and answered in order,
+            // one response per record.
             let mut waiting = FuturesOrdered::new();
+            let mut in_flight = 0usize;
             let mut inbound_open = true;
             loop {
                 tokio::select! {
-                    req = inbound.next(), if inbound_open && waiting.len() < PRODUCE_STREAM_WINDOW => match req {
-                        Some(Ok(req)) => {
-                            // Submitting fixes the record's place in the log,
-                            // so offsets follow request order.
-                            let pending = match value_of(req) {
-                                Ok(v) => {
-                                    let len = v.len();
-                                    cluster.submit(v).await.map(|f| (f, len)).map_err(Status::from)
+                    req = inbound.next(), if inbound_open && in_flight < PRODUCE_STREAM_WINDOW => {
+                        let mut chunk = StreamChunk::default();
+                        chunk.take(req, cluster.node());
+                        while chunk.stop.is_none() && chunk.wants_more() {
+                            match inbound.next().now_or_never() {
+                                Some(req) => chunk.take(req, cluster.node()),
+                                None => break,
+                            }
+                        }
+                        if !chunk.values.is_empty() {
+                            let n = chunk.values.len();
+                            let bytes = chunk.bytes as u64;
+                            let pending = cluster.submit_many(std::mem::take(&mut chunk.values)).await;
+                            let failed = pending.is_err();
+                            let metrics = metrics.clone();
+                            in_flight += n;
+                            waiting.push_back(Box::pin(async move {
+                                let offset = async { pending?.await }.await.map_err(Status::from);
+                                if offset.is_ok() {
+                                    metrics.records_in.inc_by(n as u64);
+                                    metrics.bytes_in.inc_by(bytes);
                                 }
-                                Err(e) => Err(e),
-                            };
-                            // The stream ends at the first rejected request: append
-                            // nothing after it, so the log never holds requests the
-                            // client was not answered for past a gap.
-                            if pending.is_err() {
+                                (n, offset)
+                            }) as Pin<Box<dyn Future<Output = (usize, Result<u64, Status>)> + Send>>);
+                            // The stream ends at the first rejected request:
+                            // append nothing after it.
+                            if failed {
                                 inbound_open = false;
                             }
-                            let metrics = metrics.clone();
-                            waiting.push_back(async move {
-                                let (committed, len) = pending?;
-                                let offset = committed.await.map_err(Status::from)?;
-                                metrics.records_in.inc();
-                                metrics.bytes_in.inc_by(len as u64);
-                                Ok(pb::ProduceResponse { offset })
-                            });
                         }
-                        Some(Err(status)) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
+                        match chunk.stop {
+                            None => {}
+                            Some(StreamStop::End) => inbound_open = false,
+                            // A bad record: answered in its place, after the
+                            // records before it; nothing after it is appended.
+                            Some(StreamStop::Invalid(status)) => {
+                                inbound_open = false;
+                                waiting.push_back(Box::pin(async move { (1, Err(status)) }));
+                                in_flight += 1;
+                            }
+                            Some(StreamStop::Broken(status)) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
                         }
-                        None => inbound_open = false,
                     },
-                    Some(resp) = waiting.next() => {
-                        let failed = resp.is_err();
-                        if tx.send(resp).await.is_err() || failed {
-                            return;
+                    Some((n, result)) = waiting.next() => {
+                        in_flight -= n;
+                        match result {
+                            Ok(base) => {
+                                for i in 0..n as u64 {
+                                    if tx.send(Ok(pb::ProduceResponse { offset: base + i })).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
                         }
                     }
                     else => return,

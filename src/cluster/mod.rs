@@ -250,6 +250,19 @@ impl Cluster {
         self.propose(vec![value], false).await
     }
 
+    /// Queues records to be written together (one entry, in order, all or
+    /// none); the returned future resolves to the first one's offset once
+    /// they are committed. Ordering across calls is as for [`Self::submit`].
+    pub async fn submit_many(
+        &self,
+        values: Vec<Bytes>,
+    ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
+        for v in &values {
+            self.node.check_size(v)?;
+        }
+        self.propose(values, false).await
+    }
+
     /// Queues records for the dispatcher, which proposes them (leader) or
     /// forwards them (follower); `local_only` refuses to forward. Waits
     /// while the queue is full (backpressure), at most the write timeout.
