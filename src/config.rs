@@ -650,6 +650,20 @@ impl Config {
                 format!("{} is also the client address", self.http_addr),
             ));
         }
+        let level_ok = |l: &str| l.trim().parse::<tracing::level_filters::LevelFilter>().is_ok();
+        let directives_ok = self.log_level.split(',').all(|d| match d.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && level_ok(level),
+            None => level_ok(d),
+        });
+        if !directives_ok || self.log_level.parse::<tracing_subscriber::filter::Targets>().is_err() {
+            return Err(invalid(
+                "log-level",
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or a list of TARGET=LEVEL",
+                    self.log_level
+                ),
+            ));
+        }
         if let Some(h) = self.health_addr
             && h.port() != 0
             && [self.client_addr, self.http_addr, self.peer_addr].contains(&h)
@@ -872,6 +886,21 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert!(parse_size("12 parsecs").unwrap_err().contains("parsecs"));
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn a_bad_log_level_is_refused_by_name() {
+        let args = AgentArgs {
+            log_level: Some("loud".into()),
+            ..Default::default()
+        };
+        let err = Config::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("log-level") && err.contains("loud"), "{err}");
+        let args = AgentArgs {
+            log_level: Some("warn,sidelog::cluster=debug".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(args).is_ok());
     }
 
     #[test]

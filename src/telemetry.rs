@@ -30,7 +30,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
+use tracing_subscriber::{Layer, filter::Targets, fmt, prelude::*};
 
 use crate::{config::LogFormat, node::LogNode, storage::FlushObserver};
 
@@ -261,9 +261,14 @@ pub fn subscriber(
     otlp: Option<OtlpConfig>,
     metrics: Arc<Metrics>,
 ) -> (Box<dyn tracing::Subscriber + Send + Sync>, Telemetry) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // `RUST_LOG` (or `level`): `LEVEL` and `TARGET=LEVEL` directives,
+    // comma-separated. Targets, not EnvFilter: no span-field or regex
+    // directives, and no regex engine in the binary.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| level.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let logs = match format {
         LogFormat::Json => fmt::layer()
             .json()
