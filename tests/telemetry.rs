@@ -239,3 +239,100 @@ async fn active_consume_streams_are_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A write sent to a follower is forwarded to the leader: the follower's
+/// request span, the forward, the leader's `Peer/Forward` span and its Raft
+/// spans all carry the caller's trace (the context crosses the peer call in
+/// gRPC metadata).
+#[tokio::test(flavor = "current_thread")]
+async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
+    use sidelog::{agent::Agent, cluster::types::node_id};
+
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    let otlp = OtlpConfig {
+        endpoint: format!("http://{addr}"),
+    };
+    let (subscriber, telemetry) = telemetry::subscriber(LogFormat::Text, "warn", Some(otlp), Metrics::new());
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let ports: Vec<u16> = (0..3).map(|_| crate::common::free_port()).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let starts = (0..3).map(|i| {
+        let mut c = crate::common::config_in(dirs[i].path().join("data"));
+        c.node_id = format!("trace-{i}");
+        c.peer_addr = format!("127.0.0.1:{}", ports[i]).parse().unwrap();
+        c.join = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        c.bootstrap_expect = 3;
+        Agent::start_with(c, Metrics::new())
+    });
+    let agents: Vec<Agent> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let leader = loop {
+        let id = agents[0].cluster().metrics().current_leader;
+        let found = id.and_then(|id| (0..3).find(|&i| node_id(&format!("trace-{i}")) == id));
+        if let Some(l) = found
+            && agents.iter().all(|a| a.cluster().is_ready())
+        {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ready cluster of three");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let follower = (leader + 1) % 3;
+
+    let client = sidelog::client::Client::connect(&agents[follower].client_addr.to_string())
+        .await
+        .unwrap()
+        .raw();
+    let mut request = tonic::Request::new(pb::ProduceRequest {
+        record: Some(pb::Record {
+            value: Bytes::from_static(b"forwarded"),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    client.clone().produce(request).await.unwrap();
+    for a in agents {
+        a.stop_without_leave().await.unwrap();
+    }
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name && hex(&s.trace_id) == TRACE_ID)
+            .unwrap_or_else(|| panic!("no {name} span in the caller's trace among {names:?}"))
+    };
+    let produce = find("log.v1.Log/Produce");
+    let forward = find("raft.forward");
+    let served = find("sidelog.v1.Peer/Forward");
+    assert_eq!(hex(&produce.parent_span_id), PARENT_ID);
+    assert_eq!(
+        served.parent_span_id, forward.span_id,
+        "the leader's span continues the forward"
+    );
+    // The leader's quorum wait is in the same trace, under its Forward span.
+    let commit = spans
+        .iter()
+        .find(|s| s.name == "raft.commit" && s.parent_span_id == served.span_id)
+        .unwrap_or_else(|| panic!("no raft.commit under the leader's Forward span among {names:?}"));
+    assert_eq!(hex(&commit.trace_id), TRACE_ID);
+}
