@@ -110,6 +110,11 @@ Validation of value combinations that the schema cannot express.
 {{- if and (eq $V.discovery.mode "static") (not .stsName) -}}
 {{- fail "discovery.mode=static needs pods with stable names (a StatefulSet: pass \"statefulSet\" to the sidecar helpers); use discovery.mode=dns for a Deployment" -}}
 {{- end -}}
+{{- $ports := list $V.ports.client $V.ports.peer $V.ports.http -}}
+{{- if $V.ports.health }}{{ $ports = append $ports $V.ports.health }}{{ end -}}
+{{- if ne (len $ports) (len (uniq $ports)) -}}
+{{- fail (printf "ports: client, peer, http and health must be different ports (got %v)" $ports) -}}
+{{- end -}}
 {{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
 {{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
 {{- end -}}
@@ -208,9 +213,11 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 
 {{/*
 One probe. Args: a dict with ctx (the context above) and kind
-(startup|liveness|readiness). gRPC when the probe names a gRPC health
-service and plaintext gRPC reaches it on the pod IP; else HTTP; in sidecar
-mode without a health port, startup and liveness fall back to a TCP check of
+(startup|liveness|readiness). Native gRPC when the probe names a gRPC health
+service and plaintext gRPC reaches it on the pod IP: the health port
+(--health-addr, plaintext in every mode, the default), or without it the
+client port in cluster mode with client TLS off. Else HTTP(S) on the HTTP
+port (cluster mode); in sidecar mode without a health port, a TCP check of
 the peer listener (bound only after the log is open).
 */}}
 {{- define "sidelog.probe" -}}
