@@ -110,8 +110,8 @@ Validation of value combinations that the schema cannot express.
 {{- if and (eq $V.discovery.mode "static") (not .stsName) -}}
 {{- fail "discovery.mode=static needs pods with stable names (a StatefulSet: pass \"statefulSet\" to the sidecar helpers); use discovery.mode=dns for a Deployment" -}}
 {{- end -}}
-{{- $ports := list $V.ports.client $V.ports.peer $V.ports.http -}}
-{{- if $V.ports.health }}{{ $ports = append $ports $V.ports.health }}{{ end -}}
+{{- $ports := list (toString $V.ports.client) (toString $V.ports.peer) (toString $V.ports.http) -}}
+{{- if $V.ports.health }}{{ $ports = append $ports (toString $V.ports.health) }}{{ end -}}
 {{- if ne (len $ports) (len (uniq $ports)) -}}
 {{- fail (printf "ports: client, peer, http and health must be different ports (got %v)" $ports) -}}
 {{- end -}}
