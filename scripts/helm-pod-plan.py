@@ -21,8 +21,8 @@ serves no SRV), and the data volume becomes a named volume per pod.
 beyond are what scaling the StatefulSet up would add (same pod template,
 the next ordinals).
 
-  helm-pod-plan.py RENDERED.yaml OUTDIR [--network NET] [--client-port-base 18400]
-                   [--http-port-base 18080] [--health-port-base 18700]
+  helm-pod-plan.py RENDERED.yaml OUTDIR [--network NET] [--client-port-base 24400]
+                   [--http-port-base 24080] [--health-port-base 24700]
                    [--prefix NAME] [--pods N] [--cluster-domain cluster.local]
 """
 import argparse
@@ -40,9 +40,9 @@ def main() -> int:
     ap.add_argument("rendered")
     ap.add_argument("out")
     ap.add_argument("--network", default="sidelog-helm-test")
-    ap.add_argument("--client-port-base", type=int, default=18400)
-    ap.add_argument("--http-port-base", type=int, default=18080)
-    ap.add_argument("--health-port-base", type=int, default=18700)
+    ap.add_argument("--client-port-base", type=int, default=24400)
+    ap.add_argument("--http-port-base", type=int, default=24080)
+    ap.add_argument("--health-port-base", type=int, default=24700)
     ap.add_argument("--pods", type=int, default=None, help="pods to plan [default: the StatefulSet's replicas]")
     ap.add_argument("--cluster-domain", default="cluster.local")
     ap.add_argument("--prefix", default="", help="prefix for container and volume names")

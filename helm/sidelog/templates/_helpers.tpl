@@ -115,6 +115,9 @@ Validation of value combinations that the schema cannot express.
 {{- if ne (len $ports) (len (uniq $ports)) -}}
 {{- fail (printf "ports: client, peer, http and health must be different ports (got %v)" $ports) -}}
 {{- end -}}
+{{- if and (eq $V.discovery.mode "dns") $V.tls.peer.enabled -}}
+{{- fail "discovery.mode=dns needs tls.peer.enabled=false for now: the agent dials the peers DNS finds by IP address, which the peer certificate cannot name, so the cluster would never form (it needs an agent flag to verify peers against one fixed name, --peer-tls-server-name, not implemented). Use discovery.mode=static with peer TLS" -}}
+{{- end -}}
 {{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
 {{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
 {{- end -}}
