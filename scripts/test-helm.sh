@@ -256,6 +256,7 @@ expect_fail bad-dns-peer-tls "needs tls.peer.enabled=false" "$CHART" --set disco
 expect_fail bad-example-dns-tls "needs tls.peer.enabled=false" "$EXAMPLE" --set deployment.enabled=true
 expect_fail bad-unknown-key  "additional properties"    "$CHART" --set nosuchkey=1
 expect_fail bad-sidecar-ready "needs ports.health"      "$EXAMPLE" --set sidelog.sidecar.readiness=true,sidelog.ports.health=null
+expect_fail bad-liveness-quorum "restart-loop"          "$CHART" --set probes.liveness.grpcService=
 expect_fail bad-port-clash   "must be different ports"  "$CHART" --set ports.health=8080
 
 # --- the pod spec under podman -------------------------------------------------

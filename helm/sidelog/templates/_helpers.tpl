@@ -115,6 +115,10 @@ Validation of value combinations that the schema cannot express.
 {{- if ne (len $ports) (len (uniq $ports)) -}}
 {{- fail (printf "ports: client, peer, http and health must be different ports (got %v)" $ports) -}}
 {{- end -}}
+{{- $live := $V.probes.liveness.grpcService -}}
+{{- if and $V.probes.liveness.enabled (not (kindIs "invalid" $live)) (has (toString $live) (list "" "log.v1.Log")) -}}
+{{- fail (printf "probes.liveness.grpcService=%q follows the quorum (ready = member + leader known + caught up): a minority partition would restart-loop; use sidelog.live" (toString $live)) -}}
+{{- end -}}
 {{- if and (eq $V.discovery.mode "dns") $V.tls.peer.enabled -}}
 {{- fail "discovery.mode=dns needs tls.peer.enabled=false for now: the agent dials the peers DNS finds by IP address, which the peer certificate cannot name, so the cluster would never form (it needs an agent flag to verify peers against one fixed name, --peer-tls-server-name, not implemented). Use discovery.mode=static with peer TLS" -}}
 {{- end -}}
