@@ -110,6 +110,18 @@ Validation of value combinations that the schema cannot express.
 {{- if and (eq $V.discovery.mode "static") (not .stsName) -}}
 {{- fail "discovery.mode=static needs pods with stable names (a StatefulSet: pass \"statefulSet\" to the sidecar helpers); use discovery.mode=dns for a Deployment" -}}
 {{- end -}}
+{{- $ports := list (toString $V.ports.client) (toString $V.ports.peer) (toString $V.ports.http) -}}
+{{- if $V.ports.health }}{{ $ports = append $ports (toString $V.ports.health) }}{{ end -}}
+{{- if ne (len $ports) (len (uniq $ports)) -}}
+{{- fail (printf "ports: client, peer, http and health must be different ports (got %v)" $ports) -}}
+{{- end -}}
+{{- $live := $V.probes.liveness.grpcService -}}
+{{- if and $V.probes.liveness.enabled (not (kindIs "invalid" $live)) (has (toString $live) (list "" "log.v1.Log")) -}}
+{{- fail (printf "probes.liveness.grpcService=%q follows the quorum (ready = member + leader known + caught up): a minority partition would restart-loop; use sidelog.live" (toString $live)) -}}
+{{- end -}}
+{{- if and (eq $V.discovery.mode "dns") $V.tls.peer.enabled -}}
+{{- fail "discovery.mode=dns needs tls.peer.enabled=false for now: the agent dials the peers DNS finds by IP address, which the peer certificate cannot name, so the cluster would never form (it needs an agent flag to verify peers against one fixed name, --peer-tls-server-name, not implemented). Use discovery.mode=static with peer TLS" -}}
+{{- end -}}
 {{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
 {{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
 {{- end -}}
@@ -208,9 +220,11 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 
 {{/*
 One probe. Args: a dict with ctx (the context above) and kind
-(startup|liveness|readiness). gRPC when the probe names a gRPC health
-service and plaintext gRPC reaches it on the pod IP; else HTTP; in sidecar
-mode without a health port, startup and liveness fall back to a TCP check of
+(startup|liveness|readiness). Native gRPC when the probe names a gRPC health
+service and plaintext gRPC reaches it on the pod IP: the health port
+(--health-addr, plaintext in every mode, the default), or without it the
+client port in cluster mode with client TLS off. Else HTTP(S) on the HTTP
+port (cluster mode); in sidecar mode without a health port, a TCP check of
 the peer listener (bound only after the log is open).
 */}}
 {{- define "sidelog.probe" -}}
