@@ -179,6 +179,8 @@ for d in docs:
             heads = [h for h in docs if h["kind"] == "Service" and h["spec"].get("clusterIP") == "None"
                      and names[0].startswith(h["metadata"]["name"] + ".")]
             assert heads, f"--dns-name={names[0]} names no headless Service"
+            if any(a.startswith("--peer-tls-cert=") for a in args):
+                assert f"--peer-tls-server-name={names[0]}" in args, "dns + peer TLS: peers verified against the headless FQDN"
         # Defaults: native gRPC probes on the health port, readiness "" (the
         # sidecar has none unless asked).
         if sys.argv[3] in ("cluster-default", "example-default"):
@@ -228,7 +230,7 @@ render cluster-cert-manager   "$CHART" --set tls.certManager.enabled=true,tls.cl
 render cluster-cm-issuer      "$CHART" --set tls.certManager.enabled=true,tls.certManager.issuerRef.name=corp-ca,tls.certManager.issuerRef.kind=ClusterIssuer
 render cluster-existing-tls   "$CHART" --set tls.peer.existingSecret=my-peer-tls
 render cluster-servicemonitor "$CHART" --set serviceMonitor.enabled=true
-render cluster-dns            "$CHART" --set discovery.mode=dns,tls.peer.enabled=false
+render cluster-static         "$CHART" --set discovery.mode=static
 render cluster-scaled         "$CHART" --set replicas=4,discovery.bootstrapExpect=3
 render cluster-5-hard-ephem   "$CHART" --set replicas=5,podAntiAffinity=hard,persistence.enabled=false
 render cluster-no-health-port "$CHART" --set ports.health=null,serviceMonitor.enabled=true
@@ -245,6 +247,7 @@ render example-default        "$EXAMPLE"
 render example-ephemeral      "$EXAMPLE" --set statefulSet.persistent=false,deployment.enabled=false
 render example-no-peer-tls    "$EXAMPLE" --set sidelog.tls.peer.enabled=false
 render example-deployment     "$EXAMPLE" --set deployment.enabled=true,sidelog.tls.peer.enabled=false
+render example-deployment-tls "$EXAMPLE" --set deployment.enabled=true
 render example-ready          "$EXAMPLE" --set sidelog.sidecar.readiness=true
 render example-no-health-port "$EXAMPLE" --set sidelog.ports.health=null
 
@@ -252,8 +255,6 @@ render example-no-health-port "$EXAMPLE" --set sidelog.ports.health=null
 expect_fail bad-acl-no-tls   "needs tls.client.enabled" "$CHART" --set acl.enabled=true
 expect_fail bad-fsync        "fsync"                    "$CHART" --set agent.fsync=sometimes
 expect_fail bad-discovery    "discovery"                "$CHART" --set discovery.mode=mdns
-expect_fail bad-dns-peer-tls "needs tls.peer.enabled=false" "$CHART" --set discovery.mode=dns
-expect_fail bad-example-dns-tls "needs tls.peer.enabled=false" "$EXAMPLE" --set deployment.enabled=true
 expect_fail bad-unknown-key  "additional properties"    "$CHART" --set nosuchkey=1
 expect_fail bad-sidecar-ready "needs ports.health"      "$EXAMPLE" --set sidelog.sidecar.readiness=true,sidelog.ports.health=null
 expect_fail bad-liveness-quorum "restart-loop"          "$CHART" --set probes.liveness.grpcService=
@@ -264,8 +265,9 @@ expect_fail bad-port-clash   "must be different ports"  "$CHART" --set ports.hea
 # image, args and env, and print (or run) the podman commands: the chart's 3
 # pods plus a 4th, the pod a scale-up to 4 would add (same template: it must
 # join the formed cluster, not bootstrap its own). Two renderings:
-#   default  the chart's defaults: static --join, peer mutual TLS
-#   dns      discovery.mode=dns (which needs tls.peer.enabled=false for now)
+#   default  the chart's defaults: DNS discovery, peer mutual TLS verified
+#            against the headless FQDN (--peer-tls-server-name)
+#   static   discovery.mode=static (--join with every pod's stable name)
 # plan NAME RELEASE [helm args...]: render and write $OUT/podman-NAME/plan.sh.
 plan() {
     local name="$1" rel="$2"; shift 2
@@ -279,7 +281,7 @@ plan() {
 }
 # shellcheck disable=SC2086 # HELM_PODMAN_SET is a list of helm arguments
 plan default t ${HELM_PODMAN_SET:-}
-plan dns d --set discovery.mode=dns,tls.peer.enabled=false
+plan static s --set discovery.mode=static
 
 # grpc.health.v1 for grpcurl: the health port serves no reflection.
 cat >"$OUT/health.proto" <<'PROTO'
@@ -498,8 +500,8 @@ run_podman() {
     GRPCURL="$(find_grpcurl)"
     trap cleanup_podman EXIT
     scenario default 1
-    scenario dns 1
-    echo "podman step passed: the chart's pods form a cluster (static + peer TLS, and DNS), serve gRPC health on the health port, keep every acknowledged record across a SIGKILL, and take a 4th pod"
+    scenario static 1
+    echo "podman step passed: the chart's pods form a cluster (DNS discovery + peer TLS by default, and static --join), serve gRPC health on the health port, keep every acknowledged record across a SIGKILL, and take a 4th pod"
 }
 run_podman
 

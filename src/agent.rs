@@ -159,7 +159,10 @@ impl PeerSecurity {
             server_tls: Some(ReloadableTls::new(files.clone(), ClientAuth::Required, vec![b"h2"])?),
             guard: PeerGuard::new(Some(names), secret.clone()),
             credentials: PeerCredentials {
-                tls: Some(Arc::new(PeerClientTls::new(files.clone())?)),
+                tls: Some(Arc::new(PeerClientTls::new(
+                    files.clone(),
+                    config.peer_tls_server_name.clone(),
+                )?)),
                 secret,
             },
         })

@@ -173,6 +173,12 @@ pub struct AgentArgs {
     /// Peer-port CA [default: --tls-ca].
     #[arg(long, env = "SIDELOG_PEER_TLS_CA", value_name = "FILE")]
     pub peer_tls_ca: Option<PathBuf>,
+    /// The name every peer's certificate is verified against, whatever
+    /// address it was dialed at [default: the host part of that address].
+    /// For peers found by IP (DNS A records, mDNS) whose certificates name a
+    /// Service, e.g. `sidelog-headless.NS.svc.cluster.local`.
+    #[arg(long, env = "SIDELOG_PEER_TLS_SERVER_NAME", value_name = "NAME")]
+    pub peer_tls_server_name: Option<String>,
     /// Common Names a peer certificate may carry on the peer port, as glob
     /// patterns (`*` matches any run), comma-separated; client certificates
     /// are refused there [default: the Common Name of our own peer certificate].
@@ -269,6 +275,7 @@ pub struct FileConfig {
     pub peer_tls_cert: Option<PathBuf>,
     pub peer_tls_key: Option<PathBuf>,
     pub peer_tls_ca: Option<PathBuf>,
+    pub peer_tls_server_name: Option<String>,
     pub peer_allowed_names: Option<Vec<String>>,
     pub cluster_secret_file: Option<PathBuf>,
     pub acl_model: Option<PathBuf>,
@@ -317,6 +324,7 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Mutual TLS for the peer port.
     pub peer_tls: Option<TlsFiles>,
+    pub peer_tls_server_name: Option<String>,
     /// Peer certificate names admitted on the peer port (with peer TLS);
     /// `None`: the Common Name of our own peer certificate.
     pub peer_allowed_names: Option<Vec<String>>,
@@ -410,6 +418,7 @@ impl Default for Config {
             insecure: false,
             tls: None,
             peer_tls: None,
+            peer_tls_server_name: None,
             peer_allowed_names: None,
             cluster_secret_file: None,
             acl: None,
@@ -568,6 +577,7 @@ impl Config {
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
             tls,
             peer_tls,
+            peer_tls_server_name: args.peer_tls_server_name.or(file.peer_tls_server_name),
             peer_allowed_names: args.peer_allowed_names.or(file.peer_allowed_names),
             cluster_secret_file: args.cluster_secret_file.or(file.cluster_secret_file),
             acl,
@@ -711,6 +721,20 @@ impl Config {
                     self.peer_addr
                 ),
             ));
+        }
+        if let Some(name) = &self.peer_tls_server_name {
+            if self.peer_tls.is_none() {
+                return Err(invalid(
+                    "peer-tls-server-name",
+                    "names the peers' certificate name: give peer TLS (--peer-tls-* or --tls-* with a CA)",
+                ));
+            }
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(invalid(
+                    "peer-tls-server-name",
+                    format!("{name:?} is not a DNS name or IP address"),
+                ));
+            }
         }
         if self.peer_allowed_names.is_some() && self.peer_tls.is_none() {
             return Err(invalid(

@@ -389,7 +389,7 @@ async fn new_peer_connections_present_a_rotated_client_certificate() {
             });
         }
     });
-    let peer_tls = Arc::new(PeerClientTls::new(files(dir.path(), "peer")).unwrap());
+    let peer_tls = Arc::new(PeerClientTls::new(files(dir.path(), "peer"), None).unwrap());
     let peers = sidelog::cluster::Peers::new(
         sidelog::cluster::types::node_id("me"),
         PeerCredentials {
@@ -415,4 +415,44 @@ async fn new_peer_connections_present_a_rotated_client_certificate() {
     let second = tokio::time::timeout(PROMPTLY, seen.recv()).await.unwrap().unwrap();
     assert_eq!(second, der(&dir.path().join("peer.pem")));
     assert_ne!(first, second);
+}
+
+/// Peers found by IP (DNS A records, mDNS) present certificates that name a
+/// Service, not the IP: `--peer-tls-server-name` verifies them against that
+/// name, and without it the handshake fails.
+#[tokio::test]
+async fn peers_dialed_by_ip_are_verified_against_the_configured_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::generate("test peer CA").unwrap();
+    let (cert, key) = ca.issue("sidelog-peer", &["peers.sidelog.test".into()], None).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("p.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("p-key.pem"), key).unwrap();
+    let node = TestNode::start_with(|c| c.peer_tls = Some(files(dir.path(), "p"))).await;
+    let dial = |name: Option<&str>| {
+        let tls = PeerClientTls::new(files(dir.path(), "p"), name.map(str::to_owned)).unwrap();
+        let endpoint = Endpoint::from_shared(format!("https://{}", node.agent().peer_addr))
+            .unwrap()
+            .tls_config(tls.config())
+            .unwrap();
+        async move {
+            tokio::time::timeout(PROMPTLY, endpoint.connect())
+                .await
+                .expect("no hang")
+        }
+    };
+    assert!(dial(None).await.is_err(), "the certificate does not name 127.0.0.1");
+    let channel = dial(Some("peers.sidelog.test"))
+        .await
+        .expect("verified against the server name");
+    // And the peer port admits it as a peer (an RPC past authentication).
+    let mut client = PeerClient::new(channel);
+    let hello = pb::HelloRequest {
+        node: Some(pb::NodeInfo {
+            id: "peer-by-name".into(),
+            peer_addr: "127.0.0.1:1".into(),
+            client_addr: "127.0.0.1:1".into(),
+        }),
+    };
+    client.hello(hello).await.expect("a peer's Hello is answered");
 }

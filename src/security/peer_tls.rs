@@ -24,6 +24,8 @@ use super::{TlsError, TlsFiles};
 
 pub struct PeerClientTls {
     files: TlsFiles,
+    /// Verify every peer's certificate against this name, not the host dialed.
+    server_name: Option<String>,
     current: RwLock<ClientTlsConfig>,
     generation: AtomicU64,
     stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
@@ -59,7 +61,7 @@ fn stamp_of(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
 
 /// Builds the config, checking the files parse (tonic would only find out
 /// at the first connection).
-fn build(files: &TlsFiles) -> Result<ClientTlsConfig, TlsError> {
+fn build(files: &TlsFiles, server_name: Option<&str>) -> Result<ClientTlsConfig, TlsError> {
     super::tls::load_certs(&files.cert)?;
     super::tls::load_key(&files.key)?;
     let mut c = ClientTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
@@ -67,15 +69,19 @@ fn build(files: &TlsFiles) -> Result<ClientTlsConfig, TlsError> {
         super::tls::load_roots(ca)?;
         c = c.ca_certificate(Certificate::from_pem(read(ca)?));
     }
+    if let Some(name) = server_name {
+        c = c.domain_name(name);
+    }
     Ok(c)
 }
 
 impl PeerClientTls {
-    pub fn new(files: TlsFiles) -> Result<PeerClientTls, TlsError> {
+    pub fn new(files: TlsFiles, server_name: Option<String>) -> Result<PeerClientTls, TlsError> {
         let stamp = stamp_of(&files);
-        let config = build(&files)?;
+        let config = build(&files, server_name.as_deref())?;
         Ok(PeerClientTls {
             files,
+            server_name,
             current: RwLock::new(config),
             generation: AtomicU64::new(0),
             stamp: Mutex::new(stamp),
@@ -103,7 +109,7 @@ impl PeerClientTls {
             }
             *stamp = now;
         }
-        match build(&self.files) {
+        match build(&self.files, self.server_name.as_deref()) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
                 self.generation.fetch_add(1, Ordering::AcqRel);

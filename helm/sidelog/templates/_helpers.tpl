@@ -119,9 +119,6 @@ Validation of value combinations that the schema cannot express.
 {{- if and $V.probes.liveness.enabled (not (kindIs "invalid" $live)) (has (toString $live) (list "" "log.v1.Log")) -}}
 {{- fail (printf "probes.liveness.grpcService=%q follows the quorum (ready = member + leader known + caught up): a minority partition would restart-loop; use sidelog.live" (toString $live)) -}}
 {{- end -}}
-{{- if and (eq $V.discovery.mode "dns") $V.tls.peer.enabled -}}
-{{- fail "discovery.mode=dns needs tls.peer.enabled=false for now: the agent dials the peers DNS finds by IP address, which the peer certificate cannot name, so the cluster would never form (it needs an agent flag to verify peers against one fixed name, --peer-tls-server-name, not implemented). Use discovery.mode=static with peer TLS" -}}
-{{- end -}}
 {{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
 {{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
 {{- end -}}
@@ -176,6 +173,9 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 - --peer-tls-cert=/tls/peer/tls.crt
 - --peer-tls-key=/tls/peer/tls.key
 - --peer-tls-ca=/tls/peer/ca.crt
+{{- /* Peers found by DNS are dialed by IP, which the certificate cannot
+name: verify every peer against the headless Service's name, which it does. */}}
+- --peer-tls-server-name={{ $fqdn }}
 {{- end }}
 {{- if include "sidelog.clientTlsOn" . }}
 - --tls-cert=/tls/client/tls.crt
