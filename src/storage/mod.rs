@@ -324,10 +324,15 @@ impl Log {
                     return Err(err);
                 }
             }
-            let inner = &mut *inner;
             let pos = inner.active.size;
+            let next_offset = inner.next_offset;
+            if let Err(e) = inner.active.index.push(pos, next_offset) {
+                let err = Error::io(&inner.active.idx_path, e);
+                s.fail(&mut inner, &err);
+                return Err(err);
+            }
+            let inner = &mut *inner;
             batch::encode(&mut inner.pending, inner.next_index, inner.next_offset, e);
-            inner.active.index.push(pos, inner.next_offset);
             inner.active.size += batch_len;
             inner.next_index += 1;
             inner.next_offset += u64::from(e.count);

@@ -176,7 +176,7 @@ impl Segment {
                 let cap = index.capacity() * 2;
                 index = index.grow(&idx_path, cap).map_err(|e| Error::io(&idx_path, e))?;
             }
-            index.push(pos, h.base_offset);
+            index.push(pos, h.base_offset).map_err(|e| Error::io(&idx_path, e))?;
             rec.rebuilt_entries += 1;
             expect_index += 1;
             expect_offset = h.end_offset();
