@@ -690,7 +690,8 @@ class Harness:
         if not self.wait(lambda: all(n.ready() for n in self.nodes), a.start_timeout):
             self.check_exits()
             raise RuntimeError(f"the cluster did not become ready within {a.start_timeout}s; logs under {self.run_dir}")
-        self.say(f"cluster ready, leader {self.leader()}")
+        lead = self.leader()
+        self.say(f"cluster ready, leader {lead.name if lead else None}")
 
     def kill_all(self):
         for n in self.nodes:
@@ -828,18 +829,24 @@ class Harness:
         h.fault("diskfull", "start", node=n.name, leader=lead_name)
         filler = n.disk / "filler"
         written = 0
-        with open(filler, "wb") as f:
-            for chunk in (1 << 20, 1 << 12):
+        # Unbuffered: a buffered file would keep the bytes that did not fit
+        # and raise ENOSPC again when closed.
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for chunk in (1 << 20, 1 << 12, 1):
                 buf = b"\0" * chunk
                 while True:
                     try:
-                        f.write(buf)
-                        f.flush()
-                        written += chunk
+                        k = os.write(fd, buf)
                     except OSError as e:
                         if e.errno != errno.ENOSPC:
                             raise
                         break
+                    written += k
+                    if k == 0:
+                        break
+        finally:
+            os.close(fd)
         self.say(f"  {n.name}'s disk filled ({written >> 20} MiB filler, leader {lead_name}) for {d}s")
         seen_health = None
         exit_code = None
