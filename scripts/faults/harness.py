@@ -2,7 +2,7 @@
 """Fault injection for a sidelog cluster of real binaries, one network
 namespace per node, with a client history checked at the end.
 
-  sudo scripts/faults/harness.py --ci                       # 3 nodes, 3 rounds of kill -9 / partition (~2 min)
+  sudo scripts/faults/harness.py --ci                       # 3 nodes, 8 rounds of kill -9 / partitions / pause (~2 min)
   sudo scripts/faults/harness.py --nodes 5 --rounds 20 --faults all
   sudo scripts/faults/harness.py cleanup                    # remove what a killed harness left behind
 
@@ -66,7 +66,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DEFAULT_BIN = Path("/work/main/target/release/sidelog")
+DEFAULT_BIN = next((p for p in (REPO / "target" / "release" / "sidelog", REPO / "target" / "debug" / "sidelog")
+                    if p.is_file()), REPO / "target" / "release" / "sidelog")
 
 NS_PREFIX = "sl-f"
 BRIDGE = "slfbr0"
@@ -78,15 +79,16 @@ MARKER = ".sidelog-faults-run"
 
 PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
 ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
+# --ci: 8 rounds in this order (kill and partition-leader twice), ~2 min.
+CI_FAULTS = "kill,partition-leader,partition-minority,partition-oneway,flap,pause"
 
 
 def venv_python_candidates():
     env = os.environ.get("SIDELOG_FAULTS_PYTHON")
     if env:
         yield Path(env)
-    for root in (REPO, Path("/work/main")):
-        for v in ("e2e-venv", "faults-venv"):
-            yield root / "target" / v / "bin" / "python"
+    for v in ("e2e-venv", "faults-venv"):
+        yield REPO / "target" / v / "bin" / "python"
 
 
 def ensure_grpc():
@@ -876,6 +878,12 @@ class Harness:
         self.disk_obs.append(obs)
         if not recovered:
             self.problems.append(f"{n.name} did not serve again within {self.args.recover_timeout}s after its disk was freed")
+        if exit_code is not None and exit_code < 0:
+            # A fatal storage error must end the process cleanly (exit code,
+            # log line); a signal is a crash (SIGBUS: a write into an mmap'ed
+            # file the full disk could not back).
+            sig = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
+            self.problems.append(f"{n.name} was killed by {sig} when its disk filled (log: {n.log_path})")
 
     def heal_all(self):
         self.net.heal()
@@ -1057,7 +1065,7 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("command", nargs="?", default="run", choices=["run", "cleanup"])
     ap.add_argument("--ci", action="store_true",
-                    help="short CI run: 3 nodes, 3 rounds of kill,partition (unless given explicitly)")
+                    help=f"short CI run (~2 min): 3 nodes, 8 rounds of {CI_FAULTS} (unless given explicitly)")
     ap.add_argument("--nodes", type=int, choices=[3, 5])
     ap.add_argument("--bin", type=Path, default=Path(os.environ.get("SIDELOG_BIN", DEFAULT_BIN)))
     ap.add_argument("--proto-dir", type=Path, default=REPO / "proto")
@@ -1085,8 +1093,8 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     if a.ci:
         a.nodes = a.nodes or 3
-        a.rounds = a.rounds if a.rounds is not None else 3
-        a.faults = a.faults or "kill,partition-leader,partition-minority"
+        a.rounds = a.rounds if a.rounds is not None else 8
+        a.faults = a.faults or CI_FAULTS
     a.nodes = a.nodes or 3
     a.rounds = a.rounds if a.rounds is not None else 5
     kinds = []
