@@ -1128,6 +1128,9 @@ def preflight(a):
             die(f"`{tool}` is missing and the faults {a.fault_kinds} need it", 2)
     if not (a.bin.is_file() and os.access(a.bin, os.X_OK)):
         die(f"sidelog binary not found at {a.bin} (--bin or SIDELOG_BIN)", 2)
+    if a.run_dir.exists() and any(a.run_dir.iterdir()):
+        # The nodes' data dirs live there: an old run's log would be reused.
+        die(f"run dir {a.run_dir} exists and is not empty: give a new --run-dir", 2)
     left = leftovers()
     if left:
         die(f"a previous run left {left} behind: run `{sys.argv[0]} cleanup` first", 2)
