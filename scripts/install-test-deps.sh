@@ -4,6 +4,7 @@
 # and the Python venv for tests/e2e. scripts/test.sh runs it first.
 #
 #   RUN_IMAGE_TEST=0   skip the image test's installs (musl target, musl-tools, podman)
+#   RUN_FAULT_TEST=0   skip the fault-injection test's installs (iproute2, iptables; root only)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -23,9 +24,15 @@ if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then
         rustup target add x86_64-unknown-linux-musl || die "rustup target add x86_64-unknown-linux-musl failed"
     fi
 fi
+# The fault-injection step (scripts/faults/harness.py --ci) runs only as root:
+# iproute2 (namespaces, veth, bridge, tc) and iptables (partitions).
+if [ "${RUN_FAULT_TEST:-1}" != 0 ] && [ "$(id -u)" -eq 0 ]; then
+    pkgs+=(iproute2 iptables)
+fi
 apt_install "${pkgs[@]}"
 
-# Python venv for tests/e2e (pytest, grpcio, grpcio-tools, grpcurl).
+# Python venv for tests/e2e (pytest, grpcio, grpcio-tools, grpcurl); tests/faults
+# and scripts/faults/harness.py use the same venv (grpcio, grpcio-tools, pytest).
 if ! "$E2E_VENV/bin/python" -c 'import sys' 2>/dev/null; then
     rm -rf "$E2E_VENV"
     python3 -m venv "$E2E_VENV" || die "python3 -m venv $E2E_VENV failed"

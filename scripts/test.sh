@@ -2,15 +2,24 @@
 # The project's test command (what .ci/run runs). Steps, stopping at the
 # first failure:
 #   1. cargo test --locked -j2            unit + integration tests
-#   2. cargo build --locked -j2 --bin sidelog   debug binary for step 3
-#   3. pytest -q tests/e2e                Python client, curl and grpcurl
-#                                          against the real binary
-#   4. scripts/test-image.sh              FROM scratch image smoke test
-#   5. scripts/test-helm.sh               Helm chart: lint, render, kubernetes-validate,
+#   2. cargo build --locked -j2 --bin sidelog   debug binary for steps 3 and 4
+#   3. pytest -q tests/e2e tests/faults   Python client, curl and grpcurl
+#                                          against the real binary; the fault
+#                                          history checker's unit tests
+#   4. scripts/faults/harness.py --ci     fault injection, ~2 min: 3 nodes of the
+#                                          debug binary in network namespaces,
+#                                          8 rounds of kill -9 / partitions / pause
+#                                          under load; fails on a lost, duplicated,
+#                                          misplaced or corrupt acknowledged record.
+#                                          Needs root, iproute2 and network
+#                                          namespaces (prints SKIP otherwise);
+#                                          RUN_FAULT_TEST=0 skips it.
+#   5. scripts/test-image.sh              FROM scratch image smoke test
+#   6. scripts/test-helm.sh               Helm chart: lint, render, kubernetes-validate,
 #                                          the chart's pod spec under podman (when the
-#                                          image from step 4 exists). RUN_HELM_TEST=0 skips.
+#                                          image from step 5 exists). RUN_HELM_TEST=0 skips.
 #
-# Step 4 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
+# Step 5 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
 # only this step proves the static musl build, the non-root /data and the
 # listen addresses work together. It is the slow one (a release build for
 # x86_64-unknown-linux-musl with fat LTO and one codegen unit, several minutes
@@ -48,8 +57,32 @@ cargo test --locked -j2
 step "cargo build (debug binary for e2e)"
 cargo build --locked -j2 --bin sidelog
 
-step "pytest tests/e2e"
-SIDELOG_BIN="$REPO_ROOT/target/debug/sidelog" "$E2E_VENV/bin/python" -m pytest -q tests/e2e
+step "pytest tests/e2e tests/faults"
+SIDELOG_BIN="$REPO_ROOT/target/debug/sidelog" "$E2E_VENV/bin/python" -m pytest -q tests/e2e tests/faults
+
+if [ "${RUN_FAULT_TEST:-1}" = 0 ]; then
+    echo
+    echo "==> fault injection skipped (RUN_FAULT_TEST=0)"
+elif [ "$(id -u)" -ne 0 ]; then
+    echo
+    echo "==> fault injection: SKIP (needs root for network namespaces)"
+elif ! have ip; then
+    echo
+    echo "==> fault injection: SKIP (no ip command: apt-get install -y iproute2)"
+elif ! { ip netns add "slfprobe$$" 2>/dev/null && ip netns del "slfprobe$$"; }; then
+    echo
+    echo "==> fault injection: SKIP (this machine refuses network namespaces: ip netns add failed)"
+else
+    step "fault injection (scripts/faults/harness.py --ci, debug binary)"
+    # A failed run keeps its directory (history, dumps, node logs, report.json).
+    # stale_read is reported but tolerated until the known bug is fixed: a
+    # leader killed right after an acknowledgement and restarted before an
+    # election keeps its leadership and answers read-index requests from a
+    # stale commit index (scripts/faults/repro-stale-read.py). Lost, duplicated,
+    # misplaced, corrupt, divergent records and bad reads still fail the step.
+    "$E2E_VENV/bin/python" scripts/faults/harness.py --ci --bin "$REPO_ROOT/target/debug/sidelog" \
+        --tolerate stale_read --run-dir "$REPO_ROOT/target/faults-ci/run-$(date -u +%Y%m%d-%H%M%S)"
+fi
 
 if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then
     step "container image test"

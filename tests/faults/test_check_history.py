@@ -186,6 +186,26 @@ def test_stale_read_fails():
     assert r.failed and r.counts["stale_read"] == 1
 
 
+def test_tolerated_category_is_reported_but_passes():
+    h = History()
+    h.produce("p1", "a", 0)
+    h.produce("p1", "b", 1)
+    h.read("r1", 1, False)
+    r = run(h.events, {"n1": ["a", "b"], "n2": ["a", "b"]}, tolerate=["stale_read"])
+    assert not r.failed and r.counts["stale_read"] == 1
+    assert "RESULT: PASS (tolerated: stale_read 1)" in r.summary()
+    # Tolerating one category does not hide another.
+    r = run(h.events, {"n1": ["a"], "n2": ["a", "b"]}, tolerate=["stale_read"])
+    assert r.failed and r.counts["lost"] == 1
+
+
+def test_tolerating_an_unknown_category_is_an_input_error():
+    h = History()
+    h.produce("p1", "a", 0)
+    with pytest.raises(ch.InputError):
+        run(h.events, {"n1": ["a"]}, tolerate=["stale"])
+
+
 def test_read_concurrent_with_write_may_miss_it():
     """A read that starts before the write is acknowledged may miss it."""
     h = History()
