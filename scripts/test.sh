@@ -75,13 +75,10 @@ elif ! { ip netns add "slfprobe$$" 2>/dev/null && ip netns del "slfprobe$$"; }; 
 else
     step "fault injection (scripts/faults/harness.py --ci, debug binary)"
     # A failed run keeps its directory (history, dumps, node logs, report.json).
-    # stale_read is reported but tolerated until the known bug is fixed: a
-    # leader killed right after an acknowledgement and restarted before an
-    # election keeps its leadership and answers read-index requests from a
-    # stale commit index (scripts/faults/repro-stale-read.py). Lost, duplicated,
-    # misplaced, corrupt, divergent records and bad reads still fail the step.
+    # Any lost, duplicated, misplaced, corrupt or divergent record, and any
+    # stale linearizable read, fails the step.
     "$E2E_VENV/bin/python" scripts/faults/harness.py --ci --bin "$REPO_ROOT/target/debug/sidelog" \
-        --tolerate stale_read --run-dir "$REPO_ROOT/target/faults-ci/run-$(date -u +%Y%m%d-%H%M%S)"
+        --run-dir "$REPO_ROOT/target/faults-ci/run-$(date -u +%Y%m%d-%H%M%S)"
 fi
 
 if [ "${RUN_IMAGE_TEST:-1}" != 0 ]; then

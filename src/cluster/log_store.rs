@@ -197,6 +197,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(lock(&self.store.state).vote.clone())
     }
 
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.store.save_committed(committed.as_ref())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.store.read_committed())
+    }
+
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -360,5 +368,36 @@ mod tests {
             5,
             "a snapshot that does not end before it is not used"
         );
+    }
+
+    /// The committed log id survives a restart (openraft then applies up to
+    /// it at once), and is ignored when damaged or beyond the log.
+    #[test]
+    fn the_committed_log_id_survives_a_restart_within_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
+        for i in 0..5u8 {
+            log.append(&[storage::Entry::data(&encode_body(&[[i]]), 1)]).unwrap();
+        }
+        let node = Arc::new(LogNode::new(log.clone(), 1 << 20));
+        let store = Store::open(node.clone(), dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(store.read_committed(), None, "nothing saved yet");
+        store.save_committed(Some(&log_id(1, 3))).unwrap();
+        store.save_committed(Some(&log_id(2, 4))).unwrap();
+        let reopened = Store::open(node.clone(), dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(reopened.read_committed(), Some(log_id(2, 4)));
+
+        // Beyond the log (it lost its tail): not trusted.
+        store.save_committed(Some(&log_id(2, 5))).unwrap();
+        assert_eq!(store.read_committed(), None);
+
+        // Damaged: not trusted.
+        store.save_committed(Some(&log_id(2, 4))).unwrap();
+        let path = dir.path().join(crate::cluster::store::COMMITTED_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x55;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(store.read_committed(), None);
     }
 }
