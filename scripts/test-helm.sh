@@ -190,7 +190,7 @@ for d in docs:
                 assert "readinessProbe" not in c, "sidecar readiness must stay opt-in"
             for p, svc in want.items():
                 assert c[p].get("grpc") == {"port": 8402, "service": svc}, f"{p}: {c[p]}"
-            assert any(a.startswith("--join=") for a in args), "static --join by default"
+            assert "--discovery=dns" in args, "DNS discovery by default"
 # Headless Services: not-ready pods published, named peer port (SRV _peer._tcp).
 for d in docs:
     if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None":

@@ -23,7 +23,7 @@ use crate::{
     cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
     config::{Config, DiscoveryMode, FsyncPolicy},
     discovery::{Discovery, DiscoveryError, DnsDiscovery, DnsSettings, MdnsDiscovery, MdnsSettings},
-    liveness::{self, LIVENESS_SERVICE, Liveness, STARTED_SERVICE},
+    liveness::{self, LIVENESS_SERVICE, LIVENESS_SERVICE_OLD, Liveness, STARTED_SERVICE},
     node::LogNode,
     security::{
         AclError, Authorizer, ClientAuth, ClusterSecret, PeerClientTls, PeerCredentials, PeerGuard, PeerNames,
@@ -362,9 +362,9 @@ impl Agent {
         spawn_membership(&cluster, &tasks, shutdown.child_token());
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
+        for service in [LIVENESS_SERVICE, LIVENESS_SERVICE_OLD] {
+            health.set_service_status(service, ServingStatus::Serving).await;
+        }
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -701,7 +701,9 @@ async fn liveness_health(liveness: Liveness, health: tonic_health::server::Healt
     tokio::select! {
         _ = liveness.failed() => {
             set_health(&health, false).await;
-            health.set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing).await;
+            for service in [LIVENESS_SERVICE, LIVENESS_SERVICE_OLD] {
+                health.set_service_status(service, ServingStatus::NotServing).await;
+            }
         }
         _ = token.cancelled() => {}
     }

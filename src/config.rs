@@ -660,19 +660,8 @@ impl Config {
                 format!("{} is also the client address", self.http_addr),
             ));
         }
-        let level_ok = |l: &str| l.trim().parse::<tracing::level_filters::LevelFilter>().is_ok();
-        let directives_ok = self.log_level.split(',').all(|d| match d.split_once('=') {
-            Some((target, level)) => !target.trim().is_empty() && level_ok(level),
-            None => level_ok(d),
-        });
-        if !directives_ok || self.log_level.parse::<tracing_subscriber::filter::Targets>().is_err() {
-            return Err(invalid(
-                "log-level",
-                format!(
-                    "{:?} is not a level (error, warn, info, debug, trace) or a list of TARGET=LEVEL",
-                    self.log_level
-                ),
-            ));
+        if let Err(e) = crate::telemetry::log_filter(&self.log_level) {
+            return Err(invalid("log-level", format!("{:?}: {e}", self.log_level)));
         }
         if let Some(h) = self.health_addr
             && h.port() != 0
@@ -920,11 +909,21 @@ mod tests {
         };
         let err = Config::resolve(args).unwrap_err().to_string();
         assert!(err.contains("log-level") && err.contains("loud"), "{err}");
+        for bad in ["debug,", "info,=debug", "info,sidelog=loud"] {
+            let args = AgentArgs {
+                log_level: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(Config::resolve(args).is_err(), "{bad:?} accepted");
+        }
         let args = AgentArgs {
-            log_level: Some("warn,sidelog::cluster=debug".into()),
+            log_level: Some("warn, sidelog::cluster = debug".into()),
             ..Default::default()
         };
         assert!(Config::resolve(args).is_ok());
+        let f = crate::telemetry::log_filter("warn, sidelog::cluster = debug").unwrap();
+        assert!(f.would_enable("sidelog::cluster", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("sidelog::api", &tracing::Level::INFO));
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::cluster::Cluster;
 /// error (a Kubernetes liveness probe; never follows quorum, so a minority
 /// partition does not restart-loop).
 pub const LIVENESS_SERVICE: &str = "sidelog.live";
+/// The name the liveness service had before `sidelog.live`; still reported,
+/// so probes written against it keep working.
+pub const LIVENESS_SERVICE_OLD: &str = "liveness";
 /// gRPC health service that reports start-up: SERVING once the local log is
 /// open and the agent serves, whether or not a cluster has formed (a
 /// Kubernetes startup probe), NOT_SERVING from the start of a shutdown.

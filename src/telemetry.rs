@@ -252,6 +252,30 @@ impl Telemetry {
     }
 }
 
+/// Parses a log filter: `LEVEL` and `TARGET=LEVEL` directives,
+/// comma-separated (spaces around them ignored). `Targets`, not EnvFilter:
+/// no span-field or regex directives, and no regex engine in the binary.
+pub fn log_filter(spec: &str) -> Result<Targets, String> {
+    let mut clean = Vec::new();
+    for d in spec.split(',').map(str::trim) {
+        let level = match d.split_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{d:?} names no target")),
+            None => d,
+        };
+        if d.is_empty() || level.trim().parse::<tracing::level_filters::LevelFilter>().is_err() {
+            return Err(format!(
+                "{d:?} is not a level (off, error, warn, info, debug, trace) or TARGET=LEVEL"
+            ));
+        }
+        clean.push(match d.split_once('=') {
+            Some((t, l)) => format!("{}={}", t.trim(), l.trim()),
+            None => d.to_owned(),
+        });
+    }
+    clean.join(",").parse::<Targets>().map_err(|e| e.to_string())
+}
+
 /// Builds the subscriber: logs on stdout (JSON or text, filtered by
 /// `RUST_LOG` or `level`), plus OpenTelemetry when `otlp` is set. Install
 /// it globally (`tracing::subscriber::set_global_default`) or per thread.
@@ -261,13 +285,16 @@ pub fn subscriber(
     otlp: Option<OtlpConfig>,
     metrics: Arc<Metrics>,
 ) -> (Box<dyn tracing::Subscriber + Send + Sync>, Telemetry) {
-    // `RUST_LOG` (or `level`): `LEVEL` and `TARGET=LEVEL` directives,
-    // comma-separated. Targets, not EnvFilter: no span-field or regex
-    // directives, and no regex engine in the binary.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .or_else(|| level.parse::<Targets>().ok())
+    // `RUST_LOG` overrides `level` (checked by `config`) when it parses.
+    let from_env = std::env::var("RUST_LOG").ok().and_then(|v| match log_filter(&v) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("sidelog: ignoring RUST_LOG: {e}");
+            None
+        }
+    });
+    let filter = from_env
+        .or_else(|| log_filter(level).ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let logs = match format {
         LogFormat::Json => fmt::layer()

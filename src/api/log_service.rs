@@ -120,10 +120,9 @@ fn value_of(req: pb::ProduceRequest) -> Result<bytes::Bytes, Status> {
 enum StreamStop {
     /// The client closed its side.
     End,
-    /// A request without a record.
+    /// A request without a record, one too large, one tonic could not
+    /// decode, or a broken transport.
     Invalid(Status),
-    /// The transport failed.
-    Broken(Status),
 }
 
 /// Produce-stream requests that arrived together, submitted as one proposal.
@@ -153,7 +152,10 @@ impl StreamChunk {
                 }
                 Err(e) => self.stop = Some(StreamStop::Invalid(e)),
             },
-            Some(Err(status)) => self.stop = Some(StreamStop::Broken(status)),
+            // A message tonic could not decode (too large, malformed) or a
+            // broken transport: answered after the records before it, like a
+            // bad record, so their acknowledgements are not lost.
+            Some(Err(status)) => self.stop = Some(StreamStop::Invalid(status)),
             None => self.stop = Some(StreamStop::End),
         }
     }
@@ -299,6 +301,7 @@ impl LogApi for LogService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let cluster = self.cluster.clone();
         let metrics = self.metrics.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // Requests are submitted in arrival order, the ones already
             // received together (one proposal, one commit wait for the
@@ -349,12 +352,11 @@ impl LogApi for LogService {
                                 waiting.push_back(Box::pin(async move { (1, Err(status)) }));
                                 in_flight += 1;
                             }
-                            Some(StreamStop::Broken(status)) => {
-                                let _ = tx.send(Err(status)).await;
-                                return;
-                            }
                         }
                     },
+                    // A shutdown stops taking requests; what was submitted
+                    // is still answered, then the stream ends.
+                    () = shutdown.cancelled(), if inbound_open => inbound_open = false,
                     Some((n, result)) = waiting.next() => {
                         in_flight -= n;
                         match result {

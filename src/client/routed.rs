@@ -97,7 +97,21 @@ fn retryable(s: &Status) -> bool {
         // surfaces as UNKNOWN, CANCELLED or INTERNAL made by this side's
         // transport, not by a server: the error's source says which.
         || (s.code() == Code::Unknown && s.message().contains("transport"))
-        || std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+        || made_by_transport(s)
+}
+
+/// Whether the status was made on this side from a connection failure (its
+/// source chain holds a transport, hyper or I/O error) rather than sent by
+/// a server.
+fn made_by_transport(s: &Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if e.is::<tonic::transport::Error>() || e.is::<hyper::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn leader_only<T>(msg: T) -> Request<T> {

@@ -64,13 +64,19 @@ impl ServerSet {
     }
 
     /// The next follower, round-robin, skipping those `down` says failed
-    /// lately (unless every follower did); the leader when there is none.
+    /// lately; the leader when there is none or every follower failed (the
+    /// next follower anyway when no leader is known either).
     pub fn pick_reader_avoiding(&mut self, down: impl Fn(&str) -> bool) -> Option<String> {
         if self.followers.is_empty() {
             return self.leader.clone();
         }
         let n = self.followers.len();
         let up = (0..n).map(|k| (self.next + k) % n).find(|&i| !down(&self.followers[i]));
+        if up.is_none()
+            && let Some(leader) = &self.leader
+        {
+            return Some(leader.clone());
+        }
         let i = up.unwrap_or(self.next % n);
         self.next = i.wrapping_add(1);
         Some(self.followers[i].clone())
@@ -107,6 +113,12 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(set.pick_reader_avoiding(|a| a == "a:1").as_deref(), Some("c:1"));
         }
+        assert_eq!(
+            set.pick_reader_avoiding(|a| a != "b:1").as_deref(),
+            Some("b:1"),
+            "every follower failed: the leader serves reads"
+        );
+        let mut set = ServerSet::from_servers(&[server("a:1", false), server("c:1", false)]);
         let picks: Vec<_> = (0..2).map(|_| set.pick_reader_avoiding(|_| true).unwrap()).collect();
         assert!(
             picks.contains(&"a:1".to_string()) && picks.contains(&"c:1".to_string()),

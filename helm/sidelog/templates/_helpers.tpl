@@ -173,9 +173,12 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 - --peer-tls-cert=/tls/peer/tls.crt
 - --peer-tls-key=/tls/peer/tls.key
 - --peer-tls-ca=/tls/peer/ca.crt
+{{- if eq $V.discovery.mode "dns" }}
 {{- /* Peers found by DNS are dialed by IP, which the certificate cannot
-name: verify every peer against the headless Service's name, which it does. */}}
+name: verify every peer against the headless Service's name (the chart's
+certificates carry it; an existingSecret must too). */}}
 - --peer-tls-server-name={{ $fqdn }}
+{{- end }}
 {{- end }}
 {{- if include "sidelog.clientTlsOn" . }}
 - --tls-cert=/tls/client/tls.crt
