@@ -58,7 +58,13 @@ IMAGE="$IMAGE" "$REPO_ROOT/scripts/build-image.sh"
 # --- run --------------------------------------------------------------------
 case "$NETWORK" in
     bridge)
-        run_args=(-p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$HTTP_PORT:8080"
+        # A network of our own: with netavark, ports published on 127.0.0.1
+        # from the default network were not reachable here, from a created
+        # network they are (the chart test's network works the same way).
+        TEST_NET=sidelog-image-test
+        engine network rm -f "$TEST_NET" >/dev/null 2>&1 || true
+        engine network create "$TEST_NET" >/dev/null || die "network create $TEST_NET failed"
+        run_args=(--network "$TEST_NET" -p "127.0.0.1:$CLIENT_PORT:8400" -p "127.0.0.1:$HTTP_PORT:8080"
                   -e SIDELOG_CLIENT_ADDR=0.0.0.0:8400 -e SIDELOG_HTTP_ADDR=0.0.0.0:8080
                   -e SIDELOG_INSECURE=true) ;;
     host)
@@ -75,6 +81,9 @@ cleanup() {
         engine logs "$NAME" >&2 2>&1 || true
     fi
     engine rm -f "$NAME" >/dev/null 2>&1 || true
+    if [ -n "${TEST_NET:-}" ]; then
+        engine network rm -f "$TEST_NET" >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 
