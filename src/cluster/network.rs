@@ -290,7 +290,8 @@ pub fn append_response_to_pb(r: AppendEntriesResponse<NodeId>) -> pb::AppendEntr
     }
 }
 
-fn append_response_from_pb(r: pb::AppendEntriesResponse) -> AppendEntriesResponse<NodeId> {
+/// A peer's AppendEntries reply (an unknown result counts as a conflict).
+pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> AppendEntriesResponse<NodeId> {
     use pb::AppendResult as R;
     match R::try_from(r.result).unwrap_or(R::Conflict) {
         R::Success => AppendEntriesResponse::Success,
@@ -549,6 +550,17 @@ pub fn remove_stale_tmp_dirs(data_dir: &std::path::Path) -> std::io::Result<usiz
     Ok(removed)
 }
 
+/// Checks the file name that starts a file of an incoming snapshot: a
+/// single path component ending in `.log`, so the file stays inside the
+/// snapshot's directory.
+pub fn check_snapshot_file_name(name: &str) -> Result<&std::path::Path, tonic::Status> {
+    let path = std::path::Path::new(name);
+    if path.components().count() != 1 || !name.ends_with(".log") {
+        return Err(tonic::Status::invalid_argument(format!("bad snapshot file name {name:?}")));
+    }
+    Ok(path)
+}
+
 /// Collects an incoming snapshot stream into files under `dir`; returns the
 /// sender's vote, the metadata and the files in order.
 pub async fn receive_snapshot(
@@ -577,14 +589,7 @@ pub async fn receive_snapshot(
             if let Some(mut f) = current.take() {
                 f.flush().await.map_err(internal)?;
             }
-            let name = std::path::Path::new(&chunk.file);
-            if name.components().count() != 1 || !chunk.file.ends_with(".log") {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "bad snapshot file name {:?}",
-                    chunk.file
-                )));
-            }
-            let path = dir.join(name);
+            let path = dir.join(check_snapshot_file_name(&chunk.file)?);
             current = Some(tokio::fs::File::create(&path).await.map_err(internal)?);
             if let SnapshotData::Received { files, .. } = &mut data {
                 files.push(path);
