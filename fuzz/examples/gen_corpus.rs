@@ -212,6 +212,17 @@ fn peer_messages() {
         leader_commit: None,
     };
     seed("heartbeat", 0, &|| append_request_to_pb(&heartbeat).encode_to_vec());
+    // Regression: the last index has no successor (an overflow, fixed).
+    seed("append-entries-last-index", 0, &|| {
+        pb::AppendEntriesRequest {
+            prev_log_id: Some(pb::LogId {
+                term: 1,
+                index: u64::MAX,
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
     seed("vote-request", 1, &|| {
         pb::VoteRequest {
             vote: Some(vote_to_pb(&Vote::new(3, 2))),

@@ -14,9 +14,9 @@ use sidelog::api::http::{parse_consume_body, parse_offset_path, parse_produce_bo
 fuzz_target!(|data: &[u8]| {
     match parse_produce_body(data) {
         Ok(value) => {
-            // Accepted bodies are JSON, and the value's canonical body
-            // parses back to the same bytes.
-            assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
+            // The value's canonical body parses back to the same bytes. (An
+            // accepted body need not be valid JSON throughout: serde_json
+            // does not check UTF-8 inside the fields it ignores.)
             let body = serde_json::json!({ "record": { "value": B64.encode(&value) } }).to_string();
             assert_eq!(parse_produce_body(body.as_bytes()).as_deref(), Ok(&value[..]));
         }
@@ -25,7 +25,6 @@ fuzz_target!(|data: &[u8]| {
 
     match parse_consume_body(data) {
         Ok(offset) => {
-            assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
             for body in [format!("{{\"offset\":{offset}}}"), format!("{{\"offset\":\"{offset}\"}}")] {
                 assert_eq!(parse_consume_body(body.as_bytes()), Ok(offset), "{body}");
             }
