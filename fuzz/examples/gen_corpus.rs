@@ -19,7 +19,7 @@ use sidelog::{
     },
     storage::{self, Log, LogConfig, encode_body},
 };
-use sidelog_fuzz::{Input, flags, parse_file_header};
+use sidelog_fuzz::{Input, ModelBatch, file_header, flags, parse_file_header};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -46,7 +46,9 @@ fn segments() {
     let log = Log::open(&tmp, config.clone()).unwrap();
     log.append(&[storage::Entry::control(b"")]).unwrap();
     for i in 0..14u32 {
-        let values: Vec<Vec<u8>> = (0..(i % 4 + 1)).map(|j| format!("record {i}.{j}").into_bytes()).collect();
+        let values: Vec<Vec<u8>> = (0..(i % 4 + 1))
+            .map(|j| format!("record {i}.{j}").into_bytes())
+            .collect();
         let body = encode_body(&values);
         let mut e = storage::Entry::data(&body, values.len() as u32);
         e.term = 1 + u64::from(i / 5);
@@ -162,6 +164,97 @@ fn segments() {
         },
     );
     std::fs::remove_dir_all(&tmp).unwrap();
+    regressions();
+}
+
+/// Inputs that crashed the storage layer before its fixes (overflows at
+/// the ends of the index and offset ranges, a damaged sealed index).
+fn regressions() {
+    let seed = |name: &str, input: Input<'_>| write("segment_recovery", name, &input.encode());
+    let batch = |index: u64, base_offset: u64, values: &[&[u8]]| {
+        ModelBatch {
+            index,
+            base_offset,
+            term: 1,
+            kind: 0,
+            count: values.len() as u32,
+            producer_id: 0,
+            producer_seq: 0,
+            body: encode_body(values),
+        }
+        .encode()
+    };
+    let segment = |base_index: u64, base_offset: u64, batches: &[Vec<u8>]| {
+        let mut bytes = file_header(base_index, base_offset).to_vec();
+        let mut positions = Vec::new();
+        for b in batches {
+            positions.push(bytes.len() as u64);
+            bytes.extend_from_slice(b);
+        }
+        (bytes, positions)
+    };
+    let index = |entries: &[(u64, u64)]| -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|(p, o)| p.to_le_bytes().into_iter().chain(o.to_le_bytes()))
+            .collect()
+    };
+    let empty: &[u8] = &[];
+    let max = u64::MAX;
+
+    let (seg, _) = segment(5, max - 1, &[batch(5, max - 1, &[b"a", b"b"])]);
+    seed(
+        "regression-offset-overflow",
+        Input {
+            parts: [&seg, empty, empty, empty],
+            ..Default::default()
+        },
+    );
+    let (seg, _) = segment(max, 0, &[batch(max, 0, &[b"a"])]);
+    seed(
+        "regression-last-index",
+        Input {
+            parts: [&seg, empty, empty, empty],
+            ..Default::default()
+        },
+    );
+    let (seg, _) = segment(max, 0, &[batch(5, 0, &[b"a"])]);
+    let idx = index(&[(32, 0)]);
+    seed(
+        "regression-last-index-clean",
+        Input {
+            flags: flags::CLEAN | flags::ACTIVE_INDEX,
+            clean_entries: 1,
+            parts: [&seg, empty, empty, &idx],
+            ..Default::default()
+        },
+    );
+    let (sealed, pos) = segment(
+        1,
+        0,
+        &[batch(1, 0, &[b"x"]), batch(2, 1, &[b"y"]), batch(3, 2, &[b"z"])],
+    );
+    let (active, _) = segment(4, 3, &[batch(4, 3, &[b"w"])]);
+    let idx = index(&[(pos[0], 0), (pos[1], 0), (pos[2], 2)]);
+    seed(
+        "regression-sealed-index-offset",
+        Input {
+            flags: flags::TWO_SEGMENTS | flags::RAW_SEALED_INDEX,
+            parts: [&sealed, &active, &idx, empty],
+            ..Default::default()
+        },
+    );
+    let (sealed, pos) = segment(max - 1, 0, &[batch(max - 1, 0, &[b"x"])]);
+    let (active, _) = segment(max, 1, &[]);
+    let idx = index(&[(pos[0], 0), (pos[0], 1)]);
+    seed(
+        "regression-sealed-index-past-last",
+        Input {
+            flags: flags::TWO_SEGMENTS | flags::RAW_SEALED_INDEX,
+            parts: [&sealed, &active, &idx, empty],
+            ..Default::default()
+        },
+    );
 }
 
 fn peer_messages() {

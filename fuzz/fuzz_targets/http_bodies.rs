@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
 
     match parse_consume_body(data) {
         Ok(offset) => {
-            for body in [format!("{{\"offset\":{offset}}}"), format!("{{\"offset\":\"{offset}\"}}")] {
+            for body in [
+                format!("{{\"offset\":{offset}}}"),
+                format!("{{\"offset\":\"{offset}\"}}"),
+            ] {
                 assert_eq!(parse_consume_body(body.as_bytes()), Ok(offset), "{body}");
             }
         }

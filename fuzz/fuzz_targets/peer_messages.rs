@@ -63,7 +63,9 @@ fuzz_target!(|data: &[u8]| {
         }
         5 => {
             // The client side: a peer's AppendEntries reply.
-            let Ok(r) = pb::AppendEntriesResponse::decode(bytes) else { return };
+            let Ok(r) = pb::AppendEntriesResponse::decode(bytes) else {
+                return;
+            };
             let resp = append_response_from_pb(r.clone());
             let again = append_response_from_pb(append_response_to_pb(append_response_from_pb(r)));
             assert_eq!(again, resp);
@@ -73,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = (vote_from_pb(r.vote), r.last_log_id.map(log_id_from_pb));
         }
         _ => {
-            let Ok(r) = pb::HelloResponse::decode(bytes) else { return };
+            let Ok(r) = pb::HelloResponse::decode(bytes) else {
+                return;
+            };
             for n in r.node.into_iter().chain(r.leader) {
                 let _ = node_info_from_pb(n);
             }
@@ -89,7 +93,9 @@ fn append_entries(bytes: &[u8]) {
         return;
     };
     // No gaps, starting right after prev_log_id.
-    let mut expect = req.prev_log_id.map(|p| p.index.checked_add(1).expect("accepted prev_log_id has a successor"));
+    let mut expect = req
+        .prev_log_id
+        .map(|p| p.index.checked_add(1).expect("accepted prev_log_id has a successor"));
     for e in &req.entries {
         if let Some(x) = expect {
             assert_eq!(e.log_id.index, x, "accepted entries must be contiguous");
@@ -144,7 +150,12 @@ fn snapshot_chunk(bytes: &[u8]) {
     {
         let dir = Path::new("/snapshot-in-dir");
         let path = dir.join(name);
-        assert_eq!(path.parent(), Some(dir), "{:?} leaves the snapshot directory", chunk.file);
+        assert_eq!(
+            path.parent(),
+            Some(dir),
+            "{:?} leaves the snapshot directory",
+            chunk.file
+        );
         assert!(path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".log")));
     }
 }

@@ -176,7 +176,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(Some((chain, model_next, model_next_offset))) = &model {
         assert_eq!((first, next), (*active_base, *model_next), "recovered extent");
         assert_eq!(next_offset, *model_next_offset);
-        assert_eq!(first_offset, chain.first().map_or(*model_next_offset, |(_, b)| b.base_offset));
+        assert_eq!(
+            first_offset,
+            chain.first().map_or(*model_next_offset, |(_, b)| b.base_offset)
+        );
     }
 
     // Every batch by index.
@@ -204,7 +207,10 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(e) => {
                 assert!(model.is_none(), "read {i} of a recovered segment failed: {e}");
-                assert!(!e.is_out_of_range(), "index {i} in [{first}, {next}) is out of range: {e}");
+                assert!(
+                    !e.is_out_of_range(),
+                    "index {i} in [{first}, {next}) is out of range: {e}"
+                );
             }
         }
     }
@@ -259,7 +265,9 @@ fuzz_target!(|data: &[u8]| {
         "reopened with another extent"
     );
     if appended {
-        let r = log.read_offset(next_offset).expect("read the appended record after reopening");
+        let r = log
+            .read_offset(next_offset)
+            .expect("read the appended record after reopening");
         assert_eq!(&r.value[..], b"after recovery");
     }
     drop(log);

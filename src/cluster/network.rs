@@ -258,7 +258,7 @@ pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntri
     // Entries must continue `prev_log_id` without gaps: a malformed request
     // is refused here instead of failing (and stopping) the log store. The
     // last index (u64::MAX) has no successor, so no log can hold it (found
-    // by fuzzing: `index + 1` overflowed).
+    // writing the peer_messages fuzz target: `index + 1` overflowed).
     let successor = |index: u64| {
         index
             .checked_add(1)
@@ -566,7 +566,9 @@ pub fn remove_stale_tmp_dirs(data_dir: &std::path::Path) -> std::io::Result<usiz
 pub fn check_snapshot_file_name(name: &str) -> Result<&std::path::Path, tonic::Status> {
     let path = std::path::Path::new(name);
     if path.components().count() != 1 || !name.ends_with(".log") {
-        return Err(tonic::Status::invalid_argument(format!("bad snapshot file name {name:?}")));
+        return Err(tonic::Status::invalid_argument(format!(
+            "bad snapshot file name {name:?}"
+        )));
     }
     Ok(path)
 }
@@ -647,12 +649,16 @@ mod tests {
         }
     }
 
-    /// Found by fuzzing (`fuzz/`, target `peer_messages`): the last index
-    /// overflowed `index + 1` (a panic with overflow checks, a wrap to 0
-    /// without them).
+    /// Found writing the `peer_messages` fuzz target (`fuzz/`): the last
+    /// index overflowed `index + 1` (a panic with overflow checks, a wrap
+    /// to 0 without them).
     #[test]
     fn append_entries_at_the_last_index_are_refused_not_overflowed() {
-        for (prev, indexes) in [(Some(u64::MAX), &[][..]), (Some(u64::MAX - 1), &[u64::MAX]), (None, &[u64::MAX])] {
+        for (prev, indexes) in [
+            (Some(u64::MAX), &[][..]),
+            (Some(u64::MAX - 1), &[u64::MAX]),
+            (None, &[u64::MAX]),
+        ] {
             let e = append_request_from_pb(request(prev, indexes)).err().expect("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
         }
