@@ -19,7 +19,7 @@ use sidelog::{
     },
     storage::{self, Log, LogConfig, encode_body},
 };
-use sidelog_fuzz::{Input, ModelBatch, file_header, flags, parse_file_header};
+use sidelog_fuzz::{Input, ModelBatch, file_header, flags, index_of, parse_file_header, valid_chain};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -79,14 +79,18 @@ fn segments() {
     let active_idx = &active_idx[..(usize::from(clean_entries) * 16).min(active_idx.len())];
     let seed = |name: &str, input: Input<'_>| write("segment_recovery", name, &input.encode());
     let empty: &[u8] = &[];
+    // The harness computes indexes: check it computes what the log wrote.
+    let faithful = |b: &[u8]| index_of(&valid_chain(b).unwrap().0);
+    assert_eq!(faithful(&sealed_bytes), sealed_idx);
+    assert_eq!(faithful(&active_bytes), active_idx);
 
     // A clean shutdown of two segments: both indexes, the marker.
     seed(
         "clean-two-segments",
         Input {
-            flags: flags::TWO_SEGMENTS | flags::CLEAN | flags::ACTIVE_INDEX | flags::RAW_SEALED_INDEX,
+            flags: flags::TWO_SEGMENTS | flags::CLEAN | flags::ACTIVE_INDEX,
             clean_entries,
-            parts: [&sealed_bytes, &active_bytes, &sealed_idx, active_idx],
+            parts: [&sealed_bytes, &active_bytes, empty, empty],
             ..Default::default()
         },
     );
@@ -132,6 +136,17 @@ fn segments() {
             },
         );
     }
+    // Batches renumbered from an extreme header: the end of the ranges.
+    seed(
+        "headers-renumber-near-max",
+        Input {
+            flags: flags::HEADERS | flags::RENUMBER | flags::FIX_CRC,
+            base_index: u64::MAX - 20,
+            base_offset: u64::MAX - 40,
+            parts: [&active_bytes[32..], empty, empty, empty],
+            ..Default::default()
+        },
+    );
     // Two segments from bodies only, the second continuing the first.
     let (base_index, base_offset) = parse_file_header(&sealed_bytes).unwrap();
     seed(
@@ -150,7 +165,7 @@ fn segments() {
         Input {
             flags: flags::CLEAN | flags::ACTIVE_INDEX,
             clean_entries,
-            parts: [&active_bytes, empty, empty, active_idx],
+            parts: [&active_bytes, empty, empty, empty],
             ..Default::default()
         },
     );
@@ -219,6 +234,7 @@ fn regressions() {
         },
     );
     let (seg, _) = segment(max, 0, &[batch(5, 0, &[b"a"])]);
+    // No valid batch: the faithful index is empty, so the part is the index.
     let idx = index(&[(32, 0)]);
     seed(
         "regression-last-index-clean",
@@ -235,22 +251,27 @@ fn regressions() {
         &[batch(1, 0, &[b"x"]), batch(2, 1, &[b"y"]), batch(3, 2, &[b"z"])],
     );
     let (active, _) = segment(4, 3, &[batch(4, 3, &[b"w"])]);
-    let idx = index(&[(pos[0], 0), (pos[1], 0), (pos[2], 2)]);
+    // Entry 1's offset 1 becomes 0.
+    let _ = pos;
+    let mut idx = vec![0u8; 24];
+    idx.push(1);
     seed(
         "regression-sealed-index-offset",
         Input {
-            flags: flags::TWO_SEGMENTS | flags::RAW_SEALED_INDEX,
+            flags: flags::TWO_SEGMENTS | flags::DAMAGE_SEALED_INDEX,
             parts: [&sealed, &active, &idx, empty],
             ..Default::default()
         },
     );
     let (sealed, pos) = segment(max - 1, 0, &[batch(max - 1, 0, &[b"x"])]);
     let (active, _) = segment(max, 1, &[]);
-    let idx = index(&[(pos[0], 0), (pos[0], 1)]);
+    // One more entry than the segment has batches.
+    let mut idx = vec![0u8; 16];
+    idx.extend(index(&[(pos[0], 1)]));
     seed(
         "regression-sealed-index-past-last",
         Input {
-            flags: flags::TWO_SEGMENTS | flags::RAW_SEALED_INDEX,
+            flags: flags::TWO_SEGMENTS | flags::DAMAGE_SEALED_INDEX,
             parts: [&sealed, &active, &idx, empty],
             ..Default::default()
         },

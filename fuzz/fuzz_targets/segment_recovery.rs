@@ -28,7 +28,9 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use sidelog::storage::{Batch, Entry, Kind, Log, LogConfig, encode_body};
-use sidelog_fuzz::{Input, ModelBatch, file_header, file_name, fix_checksums, flags, index_of, valid_chain};
+use sidelog_fuzz::{
+    Input, ModelBatch, file_header, file_name, fix_checksums, flags, index_of, renumber, valid_chain, xor_into,
+};
 
 /// Reads per phase are capped so that a corrupt sealed index (every entry
 /// spanning most of the file) costs time linear in the input, not more.
@@ -70,6 +72,9 @@ fn segment_file(part: &[u8], base: (u64, u64), f: u8) -> (u64, Vec<u8>) {
             .map_or(base.0, |b| u64::from_le_bytes(b.try_into().unwrap()));
         (name, part.to_vec())
     };
+    if f & flags::RENUMBER != 0 {
+        renumber(&mut bytes);
+    }
     if f & flags::FIX_CRC != 0 {
         fix_checksums(&mut bytes);
     }
@@ -122,14 +127,17 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(dir.join(file_name(*base, "log")), bytes).unwrap();
         disk_bytes += bytes.len();
         let active = i + 1 == segs.len();
+        let faithful = || valid_chain(bytes).map_or_else(Vec::new, |(chain, _, _)| index_of(&chain));
         let idx = if !active {
-            if f & flags::RAW_SEALED_INDEX != 0 {
-                Some(input.parts[2].to_vec())
-            } else {
-                Some(valid_chain(bytes).map_or_else(Vec::new, |(chain, _, _)| index_of(&chain)))
+            let mut idx = faithful();
+            if f & flags::DAMAGE_SEALED_INDEX != 0 {
+                xor_into(&mut idx, input.parts[2]);
             }
+            Some(idx)
         } else if f & flags::ACTIVE_INDEX != 0 {
-            Some(input.parts[3].to_vec())
+            let mut idx = faithful();
+            xor_into(&mut idx, input.parts[3]);
+            Some(idx)
         } else {
             None
         };

@@ -16,14 +16,20 @@ pub mod flags {
     pub const FIX_CRC: u8 = 4;
     /// Write a `CLEAN` marker for the active segment (a clean shutdown).
     pub const CLEAN: u8 = 8;
-    /// The active segment has an `.idx` file (the input's part 4).
+    /// The active segment has an `.idx` file: the index of its valid
+    /// batches XOR the input's part 4 (bytes past its end extend it), so an
+    /// empty part is a faithful index and a small one a small damage.
     pub const ACTIVE_INDEX: u8 = 16;
-    /// The sealed segment's `.idx` comes from the input (part 3), else it is
-    /// computed from its batches, as sealing leaves it.
-    pub const RAW_SEALED_INDEX: u8 = 32;
+    /// The sealed segment's `.idx` is damaged: its faithful index (what
+    /// sealing leaves) XOR the input's part 3, as for `ACTIVE_INDEX`.
+    pub const DAMAGE_SEALED_INDEX: u8 = 32;
     /// With `HEADERS`: the second segment starts where the first one's
     /// valid batches end, else at the input's deltas.
     pub const CONTINUE: u8 = 64;
+    /// The harness rewrites the index and base offset of every batch it can
+    /// find to continue the file header's (before `FIX_CRC`), so extreme
+    /// bases in the header reach the batches.
+    pub const RENUMBER: u8 = 128;
 }
 
 pub const FILE_HEADER_LEN: usize = 32;
@@ -248,6 +254,35 @@ pub fn fix_checksums(file: &mut [u8]) {
         let crc = crc32c::crc32c(&file[pos + 4..end]);
         file[pos..pos + 4].copy_from_slice(&crc.to_le_bytes());
         pos = end;
+    }
+}
+
+/// Rewrites the index and base offset of every batch found by walking the
+/// length fields so they continue the file header's (wrapping at the end
+/// of the u64 range: that is for the storage layer to refuse).
+pub fn renumber(file: &mut [u8]) {
+    let Some(h) = file.get(..FILE_HEADER_LEN) else { return };
+    let mut index = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    let mut offset = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let mut pos = FILE_HEADER_LEN;
+    while pos + BATCH_HEADER_LEN <= file.len() {
+        let len = u32::from_le_bytes(file[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let count = u32::from_le_bytes(file[pos + 36..pos + 40].try_into().unwrap());
+        file[pos + 8..pos + 16].copy_from_slice(&index.to_le_bytes());
+        file[pos + 16..pos + 24].copy_from_slice(&offset.to_le_bytes());
+        index = index.wrapping_add(1);
+        offset = offset.wrapping_add(u64::from(count));
+        pos = (pos + BATCH_HEADER_LEN).saturating_add(len).min(file.len());
+    }
+}
+
+/// XORs `delta` into `bytes`; bytes of `delta` past the end are appended.
+pub fn xor_into(bytes: &mut Vec<u8>, delta: &[u8]) {
+    for (i, d) in delta.iter().enumerate() {
+        match bytes.get_mut(i) {
+            Some(b) => *b ^= d,
+            None => bytes.push(*d),
+        }
     }
 }
 
