@@ -132,6 +132,40 @@ fn offset_from_number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Resul
     }
 }
 
+/// Parses a produce body, `{"record":{"value":"<base64>"}}`, into the
+/// record's value. The error is the message of the 400 reply. Public for
+/// the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_produce_body(body: &[u8]) -> Result<Bytes, String> {
+    let parsed: ProduceBody = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let record = parsed.record.ok_or_else(|| "missing \"record\"".to_owned())?;
+    B64.decode(record.value.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| format!("record.value is not base64: {e}"))
+}
+
+/// Parses a consume body, `{"offset":N}` (N a number or a string), into
+/// the offset. The error is the message of the 400 reply. Public for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_consume_body(body: &[u8]) -> Result<u64, String> {
+    if body.is_empty() {
+        return Err("expected a JSON body such as {\"offset\":0}".to_owned());
+    }
+    serde_json::from_slice::<ConsumeBody>(body)
+        .map(|b| b.offset)
+        .map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// Parses the `{offset}` of `GET /v1/records/{offset}`. The error is the
+/// message of the 400 reply. Public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_offset_path(offset: &str) -> Result<u64, String> {
+    offset
+        .parse()
+        .map_err(|_| format!("offset {offset:?} is not a non-negative integer"))
+}
+
 #[derive(Serialize)]
 struct ConsumeOut {
     record: RecordOut,
@@ -156,18 +190,9 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Respons
     if let Err(r) = authorize(&s, &peer, ACT_PRODUCE) {
         return r;
     }
-    let parsed: ProduceBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
-    };
-    let Some(record) = parsed.record else {
-        return error(StatusCode::BAD_REQUEST, "missing \"record\"");
-    };
-    let value = match B64.decode(record.value.as_bytes()) {
-        Ok(v) => Bytes::from(v),
-        Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("record.value is not base64: {e}"));
-        }
+    let value = match parse_produce_body(&body) {
+        Ok(v) => v,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let len = value.len() as u64;
     match s.cluster.produce(&[value]).await.map(|o| o[0]) {
@@ -203,12 +228,9 @@ async fn consume_body(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Re
     if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
         return r;
     }
-    if body.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "expected a JSON body such as {\"offset\":0}");
-    }
-    match serde_json::from_slice::<ConsumeBody>(&body) {
-        Ok(b) => consume_at(&s, b.offset).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    match parse_consume_body(&body) {
+        Ok(offset) => consume_at(&s, offset).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
 
@@ -216,12 +238,9 @@ async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path
     if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
         return r;
     }
-    match offset.parse() {
+    match parse_offset_path(&offset) {
         Ok(o) => consume_at(&s, o).await,
-        Err(_) => error(
-            StatusCode::BAD_REQUEST,
-            format!("offset {offset:?} is not a non-negative integer"),
-        ),
+        Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
 

@@ -256,8 +256,18 @@ pub fn append_request_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendE
 
 pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, tonic::Status> {
     // Entries must continue `prev_log_id` without gaps: a malformed request
-    // is refused here instead of failing (and stopping) the log store.
-    let mut expect = r.prev_log_id.as_ref().map_or(0, |p| p.index + 1);
+    // is refused here instead of failing (and stopping) the log store. The
+    // last index (u64::MAX) has no successor, so no log can hold it (found
+    // writing the peer_messages fuzz target: `index + 1` overflowed).
+    let successor = |index: u64| {
+        index
+            .checked_add(1)
+            .ok_or_else(|| tonic::Status::invalid_argument(format!("log index {index} is out of range")))
+    };
+    let mut expect = match &r.prev_log_id {
+        Some(p) => successor(p.index)?,
+        None => 0,
+    };
     for (i, e) in r.entries.iter().enumerate() {
         if (i > 0 || r.prev_log_id.is_some()) && e.index != expect {
             return Err(tonic::Status::invalid_argument(format!(
@@ -265,7 +275,7 @@ pub fn append_request_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntri
                 e.index
             )));
         }
-        expect = e.index + 1;
+        expect = successor(e.index)?;
     }
     Ok(AppendEntriesRequest {
         vote: vote_from_pb(r.vote),
@@ -290,7 +300,8 @@ pub fn append_response_to_pb(r: AppendEntriesResponse<NodeId>) -> pb::AppendEntr
     }
 }
 
-fn append_response_from_pb(r: pb::AppendEntriesResponse) -> AppendEntriesResponse<NodeId> {
+/// A peer's AppendEntries reply (an unknown result counts as a conflict).
+pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> AppendEntriesResponse<NodeId> {
     use pb::AppendResult as R;
     match R::try_from(r.result).unwrap_or(R::Conflict) {
         R::Success => AppendEntriesResponse::Success,
@@ -549,6 +560,19 @@ pub fn remove_stale_tmp_dirs(data_dir: &std::path::Path) -> std::io::Result<usiz
     Ok(removed)
 }
 
+/// Checks the file name that starts a file of an incoming snapshot: a
+/// single path component ending in `.log`, so the file stays inside the
+/// snapshot's directory.
+pub fn check_snapshot_file_name(name: &str) -> Result<&std::path::Path, tonic::Status> {
+    let path = std::path::Path::new(name);
+    if path.components().count() != 1 || !name.ends_with(".log") {
+        return Err(tonic::Status::invalid_argument(format!(
+            "bad snapshot file name {name:?}"
+        )));
+    }
+    Ok(path)
+}
+
 /// Collects an incoming snapshot stream into files under `dir`; returns the
 /// sender's vote, the metadata and the files in order.
 pub async fn receive_snapshot(
@@ -577,14 +601,7 @@ pub async fn receive_snapshot(
             if let Some(mut f) = current.take() {
                 f.flush().await.map_err(internal)?;
             }
-            let name = std::path::Path::new(&chunk.file);
-            if name.components().count() != 1 || !chunk.file.ends_with(".log") {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "bad snapshot file name {:?}",
-                    chunk.file
-                )));
-            }
-            let path = dir.join(name);
+            let path = dir.join(check_snapshot_file_name(&chunk.file)?);
             current = Some(tokio::fs::File::create(&path).await.map_err(internal)?);
             if let SnapshotData::Received { files, .. } = &mut data {
                 files.push(path);
@@ -599,4 +616,51 @@ pub async fn receive_snapshot(
         f.flush().await.map_err(internal)?;
     }
     Ok((vote, meta, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prev: Option<u64>, indexes: &[u64]) -> pb::AppendEntriesRequest {
+        pb::AppendEntriesRequest {
+            vote: None,
+            prev_log_id: prev.map(|index| pb::LogId { term: 1, index }),
+            entries: indexes
+                .iter()
+                .map(|&index| pb::Entry {
+                    term: 1,
+                    index,
+                    kind: pb::EntryKind::Blank as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn append_entries_must_continue_prev_log_id_without_gaps() {
+        assert!(append_request_from_pb(request(Some(4), &[5, 6])).is_ok());
+        assert!(append_request_from_pb(request(None, &[7, 8])).is_ok());
+        for (prev, indexes) in [(Some(4), &[6][..]), (Some(4), &[5, 7]), (None, &[7, 7])] {
+            let e = append_request_from_pb(request(prev, indexes)).err().expect("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        }
+    }
+
+    /// Found writing the `peer_messages` fuzz target (`fuzz/`): the last
+    /// index overflowed `index + 1` (a panic with overflow checks, a wrap
+    /// to 0 without them).
+    #[test]
+    fn append_entries_at_the_last_index_are_refused_not_overflowed() {
+        for (prev, indexes) in [
+            (Some(u64::MAX), &[][..]),
+            (Some(u64::MAX - 1), &[u64::MAX]),
+            (None, &[u64::MAX]),
+        ] {
+            let e = append_request_from_pb(request(prev, indexes)).err().expect("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        }
+    }
 }

@@ -292,6 +292,9 @@ pub enum HeaderError {
     ReservedNotZero,
     ControlWithRecords,
     EmptyDataBatch,
+    /// The index is the last u64 (no next index) or the records' offsets
+    /// run past the last u64: no log can hold such a batch.
+    OutOfRange,
 }
 
 /// Appends the encoded batch to `buf`.
@@ -331,11 +334,17 @@ pub fn decode_header(b: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
         Kind::Data if count == 0 => return Err(HeaderError::EmptyDataBatch),
         _ => {}
     }
+    // Readers compute `index + 1` and `base_offset + count` (found with
+    // the segment_recovery fuzz target: crafted segments overflowed both).
+    let (index, base_offset) = (u64_at(8), u64_at(16));
+    if index == u64::MAX || base_offset.checked_add(u64::from(count)).is_none() {
+        return Err(HeaderError::OutOfRange);
+    }
     Ok(Header {
         crc: u32_at(0),
         len: u32_at(4),
-        index: u64_at(8),
-        base_offset: u64_at(16),
+        index,
+        base_offset,
         term: u64_at(24),
         kind,
         count,
@@ -412,6 +421,27 @@ mod tests {
             copy[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_batch(copy.into()).is_none(), "flip of bit {bit} went unnoticed");
         }
+    }
+
+    /// Found with the `segment_recovery` fuzz target (`fuzz/`): recovery
+    /// overflowed `index + 1` and `base_offset + count` on such batches.
+    #[test]
+    fn batches_whose_index_or_offsets_do_not_fit_are_refused() {
+        let body = encode_body(&[&b"a"[..], b"b"]);
+        let e = Entry::data(&body, 2);
+        for (index, base) in [(u64::MAX, 0), (1, u64::MAX - 1), (1, u64::MAX)] {
+            let buf = encoded(index, base, &e);
+            let hb: &[u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
+            assert_eq!(
+                decode_header(hb),
+                Err(HeaderError::OutOfRange),
+                "index {index} base {base}"
+            );
+            assert!(decode_batch(buf.into()).is_none());
+        }
+        let buf = encoded(u64::MAX - 1, u64::MAX - 2, &e);
+        let b = decode_batch(buf.into()).expect("the last batch that fits");
+        assert_eq!(b.end_offset(), u64::MAX);
     }
 
     #[test]

@@ -48,8 +48,10 @@ impl Log {
     pub fn read_offset(&self, offset: u64) -> Result<Record> {
         let index = lock(&self.shared.inner).index_of_offset(offset)?;
         let b = self.read(index)?;
-        b.records()
-            .nth((offset - b.base_offset) as usize)
+        // A damaged sealed index may map the offset to a batch after it.
+        offset
+            .checked_sub(b.base_offset)
+            .and_then(|i| b.records().nth(i as usize))
             .filter(|r| r.offset == offset)
             .ok_or_else(|| self.misplaced(index, offset))
     }
@@ -237,5 +239,26 @@ impl Iterator for RecordIter<'_> {
         let r = self.buf.pop_front()?;
         self.next = r.offset + 1;
         Some(Ok(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::storage::{Error, Log, LogConfig, segment::test_files::*};
+
+    /// Found with the `segment_recovery` fuzz target (`fuzz/`): a damaged
+    /// sealed index that maps an offset to a later batch made
+    /// `read_offset` subtract past zero; it is now a `Corrupt` error.
+    #[test]
+    fn an_offset_mapped_to_a_later_batch_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = write_log(dir.path(), 1, 0, &[(1, 0, 1), (2, 1, 1), (3, 2, 1)]);
+        // Entry 1 claims offset 0; its batch starts at offset 1.
+        write_index(dir.path(), 1, &[(pos[0], 0), (pos[1], 0), (pos[2], 2)]);
+        write_log(dir.path(), 4, 3, &[(4, 3, 1)]);
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        assert!(matches!(log.read_offset(0), Err(Error::Corrupt { .. })));
+        assert_eq!(log.read_offset(2).unwrap().offset, 2);
+        assert_eq!(log.read_offset(3).unwrap().offset, 3);
     }
 }

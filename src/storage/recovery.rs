@@ -107,7 +107,7 @@ impl Segment {
             let verified = n == clean.entries
                 && n > 0
                 && read_verified_at(&file, prev.0, file_len).is_some_and(|r| {
-                    let ok = r.index == base_index + n as u64 - 1 && r.base_offset == prev.1;
+                    let ok = base_index.checked_add(n as u64 - 1) == Some(r.index) && r.base_offset == prev.1;
                     if ok {
                         resume = Some((prev.0 + HEADER_LEN as u64 + r.body.len() as u64, r.end_offset()));
                     }
@@ -359,4 +359,61 @@ fn check_contiguous(prev: Option<&Segment>, seg: &Segment) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::segment::test_files::*, *};
+    use crate::storage::{Log, markers::CleanMarker};
+
+    /// Found with the `segment_recovery` fuzz target (`fuzz/`): a batch
+    /// whose offsets run past the last u64 overflowed recovery; it is now
+    /// cut like any invalid batch.
+    #[test]
+    fn a_batch_whose_offsets_overflow_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 5, u64::MAX - 1, &[(5, u64::MAX - 1, 2)]);
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!((log.next_index(), log.next_offset()), (5, u64::MAX - 1));
+    }
+
+    /// Found with the `segment_recovery` fuzz target: a segment at the last
+    /// index overflowed `index + 1`, after a crash and after a clean
+    /// shutdown (the marker's entry count).
+    #[test]
+    fn a_segment_at_the_last_index_opens_without_its_batch() {
+        for (clean, index) in [(false, u64::MAX), (true, u64::MAX), (true, 5)] {
+            let dir = tempfile::tempdir().unwrap();
+            write_log(dir.path(), u64::MAX, 0, &[(index, 0, 1)]);
+            if clean {
+                write_index(dir.path(), u64::MAX, &[(FILE_HEADER_LEN, 0)]);
+                let marker = CleanMarker {
+                    base_index: u64::MAX,
+                    file_len: std::fs::metadata(dir.path().join(file_name(u64::MAX, "log")))
+                        .unwrap()
+                        .len(),
+                    entries: 1,
+                };
+                std::fs::write(dir.path().join(CLEAN_MARKER), marker.encode()).unwrap();
+            }
+            let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+            assert_eq!(log.next_index(), u64::MAX, "clean: {clean}, batch index {index}");
+        }
+    }
+
+    /// Found with the `segment_recovery` fuzz target: a sealed index with
+    /// more entries than indexes are left overflowed `base + entries`.
+    #[test]
+    fn a_sealed_index_past_the_last_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = u64::MAX - 1;
+        let pos = write_log(dir.path(), base, 0, &[(base, 0, 1)]);
+        write_index(dir.path(), base, &[(pos[0], 0), (pos[0], 1)]);
+        write_log(dir.path(), u64::MAX, 1, &[]);
+        let err = match Log::open(dir.path(), LogConfig::default()) {
+            Err(e) => e,
+            Ok(_) => panic!("a sealed index of 2 entries from index {base} was accepted"),
+        };
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
 }

@@ -185,6 +185,13 @@ impl Segment {
                 reason: "sealed segment has an empty index".into(),
             });
         }
+        if base_index.checked_add(n as u64).is_none() {
+            return Err(Error::Corrupt {
+                path: seg.idx_path.clone(),
+                position: 0,
+                reason: format!("{n} index entries from base index {base_index} run past the last index"),
+            });
+        }
         if seg.index.entry(0) != (FILE_HEADER_LEN, base_offset) {
             return Err(corrupt(
                 FILE_HEADER_LEN,
@@ -307,5 +314,37 @@ impl Segment {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.idx_path, e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// Writes raw segment files for tests of damaged data directories.
+#[cfg(test)]
+pub(crate) mod test_files {
+    use std::path::Path;
+
+    use super::{encode_file_header, file_name};
+    use crate::storage::batch::{self, Entry};
+
+    /// Writes `<base>.log` holding data batches `(index, base offset,
+    /// records)`, one record `"r"` each; returns their positions.
+    pub fn write_log(dir: &Path, base_index: u64, base_offset: u64, batches: &[(u64, u64, u32)]) -> Vec<u64> {
+        let mut bytes = encode_file_header(base_index, base_offset).to_vec();
+        let mut positions = Vec::new();
+        for &(index, offset, count) in batches {
+            positions.push(bytes.len() as u64);
+            let body = batch::encode_body(&vec![&b"r"[..]; count as usize]);
+            batch::encode(&mut bytes, index, offset, &Entry::data(&body, count));
+        }
+        std::fs::write(dir.join(file_name(base_index, "log")), bytes).unwrap();
+        positions
+    }
+
+    /// Writes `<base>.idx` with the given `(position, offset)` entries.
+    pub fn write_index(dir: &Path, base_index: u64, entries: &[(u64, u64)]) {
+        let bytes: Vec<u8> = entries
+            .iter()
+            .flat_map(|(p, o)| p.to_le_bytes().into_iter().chain(o.to_le_bytes()))
+            .collect();
+        std::fs::write(dir.join(file_name(base_index, "idx")), bytes).unwrap();
     }
 }
