@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(r) = pb::AppendEntriesResponse::decode(bytes) else {
                 return;
             };
-            let resp = append_response_from_pb(r.clone());
+            let resp = append_response_from_pb(r);
             let again = append_response_from_pb(append_response_to_pb(append_response_from_pb(r)));
             assert_eq!(again, resp);
         }

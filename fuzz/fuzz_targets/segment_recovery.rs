@@ -102,6 +102,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = dir();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
+    let _cleanup = RemoveDir(dir);
 
     // The segment files, oldest first.
     let mut segs = vec![segment_file(input.parts[0], (input.base_index, input.base_offset), f)];
@@ -280,3 +281,13 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(log);
 });
+
+/// Removes the data directory after each input (a crash aborts before, so
+/// its directory stays for a look).
+struct RemoveDir(&'static Path);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}

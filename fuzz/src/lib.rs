@@ -221,11 +221,14 @@ pub fn decode_batch(bytes: &[u8]) -> Option<(ModelBatch, usize)> {
     })
 }
 
+/// Valid batches with their positions, then the next index and offset.
+pub type Chain = (Vec<(usize, ModelBatch)>, u64, u64);
+
 /// The valid batches of a segment file from its start: each verifies and
 /// continues the previous one's index and offset. Stops at the first that
 /// does not (what crash recovery keeps). Returns the batches with their
 /// positions, and the next index and offset.
-pub fn valid_chain(file: &[u8]) -> Option<(Vec<(usize, ModelBatch)>, u64, u64)> {
+pub fn valid_chain(file: &[u8]) -> Option<Chain> {
     let (mut index, mut offset) = parse_file_header(file)?;
     let mut pos = FILE_HEADER_LEN;
     let mut out = Vec::new();

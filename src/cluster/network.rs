@@ -644,7 +644,7 @@ mod tests {
         assert!(append_request_from_pb(request(Some(4), &[5, 6])).is_ok());
         assert!(append_request_from_pb(request(None, &[7, 8])).is_ok());
         for (prev, indexes) in [(Some(4), &[6][..]), (Some(4), &[5, 7]), (None, &[7, 7])] {
-            let e = append_request_from_pb(request(prev, indexes)).err().expect("refused");
+            let e = append_request_from_pb(request(prev, indexes)).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
         }
     }
@@ -659,7 +659,7 @@ mod tests {
             (Some(u64::MAX - 1), &[u64::MAX]),
             (None, &[u64::MAX]),
         ] {
-            let e = append_request_from_pb(request(prev, indexes)).err().expect("refused");
+            let e = append_request_from_pb(request(prev, indexes)).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
         }
     }
