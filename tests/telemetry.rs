@@ -64,13 +64,8 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-// current_thread: the per-thread subscriber then sees every task of the agent.
-#[tokio::test(flavor = "current_thread")]
-async fn produce_spans_reach_the_collector_under_the_callers_trace() {
+/// An in-test OTLP collector on a loopback port.
+async fn start_collector() -> (Collector, std::net::SocketAddr) {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -82,6 +77,17 @@ async fn produce_spans_reach_the_collector_under_the_callers_trace() {
             .await
             .unwrap();
     });
+    (collector, addr)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// current_thread: the per-thread subscriber then sees every task of the agent.
+#[tokio::test(flavor = "current_thread")]
+async fn produce_spans_reach_the_collector_under_the_callers_trace() {
+    let (collector, addr) = start_collector().await;
 
     let otlp = OtlpConfig {
         endpoint: format!("http://{addr}"),
@@ -248,17 +254,7 @@ async fn active_consume_streams_are_counted() {
 async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
     use sidelog::{agent::Agent, cluster::types::node_id};
 
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = TraceServiceServer::new(collector.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap();
-    });
+    let (collector, addr) = start_collector().await;
     let otlp = OtlpConfig {
         endpoint: format!("http://{addr}"),
     };

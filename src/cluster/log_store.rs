@@ -217,24 +217,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 std::io::Error::other(reason),
             ));
         }
-        let encoded: Vec<(u64, u64, Kind, u32, bytes::Bytes)> = entries
+        let encoded: Vec<Encoded> = entries
             .into_iter()
             .map(|e| {
                 let (kind, count, body) = encode_payload(&e.payload);
                 (e.log_id.index, e.log_id.leader_id.term, kind, count, body)
             })
             .collect();
-        let batches: Vec<storage::Entry<'_>> = encoded
-            .iter()
-            .map(|(index, term, kind, count, body)| storage::Entry {
-                index: Some(*index),
-                term: *term,
-                kind: *kind,
-                count: *count,
-                producer: storage::Producer::default(),
-                body,
-            })
-            .collect();
+        let batches = as_entries(&encoded);
         // Raft's own entries (membership above all) are always fsynced: a
         // node that lost its membership entry could not serve again.
         let control = batches.iter().any(|b| b.kind == Kind::Control);
@@ -264,23 +254,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // A segment roll fsyncs and creates files: keep it off the
             // runtime's threads (and so off the Raft core's).
             let l = log.clone();
-            let owned: Vec<(u64, u64, Kind, u32, bytes::Bytes)> = encoded.clone();
-            tokio::task::spawn_blocking(move || {
-                let batches: Vec<storage::Entry<'_>> = owned
-                    .iter()
-                    .map(|(index, term, kind, count, body)| storage::Entry {
-                        index: Some(*index),
-                        term: *term,
-                        kind: *kind,
-                        count: *count,
-                        producer: storage::Producer::default(),
-                        body,
-                    })
-                    .collect();
-                l.append(&batches)
-            })
-            .await
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?
+            let owned: Vec<Encoded> = encoded.clone();
+            tokio::task::spawn_blocking(move || l.append(&as_entries(&owned)))
+                .await
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?
         } else {
             log.append(&batches)
         }
@@ -325,6 +302,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
         .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?
     }
+}
+
+/// One encoded Raft entry: index, term, kind, record count, body.
+type Encoded = (u64, u64, Kind, u32, bytes::Bytes);
+
+/// Storage batches borrowing from encoded Raft entries.
+fn as_entries(encoded: &[Encoded]) -> Vec<storage::Entry<'_>> {
+    encoded
+        .iter()
+        .map(|(index, term, kind, count, body)| storage::Entry {
+            index: Some(*index),
+            term: *term,
+            kind: *kind,
+            count: *count,
+            producer: storage::Producer::default(),
+            body,
+        })
+        .collect()
 }
 
 #[cfg(test)]
