@@ -1,27 +1,32 @@
 #!/usr/bin/env python3
 """Side-by-side produce benchmark: sidelog vs NATS JetStream (Debian's
-nats-server, file storage), same client, same load.
+nats-server, file storage) and etcd (Debian's etcd-server), same client,
+same load.
 
-Both are driven by `sidelog perf produce`: `--mode stream` against sidelog
-(one ProduceStream, --inflight records awaiting their offsets) and
+All are driven by `sidelog perf produce`: `--mode stream` against sidelog
+(one ProduceStream, --inflight records awaiting their offsets),
 `--mode jetstream` against NATS (one connection, --inflight publishes
-awaiting their JetStream acks). Rounds alternate (JetStream, sidelog,
-JetStream, ...) and medians are reported, so both see the same machine.
+awaiting their JetStream acks) and `--mode etcd` against etcd (one
+connection, --inflight concurrent KV Put calls; etcd has no streaming
+write). Rounds alternate (JetStream, etcd, sidelog, JetStream, ...) and
+medians are reported, so all see the same machine.
 
-  one node:    one nats-server (-js)           vs one agent (fsync always)
-  three nodes: three clustered nats-servers, R3 vs three agents; sidelog at
-               the leader and through a follower (forwarding)
+  one node:    one nats-server (-js), one etcd  vs one agent (fsync always)
+  three nodes: three clustered nats-servers (R3), three etcd members
+               vs three agents; sidelog at the leader and through a
+               follower (forwarding); etcd at its leader
 
 Extra sidelog figures: leader fsyncs per record (its /metrics) and bytes
 written to disk per payload byte on the leader and a follower
 (/proc/PID/io write_bytes).
 
 Usage: scripts/bench-compare.py [--bin BIN] [--nodes 1|3|both] [--records N]
-           [--size B] [--inflight W] [--rounds R]
+           [--size B] [--inflight W] [--rounds R] [--no-etcd]
 JetStream 2.9 does not fsync each write (sync_interval defaults to 2 min);
-sidelog acknowledges after fdatasync on a quorum.
+etcd and sidelog acknowledge after fdatasync on a quorum.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -119,6 +124,40 @@ def start_nats(procs, tmp, n, tag):
     return client
 
 
+def start_etcd(procs, tmp, n, tag):
+    ports = free_ports(2 * n)
+    client, peer = ports[:n], ports[n:]
+    cluster = ",".join(f"e{i}=http://127.0.0.1:{peer[i]}" for i in range(n))
+    for i in range(n):
+        procs.start(f"etcd-{tag}-{i}", [
+            "etcd", "--name", f"e{i}", "--data-dir", os.path.join(tmp, f"etcd-{tag}-{i}"),
+            "--listen-client-urls", f"http://127.0.0.1:{client[i]}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client[i]}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer[i]}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer[i]}",
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"bench{tag}", "--logger", "zap", "--log-level", "warn"])
+    for p in client:
+        wait_port(p, "etcd")
+    # Writable once a leader exists: retry one Put until it succeeds.
+    deadline = time.time() + 30
+    while subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{client[0]}", "put", "warmup", "x"],
+                         capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            sys.exit("etcd: no leader within 30 s")
+        time.sleep(0.1)
+    # The leader's client port first, as sidelog is driven at its leader.
+    eps = ",".join(f"127.0.0.1:{c}" for c in client)
+    out = subprocess.run(["etcdctl", "--endpoints", eps, "endpoint", "status", "-w", "json"],
+                         capture_output=True, text=True).stdout
+    for st in json.loads(out or "[]"):
+        if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
+            lead = int(st["Endpoint"].rsplit(":", 1)[1])
+            client.remove(lead)
+            client.insert(0, lead)
+    return client
+
+
 def start_sidelog(procs, binary, tmp, n, tag):
     p = free_ports(3 * n)
     nodes = [tuple(p[i * 3:i * 3 + 3]) for i in range(n)]
@@ -166,13 +205,17 @@ def compare(a, n):
     tmp = tempfile.mkdtemp(prefix="sidelog-compare-")
     procs = Procs(tmp)
     try:
-        js, sl, fw = [], [], []
+        js, ed, sl, fw = [], [], [], []
         fsyncs = writes_leader = writes_follower = 0.0
         for r in range(a.rounds):
             nats = start_nats(procs, tmp, n, f"{n}r{r}")
             js.append(perf(a.bin, f"nats://127.0.0.1:{nats[0]}", "jetstream", a,
                            ["--nats-replicas", str(n), "--nats-stream", f"bench{r}"]))
             procs.stop()
+            if a.etcd:
+                etcd = start_etcd(procs, tmp, n, f"{n}r{r}")
+                ed.append(perf(a.bin, f"127.0.0.1:{etcd[0]}", "etcd", a, ["--etcd-prefix", f"bench{r}"]))
+                procs.stop()
             nodes, handles, leader = start_sidelog(procs, a.bin, tmp, n, f"{n}r{r}")
             client, _, http = nodes[leader]
             follower = next((i for i in range(n) if i != leader), None)
@@ -193,8 +236,12 @@ def compare(a, n):
         sl_rate, sl_line = fmt(sl)
         print(f"\n== {label}: {a.records} records of {a.size} B, {a.inflight} in flight, "
               f"median of {a.rounds} round(s) ==")
-        print(f"JetStream{' R3' if n > 1 else ''}:        {js_line}")
-        print(f"sidelog (leader):     {sl_line}   ratio {sl_rate / js_rate:.2f}x JetStream")
+        print(f"{'JetStream R3:' if n > 1 else 'JetStream:':<22}{js_line}")
+        if ed:
+            ed_rate, ed_line = fmt(ed)
+            print(f"{'etcd (3 members):' if n > 1 else 'etcd:':<22}{ed_line}")
+        vs_etcd = f", {sl_rate / ed_rate:.2f}x etcd" if ed else ""
+        print(f"sidelog (leader):     {sl_line}   ratio {sl_rate / js_rate:.2f}x JetStream{vs_etcd}")
         if fw:
             fw_rate, fw_line = fmt(fw)
             print(f"sidelog (follower):   {fw_line}   ratio {fw_rate / sl_rate:.2f}x the leader's")
@@ -213,11 +260,14 @@ def main():
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--inflight", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-etcd", dest="etcd", action="store_false", help="skip etcd")
     a = ap.parse_args()
     if not shutil.which("nats-server"):
         sys.exit("nats-server not found: apt-get install -y nats-server")
     if not os.path.exists(a.bin):
         sys.exit(f"{a.bin} not found: cargo build --release (or pass --bin)")
+    if a.etcd and not (shutil.which("etcd") and shutil.which("etcdctl")):
+        sys.exit("etcd not found: apt-get install -y etcd-server etcd-client (or pass --no-etcd)")
     for n in ([1, 3] if a.nodes == "both" else [int(a.nodes)]):
         compare(a, n)
 

@@ -1,6 +1,7 @@
 //! The `sidelog` command line: subcommands and their flags.
 
 pub mod perf;
+mod perf_etcd;
 mod perf_nats;
 
 use std::io::{BufRead, Write};

@@ -45,6 +45,9 @@ pub enum Mode {
     /// (`nats://HOST:PORT`) with --inflight publishes awaiting their acks,
     /// for comparison (see scripts/bench-compare.sh).
     Jetstream,
+    /// Not sidelog: --inflight concurrent Put calls to etcd's v3 gRPC API
+    /// at --addr (`HOST:PORT`), one key per record, for comparison.
+    Etcd,
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +75,9 @@ pub struct ProducePerf {
     /// JetStream mode: the stream's replica count (created if missing).
     #[arg(long, default_value_t = 1)]
     pub nats_replicas: u32,
+    /// etcd mode: the key prefix (keys are PREFIX/N).
+    #[arg(long, default_value = "sidelog-bench")]
+    pub etcd_prefix: String,
 }
 
 #[derive(Args, Debug)]
@@ -153,7 +159,7 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
     let value = Bytes::from(vec![b'x'; p.size]);
     let done = Arc::new(AtomicU64::new(0));
     let client = match p.mode {
-        Mode::Jetstream => None,
+        Mode::Jetstream | Mode::Etcd => None,
         // Straight to the leader, as GetServers names it: no forward hop
         // in the figures.
         _ => Some(p.connect.leader().await?),
@@ -164,6 +170,9 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
         (Mode::Unary, Some(client)) => produce_unary(client, &p, value, &done).await?,
         (Mode::Batch, Some(client)) => produce_batch(client, &p, value, &done).await?,
         (Mode::Stream, Some(client)) => produce_stream(client, &p, value, &done).await?,
+        (Mode::Etcd, _) => {
+            super::perf_etcd::produce(&p.connect.addr[0], &p.etcd_prefix, p.records, p.inflight, value, &done).await?
+        }
         _ => {
             let (addr, stream) = (&p.connect.addr[0], &p.nats_stream);
             super::perf_nats::produce(addr, stream, p.nats_replicas, p.records, p.inflight, value, &done).await?
