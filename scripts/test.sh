@@ -18,6 +18,11 @@
 #   6. scripts/test-helm.sh               Helm chart: lint, render, kubernetes-validate,
 #                                          the chart's pod spec under podman (when the
 #                                          image from step 5 exists). RUN_HELM_TEST=0 skips.
+#   7. scripts/fuzz-smoke.sh              every cargo-fuzz target for FUZZ_SECONDS (20)
+#                                          from its committed corpus; fails on a crash,
+#                                          timeout or OOM. Nightly + cargo-fuzz, installed
+#                                          when missing; the cold instrumented build is
+#                                          ~10 min on 2 cores. RUN_FUZZ_SMOKE=0 skips.
 #
 # Step 5 is on by default (RUN_IMAGE_TEST=1): the image is a deliverable and
 # only this step proves the static musl build, the non-root /data and the
@@ -95,6 +100,14 @@ if [ "${RUN_HELM_TEST:-1}" != 0 ]; then
 else
     echo
     echo "==> helm chart checks skipped (RUN_HELM_TEST=0)"
+fi
+
+if [ "${RUN_FUZZ_SMOKE:-1}" != 0 ]; then
+    step "fuzz smoke (scripts/fuzz-smoke.sh, ${FUZZ_SECONDS:-20} s per target)"
+    "$REPO_ROOT/scripts/fuzz-smoke.sh"
+else
+    echo
+    echo "==> fuzz smoke skipped (RUN_FUZZ_SMOKE=0)"
 fi
 
 echo
