@@ -213,6 +213,34 @@ where
 
 /// The configured discovery source. mDNS starts announcing here, once the
 /// listeners are bound (the announcement carries their ports).
+/// What this node tells others to dial for a listener: the explicit
+/// `--advertise-*-addr`, else the bound address, or for a wildcard bind
+/// (`0.0.0.0:8401`, useless to another host) this host's first real
+/// interface address with the bound port, said in the log.
+fn advertise_addr(what: &str, explicit: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(a) = explicit {
+        return a.to_owned();
+    }
+    match crate::discovery::advertised_for(bound) {
+        Some(a) if a == bound => a.to_string(),
+        Some(a) => {
+            tracing::info!(
+                bound = %bound,
+                advertised = %a,
+                "advertising the {what} address {a} for the wildcard bind {bound} (set --advertise-{what}-addr to choose)"
+            );
+            a.to_string()
+        }
+        None => {
+            tracing::warn!(
+                bound = %bound,
+                "no interface address to advertise for the {what} listener's wildcard bind {bound}: other nodes cannot dial it; set --advertise-{what}-addr"
+            );
+            bound.to_string()
+        }
+    }
+}
+
 fn discovery_source(config: &Config, me: &NodeInfo, peer_addr: SocketAddr) -> Result<Discovery, AgentError> {
     let d = &config.discovery;
     Ok(match d.mode {
@@ -296,10 +324,7 @@ impl Agent {
             (Some(l), Some(addr)) => Some(local_addr("health", l, addr)?),
             _ => None,
         };
-        let advertise = config
-            .advertise_client_addr
-            .clone()
-            .unwrap_or_else(|| client_addr.to_string());
+        let advertise = advertise_addr("client", config.advertise_client_addr.as_deref(), client_addr);
 
         let node = Arc::new(LogNode::new(log.clone(), config.max_record_bytes));
         let shutdown = CancellationToken::new();
@@ -327,10 +352,7 @@ impl Agent {
 
         let mut cluster_config = ClusterConfig::new(NodeInfo {
             name: config.node_id.clone(),
-            peer_addr: config
-                .advertise_peer_addr
-                .clone()
-                .unwrap_or_else(|| peer_addr.to_string()),
+            peer_addr: advertise_addr("peer", config.advertise_peer_addr.as_deref(), peer_addr),
             client_addr: advertise,
         });
         cluster_config.discovery = discovery_source(&config, &cluster_config.info, peer_addr)?;

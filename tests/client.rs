@@ -29,6 +29,10 @@ struct Trio {
 
 impl Trio {
     async fn start() -> Trio {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl Fn(&mut sidelog::config::Config)) -> Trio {
         let ports: Vec<u16> = (0..3).map(|_| crate::common::free_port()).collect();
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let metrics: Vec<_> = (0..3).map(|_| Metrics::new()).collect();
@@ -38,6 +42,7 @@ impl Trio {
             c.peer_addr = format!("127.0.0.1:{}", ports[i]).parse().unwrap();
             c.join = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
             c.bootstrap_expect = 3;
+            tweak(&mut c);
             Agent::start_with(c, metrics[i].clone())
         });
         let agents: Vec<_> = futures_util::future::join_all(starts)
@@ -122,6 +127,47 @@ async fn a_not_the_leader_answer_names_the_leader_in_metadata() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(sidelog::api::convert::leader_of(&status), Some(trio.addr(leader)));
     assert_eq!(trio.forwarded(), 0);
+    trio.stop().await;
+}
+
+/// Sidecars each serve their own pod on `127.0.0.1:8400`, so every member
+/// advertises the same client address, and it is not one this test can
+/// reach (a closed port stands for "another pod's loopback").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_one_client_address_shared_by_all_leader_only_writes_are_forwarded_and_the_client_gets_through() {
+    let shared = format!("127.0.0.1:{}", crate::common::free_port());
+    let trio = Trio::start_with(|c| c.advertise_client_addr = Some(shared.clone())).await;
+    let leader = trio.leader().unwrap();
+    let follower = (leader + 1) % 3;
+
+    // Redirecting to the leader's address would come back here: forwarded.
+    let plain = Client::connect(&trio.addr(follower)).await.unwrap();
+    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+        record: Some(sidelog::api::pb::Record {
+            value: Bytes::from_static(b"r0"),
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut()
+        .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());
+    let offset = plain.raw().produce(req).await.expect("forwarded, not refused");
+    assert_eq!(offset.into_inner().offset, 0);
+    assert_eq!(trio.metrics[follower].records_forwarded.get(), 1);
+
+    // The routed client learns only the unreachable address, finds it does
+    // not answer, and goes through its seed (which forwards).
+    let client = RoutedClient::connect(&[trio.addr(follower)], None).await.unwrap();
+    assert_eq!(client.servers().leader(), Some(shared.as_str()));
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        for i in 1..=5u64 {
+            assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
+        }
+        client.consume(3).await.unwrap()
+    })
+    .await
+    .expect("the client gets through its seed well before its retry budget");
+    assert_eq!(&done.value[..], b"r3");
+    assert_eq!(trio.metrics[follower].records_forwarded.get(), 6);
     trio.stop().await;
 }
 

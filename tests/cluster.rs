@@ -325,6 +325,70 @@ async fn an_isolated_leader_acknowledges_nothing() {
     c.shutdown().await;
 }
 
+/// With the leader gone (no quorum), a follower's writes wait in its
+/// bounded forward queue; callers that give up are answered, and what they
+/// asked for is never sent once a leader is back (no late duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_whose_callers_gave_up_without_a_leader_are_never_sent_later() {
+    let mut c = TestCluster::start(3, no_tweak).await;
+    let leader = c.leader().await;
+    let survivor = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.kill(leader).await;
+    c.kill(other).await;
+    // Once it campaigns, the survivor knows no leader: its forwarder waits
+    // for one (up to the write timeout) with the writes in hand.
+    wait_until("the survivor campaigns", 30, || {
+        c.agent(survivor).cluster().metrics().current_leader.is_none()
+    })
+    .await;
+
+    let client = c.client(survivor).await;
+    let calls = (0..32).map(|i| {
+        let client = client.clone();
+        async move {
+            let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+                record: Some(sidelog::api::pb::Record {
+                    value: Bytes::from(format!("gave-up-{i}")),
+                    ..Default::default()
+                }),
+            });
+            req.set_timeout(Duration::from_secs(1));
+            client.raw().produce(req).await
+        }
+    });
+    for result in futures_util::future::join_all(calls).await {
+        let err = result.expect_err("no quorum: nothing is acknowledged");
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Unavailable | tonic::Code::Cancelled
+            ),
+            "{err:?}"
+        );
+    }
+
+    // Quorum comes back while the survivor's forwarder may still hold the
+    // abandoned writes: none of them may reach the log.
+    c.restart(leader).await;
+    c.restart(other).await;
+    c.wait_formed().await;
+    let now = c.leader().await;
+    let mut client = c.client(now).await;
+    assert_eq!(client.produce("after").await.unwrap(), 0, "nothing was written before");
+    c.wait_committed(1).await;
+    // Through the survivor: its dispatcher is first-in first-out, so
+    // anything it still held went (or was dropped) before this.
+    let mut through_survivor = c.client(survivor).await;
+    assert_eq!(through_survivor.produce("last").await.unwrap(), 1);
+    c.wait_committed(2).await;
+    let expected = vec![(0, Bytes::from_static(b"after")), (1, Bytes::from_static(b"last"))];
+    for i in 0..3 {
+        assert_eq!(c.records(i), expected, "records on node {i}");
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_node_joins_as_learner_and_is_promoted() {
     let mut c = TestCluster::start(3, no_tweak).await;

@@ -66,8 +66,9 @@ impl LogService {
     }
 
     /// Refuses a write on a follower when the caller asked for the leader
-    /// only (see `convert::ROUTE_KEY`); otherwise counts what will be
-    /// forwarded.
+    /// only (see `convert::ROUTE_KEY`), unless the leader's client address
+    /// is ours too (sidecars on loopback: redirecting would loop);
+    /// otherwise counts what will be forwarded.
     fn route<T>(&self, request: &Request<T>, records: u64) -> Result<(), Status> {
         if self.cluster.is_leader() {
             return Ok(());
@@ -76,7 +77,7 @@ impl LogService {
             .metadata()
             .get(super::convert::ROUTE_KEY)
             .is_some_and(|v| v.as_bytes() == b"leader");
-        if leader_only {
+        if leader_only && !self.cluster.leader_shares_our_client_addr() {
             return Err(self.cluster.not_leader().into());
         }
         self.metrics.records_forwarded.inc_by(records);

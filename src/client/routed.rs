@@ -7,7 +7,11 @@
 //! of forwarding; reads rotate over the followers. The server list is
 //! refreshed on an interval and after any failure. UNAVAILABLE answers
 //! (node down, election, not the leader) are retried with jittered
-//! exponential backoff until `retry_for` runs out.
+//! exponential backoff until `retry_for` runs out. When the leader's
+//! advertised address fails from here, writes go to another server without
+//! the leader-only mark (it forwards); when every advertised address failed
+//! lately (names only the cluster can resolve, seen through a
+//! port-forward), calls go through a seed.
 //!
 //! A write retried after a timeout or a lost connection may already have
 //! been committed: delivery is at least once, as with any log client
@@ -240,17 +244,23 @@ impl RoutedClient {
             self.refresh_if_due().await;
             let (addr, to_leader) = {
                 let mut st = self.state();
-                let leader = st.servers.leader().map(str::to_owned);
-                match (write, leader) {
-                    (true, Some(l)) => (Some(l), true),
-                    // No leader known (an election): any server waits for
-                    // one and forwards.
-                    (true, None) | (false, _) => {
-                        let State { servers, down, .. } = &mut *st;
-                        let recently_down = |a: &str| down.get(a).is_some_and(|t| t.elapsed() < DOWN_FOR);
-                        (servers.pick_reader_avoiding(recently_down), false)
-                    }
+                let State { servers, down, .. } = &mut *st;
+                let recently_down = |a: &str| down.get(a).is_some_and(|t| t.elapsed() < DOWN_FOR);
+                match (write, servers.leader().map(str::to_owned)) {
+                    (true, Some(l)) if !recently_down(&l) => (Some(l), true),
+                    // No leader known (an election), or its address does
+                    // not answer from here: any server waits for one and
+                    // forwards.
+                    _ => (servers.pick_reader_avoiding(recently_down), false),
                 }
+            };
+            // Every advertised address failed lately (they may not be
+            // reachable from here at all, e.g. pod names through a
+            // port-forward): go through a seed, which forwards writes.
+            let addr = match addr {
+                Some(a) if self.recently_down(&a) => Some(self.seed_fallback().await.unwrap_or(a)),
+                None => self.seed_fallback().await,
+                some => some,
             };
             let result = match &addr {
                 Some(a) => match self.conn(a) {
@@ -296,6 +306,15 @@ impl RoutedClient {
             }
             tokio::time::sleep(delay).await;
         }
+    }
+
+    fn recently_down(&self, addr: &str) -> bool {
+        self.state().down.get(addr).is_some_and(|t| t.elapsed() < DOWN_FOR)
+    }
+
+    /// The first seed address (resolved) that has not failed lately.
+    async fn seed_fallback(&self) -> Option<String> {
+        self.resolved_seeds().await.into_iter().find(|a| !self.recently_down(a))
     }
 
     fn note_acked(&self, next: u64) {

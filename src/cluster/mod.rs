@@ -325,6 +325,15 @@ impl Cluster {
     }
 
     /// Not-the-leader, naming the leader's client address if one is known.
+    /// True when the leader advertises the same client address as this
+    /// node, as sidecars that each serve their own pod on `127.0.0.1:8400`
+    /// do: a client redirected there would reach this node again, so a
+    /// leader-only write is forwarded instead of refused.
+    pub fn leader_shares_our_client_addr(&self) -> bool {
+        self.leader()
+            .is_some_and(|(_, info)| info.client_addr == self.config.info.client_addr)
+    }
+
     pub fn not_leader(&self) -> NodeError {
         NodeError::NotLeader {
             leader: self.leader().map(|(_, info)| info.client_addr),

@@ -26,11 +26,6 @@ use super::{DiscoveryError, PeerSource};
 /// The DNS-SD service type sidelog nodes announce.
 pub const SERVICE_TYPE: &str = "_sidelog._tcp.local.";
 
-/// Interface name prefixes of container and VM bridges, skipped by default.
-const VIRTUAL_PREFIXES: &[&str] = &[
-    "docker", "br-", "veth", "cni", "podman", "virbr", "flannel", "cali", "vxlan", "weave", "kube-", "tun", "tap",
-];
-
 #[derive(Clone, Debug)]
 pub struct MdnsSettings {
     pub node: String,
@@ -80,7 +75,7 @@ fn host_label(node: &str) -> String {
 }
 
 fn is_virtual(name: &str) -> bool {
-    VIRTUAL_PREFIXES.iter().any(|p| name.starts_with(p))
+    super::is_virtual_interface(name)
 }
 
 /// The addresses to dial for an announcement: the announced peer address,

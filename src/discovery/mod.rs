@@ -15,7 +15,11 @@ mod dns;
 mod mdns;
 mod static_list;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use futures_util::future::BoxFuture;
 
@@ -37,6 +41,47 @@ pub enum DiscoveryError {
     Resolver(#[source] hickory_resolver::net::NetError),
     #[error("mDNS: {0}")]
     Mdns(#[from] mdns_sd::Error),
+}
+
+/// Interface name prefixes of container and VPN plumbing: never announced
+/// on or advertised from unless named explicitly.
+pub(crate) const VIRTUAL_PREFIXES: &[&str] = &[
+    "docker", "br-", "veth", "cni", "podman", "virbr", "flannel", "cali", "vxlan", "weave", "kube-", "tun", "tap",
+];
+
+pub(crate) fn is_virtual_interface(name: &str) -> bool {
+    VIRTUAL_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The address to tell others for a listener bound to `bound`: the bound
+/// address itself, unless it is a wildcard (`0.0.0.0`, `::`), which means
+/// nothing to another host. Then the port on this host's first usable
+/// interface address, IPv4 before IPv6: not loopback, not link-local, not
+/// a container or VPN interface. None when there is no such address.
+pub fn advertised_for(bound: SocketAddr) -> Option<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let interfaces = if_addrs::get_if_addrs().ok()?;
+    pick_advertised(bound.port(), interfaces.iter().map(|i| (i.name.as_str(), i.ip())))
+}
+
+fn pick_advertised<'a>(port: u16, interfaces: impl Iterator<Item = (&'a str, IpAddr)>) -> Option<SocketAddr> {
+    let usable = |ip: &IpAddr| {
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && match ip {
+                IpAddr::V4(v4) => !v4.is_link_local(),
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            }
+    };
+    let mut candidates: Vec<IpAddr> = interfaces
+        .filter(|(name, ip)| !is_virtual_interface(name) && usable(ip))
+        .map(|(_, ip)| ip)
+        .collect();
+    // Stable: IPv4 first, then in interface order.
+    candidates.sort_by_key(|ip| !ip.is_ipv4());
+    candidates.first().map(|ip| SocketAddr::new(*ip, port))
 }
 
 /// One way of finding peers.
@@ -91,5 +136,44 @@ impl Default for Discovery {
 impl fmt::Debug for Discovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_bound_address_is_advertised_as_it_is() {
+        let bound: SocketAddr = "10.1.2.3:8401".parse().unwrap();
+        assert_eq!(advertised_for(bound), Some(bound));
+    }
+
+    #[test]
+    fn a_wildcard_advertises_the_first_real_interface_ipv4_first() {
+        let ifs = [
+            ("lo", ip("127.0.0.1")),
+            ("docker0", ip("172.17.0.1")),
+            ("veth12ab", ip("10.88.0.1")),
+            ("eth0", ip("fe80::1")),
+            ("eth0", ip("2001:db8::5")),
+            ("eth0", ip("169.254.3.4")),
+            ("eth1", ip("192.168.7.20")),
+        ];
+        assert_eq!(
+            pick_advertised(8401, ifs.into_iter()),
+            Some("192.168.7.20:8401".parse().unwrap())
+        );
+        let v6_only = [("lo", ip("::1")), ("eth0", ip("2001:db8::5"))];
+        assert_eq!(
+            pick_advertised(8401, v6_only.into_iter()),
+            Some("[2001:db8::5]:8401".parse().unwrap())
+        );
+        let nothing = [("lo", ip("127.0.0.1")), ("docker0", ip("172.17.0.1"))];
+        assert_eq!(pick_advertised(8401, nothing.into_iter()), None);
     }
 }
