@@ -331,4 +331,16 @@ async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
         .find(|s| s.name == "raft.commit" && s.parent_span_id == served.span_id)
         .unwrap_or_else(|| panic!("no raft.commit under the leader's Forward span among {names:?}"));
     assert_eq!(hex(&commit.trace_id), TRACE_ID);
+    // The leader's append and fsync of the entry, in the same trace, under
+    // the span that proposed it.
+    for name in ["log.append", "log.fsync"] {
+        let s = spans
+            .iter()
+            .find(|s| s.name == name && hex(&s.trace_id) == TRACE_ID)
+            .unwrap_or_else(|| panic!("no {name} span in the caller's trace among {names:?}"));
+        assert_eq!(
+            s.parent_span_id, served.span_id,
+            "{name} under the leader's Forward span"
+        );
+    }
 }

@@ -217,13 +217,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 std::io::Error::other(reason),
             ));
         }
+        let mut trace = None;
         let encoded: Vec<Encoded> = entries
             .into_iter()
             .map(|e| {
                 let (kind, count, body) = encode_payload(&e.payload);
+                if kind == Kind::Data && trace.is_none() {
+                    trace = self.store.append_trace.claim(&body);
+                }
                 (e.log_id.index, e.log_id.leader_id.term, kind, count, body)
             })
             .collect();
+        // Under the proposing request's span (see `store::AppendTrace`).
+        let span = |name: &'static str| match &trace {
+            Some(parent) => tracing::debug_span!(parent: parent, "log", otel.name = name, entries = encoded.len()),
+            None => tracing::Span::none(),
+        };
+        let append_span = span("log.append");
+        let fsync_span = span("log.fsync");
         let batches = as_entries(&encoded);
         // Raft's own entries (membership above all) are always fsynced: a
         // node that lost its membership entry could not serve again.
@@ -262,9 +273,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log.append(&batches)
         }
         .map_err(|e| log_error(ErrorVerb::Write, e))?;
+        // Spans last from creation to drop: `log.append` covers the write
+        // (and a roll), `log.fsync` the wait until it is durable.
+        drop(append_span);
         if self.store.fsync == FsyncPolicy::Always || control {
             tokio::spawn(async move {
                 let result = log.wait_durable(appended.next_index).await;
+                drop(fsync_span);
                 callback.log_io_completed(result.map(|_| ()).map_err(std::io::Error::other));
             });
         } else {
@@ -272,6 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // acknowledged, so a crash of the process loses nothing.
             tokio::task::spawn_blocking(move || {
                 let result = log.write_out();
+                drop(fsync_span);
                 callback.log_io_completed(result.map_err(std::io::Error::other));
             });
         }

@@ -168,6 +168,7 @@ impl Cluster {
         tokio::spawn(proposer::run(
             Arc::downgrade(&cluster),
             cluster.raft.clone(),
+            cluster.store.append_trace.clone(),
             proposal_queue,
             cluster.shutdown.clone(),
         ));

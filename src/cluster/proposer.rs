@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Cluster,
+    store::AppendTrace,
     types::{Raft, Request},
 };
 use crate::{node::NodeError, storage};
@@ -108,7 +109,13 @@ fn drain(first: Proposal, queue: &mut mpsc::Receiver<Proposal>, carry: &mut Opti
 /// Takes proposals from `queue` and writes them, batched, until `cancel`
 /// fires or every sender is gone: proposed locally while this node leads,
 /// forwarded to the leader while it follows.
-pub async fn run(cluster: Weak<Cluster>, raft: Raft, mut queue: mpsc::Receiver<Proposal>, cancel: CancellationToken) {
+pub async fn run(
+    cluster: Weak<Cluster>,
+    raft: Raft,
+    trace: Arc<AppendTrace>,
+    mut queue: mpsc::Receiver<Proposal>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carry: Option<Proposal> = None;
     loop {
@@ -134,7 +141,7 @@ pub async fn run(cluster: Weak<Cluster>, raft: Raft, mut queue: mpsc::Receiver<P
                 () = cancel.cancelled() => return,
             };
             let batch = drain(first, &mut queue, &mut carry);
-            propose(&raft, batch, slot).await;
+            propose(&raft, &trace, batch, slot).await;
         } else {
             // Forwarding starts only once every local entry is answered, so
             // order holds when leadership moves away.
@@ -156,7 +163,7 @@ pub async fn run(cluster: Weak<Cluster>, raft: Raft, mut queue: mpsc::Receiver<P
                 // This node became the leader meanwhile: write here.
                 drop(all);
                 let slot = slots.clone().acquire_owned().await.expect("never closed");
-                propose(&raft, batch, slot).await;
+                propose(&raft, &trace, batch, slot).await;
             }
         }
     }
@@ -164,7 +171,7 @@ pub async fn run(cluster: Weak<Cluster>, raft: Raft, mut queue: mpsc::Receiver<P
 
 /// Proposes one batch as one entry and answers its proposals once the entry
 /// is committed and applied (or failed), releasing `slot` then.
-async fn propose(raft: &Raft, batch: Vec<Proposal>, slot: OwnedSemaphorePermit) {
+async fn propose(raft: &Raft, trace: &AppendTrace, batch: Vec<Proposal>, slot: OwnedSemaphorePermit) {
     // Callers may have given up while the dispatcher waited for the slot.
     let batch: Vec<Proposal> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
     if batch.is_empty() {
@@ -178,9 +185,16 @@ async fn propose(raft: &Raft, batch: Vec<Proposal>, slot: OwnedSemaphorePermit) 
             storage::push_record(&mut body, v);
         }
     }
+    let body = Bytes::from(body);
+    // The entry's append and fsync join the first traced proposal's trace.
+    let span = batch
+        .iter()
+        .find(|p| !p.span.is_none())
+        .map_or_else(tracing::Span::none, |p| p.span.clone());
+    trace.set(&body, span);
     let request = Request {
         count: records as u32,
-        body: body.into(),
+        body,
         base_offset: 0,
     };
     let answer = match raft.client_write_ff(request).await {

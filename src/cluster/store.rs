@@ -65,6 +65,34 @@ pub struct Store {
     committed_file: Mutex<Option<std::fs::File>>,
     /// Retention may delete records below this index once they are purged.
     retention_floor: AtomicU64,
+    /// The trace the leader's next entry belongs to (see `AppendTrace`).
+    pub(super) append_trace: Arc<AppendTrace>,
+}
+
+/// The request span behind the entry the leader proposes, so that the
+/// entry's append and fsync, which openraft runs from its own task, show in
+/// that request's trace. One entry is proposed at a time
+/// (`proposer::MAX_IN_FLIGHT`); the log store claims the span when it
+/// appends the entry whose body is the very buffer proposed (compared by
+/// address, so an entry from elsewhere never takes another's trace).
+#[derive(Default)]
+pub struct AppendTrace(Mutex<Option<(usize, tracing::Span)>>);
+
+impl AppendTrace {
+    /// The entry about to be proposed with `body`, and its trace (none
+    /// when untraced, which also forgets an unclaimed earlier one).
+    pub fn set(&self, body: &bytes::Bytes, span: tracing::Span) {
+        *lock(&self.0) = (!span.is_none()).then(|| (body.as_ptr() as usize, span));
+    }
+
+    /// The span of the entry with `body`, if it was proposed here traced.
+    pub fn claim(&self, body: &bytes::Bytes) -> Option<tracing::Span> {
+        let mut slot = lock(&self.0);
+        match &*slot {
+            Some((at, _)) if *at == body.as_ptr() as usize => slot.take().map(|(_, s)| s),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -98,6 +126,7 @@ impl Store {
             state: Mutex::new(PersistentState::default()),
             committed_file: Mutex::new(None),
             retention_floor: AtomicU64::new(0),
+            append_trace: Arc::default(),
         };
         if state.installing {
             tracing::warn!("an interrupted snapshot install is discarded; the node will catch up again");
