@@ -623,19 +623,21 @@ impl Agent {
         self.stop(false).await
     }
 
-    /// Everything after the leave shares one deadline, `--shutdown-grace`:
-    /// servers, background tasks and Raft each get what is left of it, so no
-    /// state (forming, joining, leaderless, mid-snapshot) holds the process.
+    /// Everything shares one deadline, `--shutdown-grace`: the leave takes
+    /// at most half of it, then servers, background tasks and Raft each get
+    /// what is left, so no state (forming, joining, leaderless,
+    /// mid-snapshot) holds the process. Only Raft may overrun it, by at
+    /// most a second, before the final fsync.
     async fn stop(self, leave: bool) -> Result<(), AgentError> {
+        let deadline = tokio::time::Instant::now() + self.grace;
         set_health(&self.health, false).await;
         self.health
             .set_service_status(STARTED_SERVICE, ServingStatus::NotServing)
             .await;
         if leave {
-            self.cluster.leave(self.grace).await;
+            self.cluster.leave(self.grace / 2).await;
         }
         self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + self.grace;
         for (what, handle) in self.servers {
             let abort = handle.abort_handle();
             match tokio::time::timeout_at(deadline, handle).await {

@@ -104,13 +104,13 @@ pub struct AgentArgs {
     /// data APIs stay on localhost or behind TLS [default: none].
     #[arg(long, env = "SIDELOG_HEALTH_ADDR", value_name = "ADDR")]
     pub health_addr: Option<SocketAddr>,
-    /// The client address other nodes and clients should dial [default: the bound client address].
+    /// The client address other nodes and clients should dial [default: the bound client address; for a wildcard bind such as 0.0.0.0, this host's first non-loopback interface address].
     #[arg(long, env = "SIDELOG_ADVERTISE_CLIENT_ADDR", value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
     /// Peer API: Raft replication, join/leave, write forwarding [default: 127.0.0.1:8401].
     #[arg(long, env = "SIDELOG_PEER_ADDR", value_name = "ADDR")]
     pub peer_addr: Option<SocketAddr>,
-    /// The peer address other nodes should dial [default: the bound peer address].
+    /// The peer address other nodes should dial [default: the bound peer address; for a wildcard bind such as 0.0.0.0, this host's first non-loopback interface address].
     #[arg(long, env = "SIDELOG_ADVERTISE_PEER_ADDR", value_name = "HOST:PORT")]
     pub advertise_peer_addr: Option<String>,
     /// Peer addresses to contact to form or join a cluster (comma-separated).

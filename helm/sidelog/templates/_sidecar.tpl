@@ -92,7 +92,7 @@ volumeClaimTemplates (see sidelog.sidecar.volumeClaimTemplate). */}}
 
 {{- define "sidelog.sidecar.terminationGracePeriodSeconds" -}}
 {{- $V := .values | default (index .root.Values "sidelog") -}}
-{{- add 10 (mul 2 (int $V.agent.shutdownGraceSeconds)) -}}
+{{- add 10 (int $V.agent.shutdownGraceSeconds) -}}
 {{- end }}
 
 {{/* The headless Service through which the group's pods find each other
