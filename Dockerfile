@@ -34,10 +34,13 @@ COPY sidelog /sidelog
 #   SIDELOG_PEER_ALLOWED_NAMES           with an allowed name, and/or
 #   SIDELOG_CLUSTER_SECRET_FILE        a shared secret every peer call carries
 #   SIDELOG_CLIENT_ADDR=0.0.0.0:8400 SIDELOG_HTTP_ADDR=0.0.0.0:8080 SIDELOG_PEER_ADDR=0.0.0.0:8401
-# Probes: with TLS use httpGet with scheme HTTPS on 8080 (/healthz for
-# liveness, /readyz for readiness): they need no client certificate.
-# kubelet's native gRPC probe speaks plaintext only, so it suits a
-# plaintext client port, i.e. a loopback-only sidecar has no network probe.
+# Probes: SIDELOG_HEALTH_ADDR=0.0.0.0:8402 (--health-addr, what the chart
+# sets) adds a plaintext health-only listener: gRPC health ("",
+# sidelog.started, sidelog.live) and /healthz, /readyz, /metrics, no data
+# API, no --insecure needed. kubelet's native gRPC probe (plaintext only)
+# reaches it on the pod IP whatever the data ports do, so a loopback-only
+# sidecar is probed there too. Without it: with TLS, httpGet scheme HTTPS on
+# 8080 (/healthz, /readyz; no client certificate needed).
 # SIDELOG_NODE_ID is deliberately not set: it defaults to the hostname, which
 # is the pod name in a StatefulSet.
 ENV SIDELOG_DATA_DIR=/data \
@@ -46,6 +49,7 @@ ENV SIDELOG_DATA_DIR=/data \
 # 8400 client gRPC (Log API, grpc.health.v1, reflection)
 # 8401 peer gRPC (Raft, join/leave, write forwarding; peers only: peer certificate or cluster secret)
 # 8080 HTTP (JSON API, /metrics, /healthz, /readyz)
+# (8402, the chart's --health-addr, is not opened by default)
 EXPOSE 8400 8401 8080
 VOLUME /data
 WORKDIR /data
@@ -53,8 +57,9 @@ WORKDIR /data
 # Distroless-style "nonroot" uid/gid; matches runAsUser/fsGroup in the chart.
 USER 65532:65532
 
-# SIGTERM makes the agent stop accepting, finish in-flight requests, fsync
-# and exit 0 within --shutdown-grace. A fatal storage or Raft error fails
+# SIGTERM makes the agent stop accepting, leave the membership, finish
+# in-flight requests and stop Raft within --shutdown-grace (Raft may overrun
+# it by a second), then fsync and exit 0. A fatal storage or Raft error fails
 # liveness and exits 1 after --fatal-exit-delay. No HEALTHCHECK: there is
 # no probe binary in the image.
 STOPSIGNAL SIGTERM

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Measures exec -> gRPC health SERVING for `sidelog agent` on a fresh data dir.
+"""Measures exec -> gRPC health SERVING for `sidelog agent` on a fresh data
+dir, or with --data-dir on an existing one (each run restarts the agent on
+it after a SIGTERM, i.e. a clean shutdown; e.g. a 1 GiB log made with
+`sidelog perf produce --size 65536 --records 16384 --inflight 64`).
 
-Usage: target/e2e-venv/bin/python scripts/measure-startup.py BINARY [RUNS]
+Usage: target/e2e-venv/bin/python scripts/measure-startup.py BINARY [RUNS] [--data-dir DIR]
 
 The clock starts just before the process is spawned and stops at the first
 health Check that answers SERVING; it includes opening the Python client's
@@ -20,11 +23,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def one_run(binary):
+def one_run(binary, data_dir=None):
     cport, hport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        p = subprocess.Popen([binary, "agent", "--data-dir", os.path.join(d, "data"),
+        p = subprocess.Popen([binary, "agent", "--data-dir", data_dir or os.path.join(d, "data"),
                               "--client-addr", f"127.0.0.1:{cport}", "--http-addr", f"127.0.0.1:{hport}",
                               "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         channel = None
@@ -62,11 +65,17 @@ def one_run(binary):
 
 
 def main():
-    binary = sys.argv[1]
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    args = sys.argv[1:]
+    data_dir = None
+    if "--data-dir" in args:
+        i = args.index("--data-dir")
+        data_dir = args[i + 1]
+        del args[i:i + 2]
+    binary = args[0]
+    runs = int(args[1]) if len(args) > 1 else 20
     times, rss = [], []
     for _ in range(runs):
-        t, r = one_run(binary)
+        t, r = one_run(binary, data_dir)
         times.append(t * 1000)
         rss.append(r)
     print("exec -> SERVING ms:", " ".join(f"{t:.2f}" for t in times))

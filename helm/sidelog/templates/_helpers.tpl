@@ -199,8 +199,9 @@ certificates carry it; an existingSecret must too). */}}
 {{- $V := .V -}}
 {{- /* Plaintext on a non-loopback address needs --insecure: the client and
        HTTP ports in cluster mode without client TLS, or the peer port
-       without peer TLS. The image sets SIDELOG_INSECURE=true; we always say
-       which one we mean. */ -}}
+       without peer TLS (the health port never does). The image does not
+       set SIDELOG_INSECURE; we always set it, true or false, so the pod
+       spec says which one we mean. */ -}}
 {{- $plainPublic := or (not $V.tls.peer.enabled) (and (eq .mode "cluster") (not (include "sidelog.clientTlsOn" .))) -}}
 - name: POD_NAME
   valueFrom:
