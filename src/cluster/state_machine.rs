@@ -2,13 +2,16 @@
 //! node's commit watermark. Applying an entry stores nothing: the records
 //! are already in the log; applying only makes them visible to consumers.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, storage::RaftStateMachine};
 
 use super::{
     snapshot::{SnapshotData, snapshot_id, snapshot_next_offset},
-    store::{Store, io_error, lock},
+    store::{AppliedCheckpoint, Store, io_error, lock},
     types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
 };
 use crate::storage::{self, Batch};
@@ -19,6 +22,22 @@ struct Applied {
     membership: StoredMembership,
     /// The data offset after the last applied record.
     next_offset: u64,
+    /// When `raft-applied` was last written.
+    saved_at: Option<Instant>,
+}
+
+/// `raft-applied` is rewritten at most this often: a restart re-applies at
+/// most this much of the log.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
+
+impl Applied {
+    fn checkpoint(&self) -> Option<AppliedCheckpoint> {
+        Some(AppliedCheckpoint {
+            last: self.last?,
+            membership: self.membership.clone(),
+            next_offset: self.next_offset,
+        })
+    }
 }
 
 /// openraft's state machine: the applied index and membership.
@@ -30,17 +49,30 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn new(store: Arc<Store>) -> Self {
-        let applied = match store.current_snapshot() {
+        let mut applied = match store.current_snapshot() {
             Some(meta) => Applied {
                 last: meta.last_log_id,
                 next_offset: snapshot_next_offset(&meta.snapshot_id).unwrap_or(0),
                 membership: meta.last_membership,
+                saved_at: None,
             },
             None => Applied {
                 next_offset: store.log().first_offset(),
                 ..Default::default()
             },
         };
+        // Resume from the applied checkpoint when it is past the snapshot:
+        // openraft then re-applies only what came after it.
+        if let Some(saved) = store.read_applied()
+            && applied.last.is_none_or(|l| saved.last.index > l.index)
+        {
+            applied = Applied {
+                last: Some(saved.last),
+                membership: saved.membership,
+                next_offset: saved.next_offset,
+                saved_at: None,
+            };
+        }
         store.node().advance_commit(applied.next_offset);
         StateMachine {
             store,
@@ -117,9 +149,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => out.push(Response { offset: a.next_offset }),
                 }
             }
-            a.next_offset
+            let due = a.saved_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+            let checkpoint = if due {
+                a.saved_at = Some(Instant::now());
+                a.checkpoint()
+            } else {
+                None
+            };
+            (a.next_offset, checkpoint)
         };
+        let (next_offset, checkpoint) = next_offset;
         self.store.node().advance_commit(next_offset);
+        if let Some(c) = checkpoint {
+            self.store.save_applied(&c)?;
+        }
         Ok(out)
     }
 
@@ -144,13 +187,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || install(&store, &m, &data, next_offset))
             .await
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
-        {
+        let checkpoint = {
             let mut a = lock(&self.applied);
             a.last = meta.last_log_id;
             a.membership = meta.last_membership.clone();
             a.next_offset = next_offset;
-        }
+            a.saved_at = Some(Instant::now());
+            a.checkpoint()
+        };
         self.store.node().advance_commit(next_offset);
+        if let Some(c) = checkpoint {
+            self.store.save_applied(&c)?;
+        }
         Ok(())
     }
 
@@ -246,4 +294,97 @@ fn install(store: &Store, meta: &SnapshotMeta, data: &SnapshotData, next_offset:
         });
     }
     store.update(|s| s.snapshot = Some(meta.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::{EntryPayload, storage::RaftStateMachine};
+
+    use super::*;
+    use crate::{
+        cluster::types::{Request, log_id},
+        config::FsyncPolicy,
+        node::LogNode,
+        storage::{Kind, Log, LogConfig, Producer, encode_body},
+    };
+
+    /// A log of `n` one-record data batches in term 2; the store over it.
+    fn store_with(dir: &std::path::Path, n: u8) -> Arc<Store> {
+        let log = Arc::new(Log::open(dir, LogConfig::default()).unwrap());
+        for i in log.next_index()..u64::from(n) {
+            let body = encode_body(&[[i as u8]]);
+            log.append(&[storage::Entry {
+                index: None,
+                term: 2,
+                kind: Kind::Data,
+                count: 1,
+                producer: Producer::default(),
+                body: &body,
+            }])
+            .unwrap();
+        }
+        let node = Arc::new(LogNode::new(log, 1 << 20));
+        Store::open(node, dir, FsyncPolicy::Always).unwrap()
+    }
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Request {
+                count: 1,
+                body: encode_body(&[[index as u8]]).into(),
+                base_offset: index,
+            }),
+        }
+    }
+
+    /// A restarted state machine resumes from its checkpoint (openraft then
+    /// re-applies nothing before it) and makes those records visible at
+    /// once, without a leader.
+    #[tokio::test]
+    async fn a_restart_resumes_from_the_applied_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), 8);
+        let mut sm = StateMachine::new(store.clone());
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        sm.apply((0..8).map(entry)).await.unwrap();
+        drop((sm, store));
+
+        let store = store_with(dir.path(), 8);
+        let mut sm = StateMachine::new(store.clone());
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 7)));
+        assert_eq!(store.node().committed(), 8, "records visible without re-applying");
+    }
+
+    /// A checkpoint the log does not bear out (another term at its index,
+    /// or an index the log no longer has) is ignored: openraft re-applies
+    /// from the snapshot as before.
+    #[tokio::test]
+    async fn a_checkpoint_the_log_does_not_bear_out_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), 4);
+        for last in [log_id(3, 3), log_id(2, 9)] {
+            store
+                .save_applied(&AppliedCheckpoint {
+                    last,
+                    membership: StoredMembership::default(),
+                    next_offset: last.index + 1,
+                })
+                .unwrap();
+            let mut sm = StateMachine::new(store.clone());
+            assert_eq!(sm.applied_state().await.unwrap().0, None, "{last:?} trusted");
+        }
+        // The same checkpoint with the log's own term is trusted.
+        store
+            .save_applied(&AppliedCheckpoint {
+                last: log_id(2, 3),
+                membership: StoredMembership::default(),
+                next_offset: 4,
+            })
+            .unwrap();
+        let mut sm = StateMachine::new(store.clone());
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 3)));
+    }
 }
