@@ -150,11 +150,14 @@ def start_etcd(procs, tmp, n, tag):
     eps = ",".join(f"127.0.0.1:{c}" for c in client)
     out = subprocess.run(["etcdctl", "--endpoints", eps, "endpoint", "status", "-w", "json"],
                          capture_output=True, text=True).stdout
+    lead = None
     for st in json.loads(out or "[]"):
         if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
             lead = int(st["Endpoint"].rsplit(":", 1)[1])
-            client.remove(lead)
-            client.insert(0, lead)
+    if lead is None:
+        sys.exit(f"etcd: no leader among {eps} (etcdctl endpoint status said {out!r})")
+    client.remove(lead)
+    client.insert(0, lead)
     return client
 
 

@@ -211,8 +211,6 @@ where
     }
 }
 
-/// The configured discovery source. mDNS starts announcing here, once the
-/// listeners are bound (the announcement carries their ports).
 /// What this node tells others to dial for a listener: the explicit
 /// `--advertise-*-addr`, else the bound address, or for a wildcard bind
 /// (`0.0.0.0:8401`, useless to another host) this host's first real
@@ -241,6 +239,8 @@ fn advertise_addr(what: &str, explicit: Option<&str>, bound: SocketAddr) -> Stri
     }
 }
 
+/// The configured discovery source. mDNS starts announcing here, once the
+/// listeners are bound (the announcement carries their ports).
 fn discovery_source(config: &Config, me: &NodeInfo, peer_addr: SocketAddr) -> Result<Discovery, AgentError> {
     let d = &config.discovery;
     Ok(match d.mode {

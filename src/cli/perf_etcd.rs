@@ -64,12 +64,12 @@ pub async fn produce(
         .with_context(|| format!("connecting to etcd at {uri}"))?;
     let next = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let mut tasks = Vec::with_capacity(inflight);
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..inflight {
         let (channel, next, done, all, value) =
             (channel.clone(), next.clone(), done.clone(), all.clone(), value.clone());
         let prefix = prefix.to_owned();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut grpc = Grpc::new(channel);
             let mut mine = Vec::new();
             loop {
@@ -95,10 +95,14 @@ pub async fn produce(
             }
             all.lock().await.extend(mine);
             Ok::<_, anyhow::Error>(())
-        }));
+        });
     }
-    for t in tasks {
-        t.await??;
+    // The first failure ends the run: the other callers stop with it.
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
+            tasks.abort_all();
+            return Err(e);
+        }
     }
     Ok(std::mem::take(&mut *all.lock().await))
 }

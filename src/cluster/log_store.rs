@@ -217,24 +217,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 std::io::Error::other(reason),
             ));
         }
-        let mut trace = None;
         let encoded: Vec<Encoded> = entries
             .into_iter()
             .map(|e| {
                 let (kind, count, body) = encode_payload(&e.payload);
-                if kind == Kind::Data && trace.is_none() {
-                    trace = self.store.append_trace.claim(&body);
-                }
                 (e.log_id.index, e.log_id.leader_id.term, kind, count, body)
             })
             .collect();
+        // The leader proposes one entry at a time: only the first data
+        // entry can be the one proposed here.
+        let trace = encoded
+            .iter()
+            .find(|e| e.2 == Kind::Data)
+            .and_then(|e| self.store.append_trace.claim(&e.4));
         // Under the proposing request's span (see `store::AppendTrace`).
         let span = |name: &'static str| match &trace {
             Some(parent) => tracing::debug_span!(parent: parent, "log", otel.name = name, entries = encoded.len()),
             None => tracing::Span::none(),
         };
         let append_span = span("log.append");
-        let fsync_span = span("log.fsync");
         let batches = as_entries(&encoded);
         // Raft's own entries (membership above all) are always fsynced: a
         // node that lost its membership entry could not serve again.
@@ -276,6 +277,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Spans last from creation to drop: `log.append` covers the write
         // (and a roll), `log.fsync` the wait until it is durable.
         drop(append_span);
+        let fsync_span = span("log.fsync");
         if self.store.fsync == FsyncPolicy::Always || control {
             tokio::spawn(async move {
                 let result = log.wait_durable(appended.next_index).await;

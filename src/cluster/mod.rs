@@ -325,7 +325,6 @@ impl Cluster {
         .instrument(commit_span))
     }
 
-    /// Not-the-leader, naming the leader's client address if one is known.
     /// True when the leader advertises the same client address as this
     /// node, as sidecars that each serve their own pod on `127.0.0.1:8400`
     /// do: a client redirected there would reach this node again, so a
@@ -335,6 +334,7 @@ impl Cluster {
             .is_some_and(|(_, info)| info.client_addr == self.config.info.client_addr)
     }
 
+    /// Not-the-leader, naming the leader's client address if one is known.
     pub fn not_leader(&self) -> NodeError {
         NodeError::NotLeader {
             leader: self.leader().map(|(_, info)| info.client_addr),

@@ -171,7 +171,7 @@ pub async fn run(
 
 /// Proposes one batch as one entry and answers its proposals once the entry
 /// is committed and applied (or failed), releasing `slot` then.
-async fn propose(raft: &Raft, trace: &AppendTrace, batch: Vec<Proposal>, slot: OwnedSemaphorePermit) {
+async fn propose(raft: &Raft, trace: &Arc<AppendTrace>, batch: Vec<Proposal>, slot: OwnedSemaphorePermit) {
     // Callers may have given up while the dispatcher waited for the slot.
     let batch: Vec<Proposal> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
     if batch.is_empty() {
@@ -194,18 +194,22 @@ async fn propose(raft: &Raft, trace: &AppendTrace, batch: Vec<Proposal>, slot: O
     trace.set(&body, span);
     let request = Request {
         count: records as u32,
-        body,
+        body: body.clone(),
         base_offset: 0,
     };
     let answer = match raft.client_write_ff(request).await {
         Ok(rx) => rx,
         Err(e) => {
+            trace.forget(&body);
             reply_all(batch, Err(unavailable(format!("raft stopped: {e}"))));
             return;
         }
     };
+    let trace = trace.clone();
     tokio::spawn(async move {
-        let result = match answer.await {
+        let answer = answer.await;
+        trace.forget(&body);
+        let result = match answer {
             Ok(Ok(resp)) => Ok(resp.data.offset),
             Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(unavailable(format!(
                 "leadership moved (new leader: {}) before the records were committed; they may or may not \

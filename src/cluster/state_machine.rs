@@ -30,6 +30,14 @@ struct Applied {
 /// most this much of the log.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(10);
 
+/// Writes the applied checkpoint; a failure only costs re-application at
+/// the next start, so it is logged, never fatal to Raft.
+fn save_checkpoint(store: &Store, c: &AppliedCheckpoint) {
+    if let Err(e) = store.save_applied(c) {
+        tracing::warn!(cause = %e, "could not write raft-applied; a restart will re-apply more of the log");
+    }
+}
+
 impl Applied {
     fn checkpoint(&self) -> Option<AppliedCheckpoint> {
         Some(AppliedCheckpoint {
@@ -161,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (next_offset, checkpoint) = next_offset;
         self.store.node().advance_commit(next_offset);
         if let Some(c) = checkpoint {
-            self.store.save_applied(&c)?;
+            save_checkpoint(&self.store, &c);
         }
         Ok(out)
     }
@@ -197,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.store.node().advance_commit(next_offset);
         if let Some(c) = checkpoint {
-            self.store.save_applied(&c)?;
+            save_checkpoint(&self.store, &c);
         }
         Ok(())
     }
@@ -298,13 +306,16 @@ fn install(store: &Store, meta: &SnapshotMeta, data: &SnapshotData, next_offset:
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        sync::Arc,
+    };
 
     use openraft::{EntryPayload, storage::RaftStateMachine};
 
     use super::*;
     use crate::{
-        cluster::types::{Request, log_id},
+        cluster::types::{Membership, NodeInfo, Request, log_id},
         config::FsyncPolicy,
         node::LogNode,
         storage::{Kind, Log, LogConfig, Producer, encode_body},
@@ -356,6 +367,53 @@ mod tests {
         let mut sm = StateMachine::new(store.clone());
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 7)));
         assert_eq!(store.node().committed(), 8, "records visible without re-applying");
+
+        // The membership comes back with it.
+        let node = NodeInfo {
+            name: "n1".into(),
+            peer_addr: "10.0.0.1:8401".into(),
+            client_addr: "10.0.0.1:8400".into(),
+        };
+        let membership = StoredMembership::new(
+            Some(log_id(2, 1)),
+            Membership::new(vec![BTreeSet::from([7])], BTreeMap::from([(7, node)])),
+        );
+        store
+            .save_applied(&AppliedCheckpoint {
+                last: log_id(2, 7),
+                membership: membership.clone(),
+                next_offset: 8,
+            })
+            .unwrap();
+        let mut sm = StateMachine::new(store.clone());
+        assert_eq!(sm.applied_state().await.unwrap(), (Some(log_id(2, 7)), membership));
+    }
+
+    /// A checkpoint at or below the current snapshot loses to it.
+    #[tokio::test]
+    async fn the_snapshot_wins_over_an_older_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), 8);
+        store
+            .save_applied(&AppliedCheckpoint {
+                last: log_id(2, 3),
+                membership: StoredMembership::default(),
+                next_offset: 4,
+            })
+            .unwrap();
+        let last = log_id(2, 5);
+        store
+            .update(|s| {
+                s.snapshot = Some(SnapshotMeta {
+                    last_log_id: Some(last),
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: crate::cluster::snapshot::snapshot_id(Some(last), 6),
+                })
+            })
+            .unwrap();
+        let mut sm = StateMachine::new(store.clone());
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(last));
+        assert_eq!(store.node().committed(), 6);
     }
 
     /// A checkpoint the log does not bear out (another term at its index,
@@ -365,16 +423,21 @@ mod tests {
     async fn a_checkpoint_the_log_does_not_bear_out_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), 4);
-        for last in [log_id(3, 3), log_id(2, 9)] {
+        // Another term; beyond the log; the right entry but another end offset.
+        for (last, next_offset) in [(log_id(3, 3), 4), (log_id(2, 9), 10), (log_id(2, 3), 9)] {
             store
                 .save_applied(&AppliedCheckpoint {
                     last,
                     membership: StoredMembership::default(),
-                    next_offset: last.index + 1,
+                    next_offset,
                 })
                 .unwrap();
             let mut sm = StateMachine::new(store.clone());
-            assert_eq!(sm.applied_state().await.unwrap().0, None, "{last:?} trusted");
+            assert_eq!(
+                sm.applied_state().await.unwrap().0,
+                None,
+                "{last:?} / {next_offset} trusted"
+            );
         }
         // The same checkpoint with the log's own term is trusted.
         store

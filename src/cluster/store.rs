@@ -107,6 +107,13 @@ impl AppendTrace {
             _ => None,
         }
     }
+
+    /// Drops the span of the entry with `body` if the log never claimed it
+    /// (the proposal failed or leadership moved), so the request's span
+    /// ends when the request does.
+    pub fn forget(&self, body: &bytes::Bytes) {
+        drop(self.claim(body));
+    }
 }
 
 impl fmt::Debug for Store {
@@ -251,7 +258,10 @@ impl Store {
         let matches =
             batch.term == saved.last.leader_id.term && batch.base_offset + u64::from(batch.count) == saved.next_offset;
         if !matches {
-            tracing::info!(index = saved.last.index, "raft-applied does not match the log; re-applying from the snapshot");
+            tracing::info!(
+                index = saved.last.index,
+                "raft-applied does not match the log; re-applying from the snapshot"
+            );
             return None;
         }
         Some(saved)

@@ -56,17 +56,20 @@ pub(crate) fn is_virtual_interface(name: &str) -> bool {
 /// The address to tell others for a listener bound to `bound`: the bound
 /// address itself, unless it is a wildcard (`0.0.0.0`, `::`), which means
 /// nothing to another host. Then the port on this host's first usable
-/// interface address, IPv4 before IPv6: not loopback, not link-local, not
-/// a container or VPN interface. None when there is no such address.
+/// interface address: not loopback, not link-local, not a container or VPN
+/// interface; IPv4 only for `0.0.0.0` (it accepts nothing else), IPv6 first
+/// for `::` (dual-stack sockets accept both). None when there is no such
+/// address.
 pub fn advertised_for(bound: SocketAddr) -> Option<SocketAddr> {
     if !bound.ip().is_unspecified() {
         return Some(bound);
     }
     let interfaces = if_addrs::get_if_addrs().ok()?;
-    pick_advertised(bound.port(), interfaces.iter().map(|i| (i.name.as_str(), i.ip())))
+    pick_advertised(bound, interfaces.iter().map(|i| (i.name.as_str(), i.ip())))
 }
 
-fn pick_advertised<'a>(port: u16, interfaces: impl Iterator<Item = (&'a str, IpAddr)>) -> Option<SocketAddr> {
+fn pick_advertised<'a>(bound: SocketAddr, interfaces: impl Iterator<Item = (&'a str, IpAddr)>) -> Option<SocketAddr> {
+    let v6_bind = bound.is_ipv6();
     let usable = |ip: &IpAddr| {
         !ip.is_loopback()
             && !ip.is_unspecified()
@@ -76,12 +79,12 @@ fn pick_advertised<'a>(port: u16, interfaces: impl Iterator<Item = (&'a str, IpA
             }
     };
     let mut candidates: Vec<IpAddr> = interfaces
-        .filter(|(name, ip)| !is_virtual_interface(name) && usable(ip))
+        .filter(|(name, ip)| !is_virtual_interface(name) && usable(ip) && (v6_bind || ip.is_ipv4()))
         .map(|(_, ip)| ip)
         .collect();
-    // Stable: IPv4 first, then in interface order.
-    candidates.sort_by_key(|ip| !ip.is_ipv4());
-    candidates.first().map(|ip| SocketAddr::new(*ip, port))
+    // Stable: the bind's own family first, then in interface order.
+    candidates.sort_by_key(|ip| ip.is_ipv6() != v6_bind);
+    candidates.first().map(|ip| SocketAddr::new(*ip, bound.port()))
 }
 
 /// One way of finding peers.
@@ -154,7 +157,9 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_advertises_the_first_real_interface_ipv4_first() {
+    fn a_wildcard_advertises_the_first_real_interface_of_its_family() {
+        let v4: SocketAddr = "0.0.0.0:8401".parse().unwrap();
+        let v6: SocketAddr = "[::]:8401".parse().unwrap();
         let ifs = [
             ("lo", ip("127.0.0.1")),
             ("docker0", ip("172.17.0.1")),
@@ -165,15 +170,26 @@ mod tests {
             ("eth1", ip("192.168.7.20")),
         ];
         assert_eq!(
-            pick_advertised(8401, ifs.into_iter()),
+            pick_advertised(v4, ifs.into_iter()),
             Some("192.168.7.20:8401".parse().unwrap())
+        );
+        assert_eq!(
+            pick_advertised(v6, ifs.into_iter()),
+            Some("[2001:db8::5]:8401".parse().unwrap()),
+            "a dual-stack bind prefers its own family"
         );
         let v6_only = [("lo", ip("::1")), ("eth0", ip("2001:db8::5"))];
         assert_eq!(
-            pick_advertised(8401, v6_only.into_iter()),
-            Some("[2001:db8::5]:8401".parse().unwrap())
+            pick_advertised(v4, v6_only.into_iter()),
+            None,
+            "0.0.0.0 accepts no IPv6 connection"
+        );
+        let v4_only = [("eth0", ip("10.0.0.7"))];
+        assert_eq!(
+            pick_advertised(v6, v4_only.into_iter()),
+            Some("10.0.0.7:8401".parse().unwrap())
         );
         let nothing = [("lo", ip("127.0.0.1")), ("docker0", ip("172.17.0.1"))];
-        assert_eq!(pick_advertised(8401, nothing.into_iter()), None);
+        assert_eq!(pick_advertised(v4, nothing.into_iter()), None);
     }
 }
