@@ -747,7 +747,16 @@ impl Cluster {
                 .snapshot(self.metrics().last_applied.unwrap_or_default(), "retention snapshot")
                 .await;
         }
-        self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())
+        self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())?;
+        // The purge runs in the Raft core, after this returns: wait for it
+        // (bounded) so that the caller can delete what it frees right away.
+        // A purge that takes longer is picked up by the next retention pass.
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "retention purge")
+            .await;
+        Ok(())
     }
 
     /// Applies a retention policy: lets Raft forget the entries first (see
