@@ -21,6 +21,19 @@ async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A produce of `value` marked for the leader only (no forwarding).
+fn leader_only(value: &'static [u8]) -> tonic::Request<sidelog::api::pb::ProduceRequest> {
+    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+        record: Some(sidelog::api::pb::Record {
+            value: Bytes::from_static(value),
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut()
+        .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());
+    req
+}
+
 struct Trio {
     agents: Vec<Option<Agent>>,
     metrics: Vec<Arc<Metrics>>,
@@ -115,15 +128,7 @@ async fn a_not_the_leader_answer_names_the_leader_in_metadata() {
     let leader = trio.leader().unwrap();
     let follower = (leader + 1) % 3;
     let plain = Client::connect(&trio.addr(follower)).await.unwrap();
-    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
-        record: Some(sidelog::api::pb::Record {
-            value: Bytes::from_static(b"x"),
-            ..Default::default()
-        }),
-    });
-    req.metadata_mut()
-        .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());
-    let status = plain.raw().produce(req).await.unwrap_err();
+    let status = plain.raw().produce(leader_only(b"x")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(sidelog::api::convert::leader_of(&status), Some(trio.addr(leader)));
     assert_eq!(trio.forwarded(), 0);
@@ -142,15 +147,11 @@ async fn with_one_client_address_shared_by_all_leader_only_writes_are_forwarded_
 
     // Redirecting to the leader's address would come back here: forwarded.
     let plain = Client::connect(&trio.addr(follower)).await.unwrap();
-    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
-        record: Some(sidelog::api::pb::Record {
-            value: Bytes::from_static(b"r0"),
-            ..Default::default()
-        }),
-    });
-    req.metadata_mut()
-        .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());
-    let offset = plain.raw().produce(req).await.expect("forwarded, not refused");
+    let offset = plain
+        .raw()
+        .produce(leader_only(b"r0"))
+        .await
+        .expect("forwarded, not refused");
     assert_eq!(offset.into_inner().offset, 0);
     assert_eq!(trio.metrics[follower].records_forwarded.get(), 1);
 

@@ -191,9 +191,11 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
 }
 
 /// Runs `workers` concurrent callers that take `batch` records at a time
-/// until `total` are produced; returns per-record latencies (µs).
-async fn run_workers<F, Fut>(
-    client: &Client,
+/// until `total` are produced; returns per-record latencies (µs). Each call
+/// gets a clone of `ctx`, the index of its first record and its record
+/// count. The first failure ends the run: the other callers stop with it.
+pub(super) async fn run_workers<C, F, Fut, E>(
+    ctx: &C,
     workers: usize,
     total: u64,
     batch: u64,
@@ -201,15 +203,17 @@ async fn run_workers<F, Fut>(
     call: F,
 ) -> anyhow::Result<Vec<u32>>
 where
-    F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    C: Clone + Send + 'static,
+    F: Fn(C, u64, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: Into<anyhow::Error> + Send + 'static,
 {
     let next = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Latencies::default()));
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let (c, next, done, lat, call) = (client.clone(), next.clone(), done.clone(), lat.clone(), call.clone());
-        tasks.push(tokio::spawn(async move {
+        let (c, next, done, lat, call) = (ctx.clone(), next.clone(), done.clone(), lat.clone(), call.clone());
+        tasks.spawn(async move {
             let mut mine = Latencies::default();
             loop {
                 let from = next.fetch_add(batch, Ordering::Relaxed);
@@ -218,16 +222,19 @@ where
                 }
                 let n = batch.min(total - from) as usize;
                 let t = Instant::now();
-                call(c.clone(), n).await?;
+                call(c.clone(), from, n).await.map_err(Into::into)?;
                 mine.record(t, n);
                 done.fetch_add(n as u64, Ordering::Relaxed);
             }
             lat.lock().await.0.extend(mine.0);
-            Ok::<_, tonic::Status>(())
-        }));
+            Ok::<_, anyhow::Error>(())
+        });
     }
-    for t in tasks {
-        t.await??;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
+            tasks.abort_all();
+            return Err(e);
+        }
     }
     Ok(std::mem::take(&mut lat.lock().await.0))
 }
@@ -238,7 +245,7 @@ async fn produce_unary(
     value: Bytes,
     done: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<u32>> {
-    run_workers(client, p.inflight, p.records, 1, done, move |mut c, _| {
+    run_workers(client, p.inflight, p.records, 1, done, move |mut c, _, _| {
         let v = value.clone();
         async move { c.produce(v).await.map(drop) }
     })
@@ -252,7 +259,7 @@ async fn produce_batch(
     done: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<u32>> {
     let calls = p.inflight.div_ceil(p.batch).max(1);
-    run_workers(client, calls, p.records, p.batch as u64, done, move |mut c, n| {
+    run_workers(client, calls, p.records, p.batch as u64, done, move |mut c, _, n| {
         let v = value.clone();
         async move { c.produce_batch(vec![v; n]).await.map(drop) }
     })

@@ -12,17 +12,13 @@
 //! not needed and are skipped on decode.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
 };
 
 use anyhow::Context;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use tokio::sync::Mutex;
 use tonic::{client::Grpc, transport::Channel};
 use tonic_prost::ProstCodec;
 
@@ -62,47 +58,24 @@ pub async fn produce(
         .connect()
         .await
         .with_context(|| format!("connecting to etcd at {uri}"))?;
-    let next = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..inflight {
-        let (channel, next, done, all, value) =
-            (channel.clone(), next.clone(), done.clone(), all.clone(), value.clone());
-        let prefix = prefix.to_owned();
-        tasks.spawn(async move {
+    let prefix = prefix.to_owned();
+    super::perf::run_workers(&channel, inflight, total, 1, done, move |channel, i, _| {
+        let request = PutRequest {
+            key: Bytes::from(format!("{prefix}/{i}")),
+            value: value.clone(),
+        };
+        async move {
             let mut grpc = Grpc::new(channel);
-            let mut mine = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let request = PutRequest {
-                    key: Bytes::from(format!("{prefix}/{i}")),
-                    value: value.clone(),
-                };
-                let t = Instant::now();
-                grpc.ready().await.context("etcd connection")?;
-                grpc.unary::<_, PutResponse, _>(
-                    tonic::Request::new(request),
-                    PathAndQuery::from_static(PUT),
-                    ProstCodec::default(),
-                )
-                .await
-                .with_context(|| format!("etcd refused Put #{i}"))?;
-                mine.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            all.lock().await.extend(mine);
+            grpc.ready().await.context("etcd connection")?;
+            grpc.unary::<_, PutResponse, _>(
+                tonic::Request::new(request),
+                PathAndQuery::from_static(PUT),
+                ProstCodec::default(),
+            )
+            .await
+            .with_context(|| format!("etcd refused Put #{i}"))?;
             Ok::<_, anyhow::Error>(())
-        });
-    }
-    // The first failure ends the run: the other callers stop with it.
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
-            tasks.abort_all();
-            return Err(e);
         }
-    }
-    Ok(std::mem::take(&mut *all.lock().await))
+    })
+    .await
 }

@@ -340,6 +340,17 @@ mod tests {
         Store::open(node, dir, FsyncPolicy::Always).unwrap()
     }
 
+    /// Saves a checkpoint with no membership.
+    fn save_plain(store: &Store, last: LogId, next_offset: u64) {
+        store
+            .save_applied(&AppliedCheckpoint {
+                last,
+                membership: StoredMembership::default(),
+                next_offset,
+            })
+            .unwrap();
+    }
+
     fn entry(index: u64) -> Entry {
         Entry {
             log_id: log_id(2, index),
@@ -394,13 +405,7 @@ mod tests {
     async fn the_snapshot_wins_over_an_older_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), 8);
-        store
-            .save_applied(&AppliedCheckpoint {
-                last: log_id(2, 3),
-                membership: StoredMembership::default(),
-                next_offset: 4,
-            })
-            .unwrap();
+        save_plain(&store, log_id(2, 3), 4);
         let last = log_id(2, 5);
         store
             .update(|s| {
@@ -425,13 +430,7 @@ mod tests {
         let store = store_with(dir.path(), 4);
         // Another term; beyond the log; the right entry but another end offset.
         for (last, next_offset) in [(log_id(3, 3), 4), (log_id(2, 9), 10), (log_id(2, 3), 9)] {
-            store
-                .save_applied(&AppliedCheckpoint {
-                    last,
-                    membership: StoredMembership::default(),
-                    next_offset,
-                })
-                .unwrap();
+            save_plain(&store, last, next_offset);
             let mut sm = StateMachine::new(store.clone());
             assert_eq!(
                 sm.applied_state().await.unwrap().0,
@@ -440,13 +439,7 @@ mod tests {
             );
         }
         // The same checkpoint with the log's own term is trusted.
-        store
-            .save_applied(&AppliedCheckpoint {
-                last: log_id(2, 3),
-                membership: StoredMembership::default(),
-                next_offset: 4,
-            })
-            .unwrap();
+        save_plain(&store, log_id(2, 3), 4);
         let mut sm = StateMachine::new(store.clone());
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 3)));
     }
