@@ -5,6 +5,7 @@ namespace per node, with a client history checked at the end.
   sudo scripts/faults/harness.py --ci                       # 3 nodes, 8 rounds of kill -9 / partitions / pause (~2 min)
   sudo scripts/faults/harness.py --nodes 5 --rounds 20 --faults all
   sudo scripts/faults/harness.py cleanup                    # remove what a killed harness left behind
+                                                            # (a new run also does this itself)
 
 Layout: a bridge slfbr0 (10.77.0.1/24) in the root namespace; node i
 (n1..nN) runs in namespace sl-f<i> at 10.77.0.<10+i> behind a veth pair;
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import itertools
 import json
 import os
@@ -76,6 +78,9 @@ BRIDGE_IP = f"{NET}.1"
 CLIENT_PORT, PEER_PORT, HTTP_PORT = 8400, 8401, 8080
 FWD_COMMENT = "sidelog-faults"
 MARKER = ".sidelog-faults-run"
+# Held (flock) by a running harness for its whole life. Whoever gets it knows
+# no other harness is alive, so anything named like ours is a killed run's.
+LOCK_FILE = Path("/run/lock/sidelog-faults.lock") if Path("/run/lock").is_dir() else Path("/tmp/sidelog-faults.lock")
 
 PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
 ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
@@ -182,6 +187,21 @@ def our_mounts():
     except OSError:
         pass
     return out
+
+
+def take_run_lock():
+    """Takes the harness lock for the rest of this process (the kernel drops
+    it when the process dies, however it dies), or exits if another harness
+    holds it."""
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        die(f"another harness (pid {holder}) is running: it holds {LOCK_FILE}", 2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd  # kept open: closing it would release the lock
 
 
 def cleanup_leftovers():
@@ -1140,9 +1160,16 @@ def preflight(a):
     if a.run_dir.exists() and any(a.run_dir.iterdir()):
         # The nodes' data dirs live there: an old run's log would be reused.
         die(f"run dir {a.run_dir} exists and is not empty: give a new --run-dir", 2)
+    take_run_lock()
     left = leftovers()
     if left:
-        die(f"a previous run left {left} behind: run `{sys.argv[0]} cleanup` first", 2)
+        # We hold the lock, so no live harness owns these: a killed run (a
+        # reboot, SIGKILL, a CI timeout) left them. Removing them is safe.
+        print(f"harness: removing what a killed run left behind: {left}", file=sys.stderr)
+        cleanup_leftovers()
+        still = leftovers()
+        if still:
+            die(f"could not remove what a previous run left behind: {still}", 2)
     used = run(["ip", "-o", "addr"], check=False).stdout
     if f" {NET}." in used:
         die(f"{NET}.0/24 is already in use on this machine: refusing to touch it", 2)
@@ -1153,6 +1180,7 @@ def main(argv=None):
     if a.command == "cleanup":
         if os.geteuid() != 0:
             die("needs root", 2)
+        take_run_lock()
         before = leftovers()
         cleanup_leftovers()
         after = leftovers()
