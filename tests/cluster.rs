@@ -67,16 +67,31 @@ struct TestCluster {
     peer_ports: Vec<u16>,
     partition: Arc<Partition>,
     tweak: fn(&mut Config),
+    /// Peer addresses nodes advertise instead of their own (relays).
+    advertised_peer: Vec<Option<String>>,
 }
 
 impl TestCluster {
     async fn start(n: usize, tweak: fn(&mut Config)) -> TestCluster {
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Self::start_on(peer_ports, vec![None; n], tweak).await
+    }
+
+    /// Nodes on `peer_ports`, advertising `advertised_peer[i]` (when set) as
+    /// their peer address.
+    async fn start_on(
+        peer_ports: Vec<u16>,
+        advertised_peer: Vec<Option<String>>,
+        tweak: fn(&mut Config),
+    ) -> TestCluster {
+        let n = peer_ports.len();
         let mut c = TestCluster {
             nodes: (0..n).map(|_| None).collect(),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
-            peer_ports: (0..n).map(|_| free_port()).collect(),
+            peer_ports,
             partition: Arc::new(Partition::default()),
             tweak,
+            advertised_peer,
         };
         // All at once, as a StatefulSet would start them.
         let agents = futures_util::future::join_all((0..n).map(|i| {
@@ -106,6 +121,7 @@ impl TestCluster {
         config.peer_addr = format!("127.0.0.1:{}", self.peer_ports[i]).parse().unwrap();
         config.join = self.peer_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         config.bootstrap_expect = self.peer_ports.len();
+        config.advertise_peer_addr = self.advertised_peer.get(i).cloned().flatten();
         (self.tweak)(&mut config);
         config
     }
@@ -386,6 +402,123 @@ async fn writes_whose_callers_gave_up_without_a_leader_are_never_sent_later() {
     for i in 0..3 {
         assert_eq!(c.records(i), expected, "records on node {i}");
     }
+    c.shutdown().await;
+}
+
+/// A TCP relay in front of a peer port. [`Relay::black_hole`] turns the
+/// connections it carries so far into black holes (bytes are read and
+/// dropped, nothing is closed or reset), as a peer that came back at a new
+/// IP leaves its old connections; connections made later relay normally.
+struct Relay {
+    addr: std::net::SocketAddr,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let shared = epoch.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (epoch, mine) = (shared.clone(), shared.load(Ordering::SeqCst));
+                conns.spawn(async move {
+                    let (a_read, a_write) = inbound.into_split();
+                    let (b_read, b_write) = outbound.into_split();
+                    let live = move || epoch.load(Ordering::SeqCst) == mine;
+                    tokio::join!(
+                        Self::pump(a_read, b_write, live.clone()),
+                        Self::pump(b_read, a_write, live)
+                    );
+                });
+            }
+        });
+        Relay { addr, epoch, task }
+    }
+
+    /// Copies `from` to `to` while `live()`; after that reads and drops.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        live: impl Fn() -> bool,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) if live() => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn black_hole(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A follower whose connection from the leader goes silent (a black hole,
+/// not a reset) is dialed again within about a second, and catches up;
+/// HTTP/2 keep-alive alone would notice only after 10-15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_a_silent_connection_is_dialed_again_and_catches_up() {
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut relays = Vec::new();
+    for &p in &peer_ports {
+        relays.push(Relay::start(p).await);
+    }
+    let advertised = relays.iter().map(|r| Some(r.addr.to_string())).collect();
+    let c = TestCluster::start_on(peer_ports, advertised, no_tweak).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = c.client(leader).await;
+    for i in 0..10u64 {
+        assert_eq!(client.produce(format!("before-{i}")).await.unwrap(), i);
+    }
+    c.wait_committed(10).await;
+
+    // Everything the leader sends the follower now vanishes.
+    relays[follower].black_hole();
+    for i in 10..20u64 {
+        assert_eq!(client.produce(format!("after-{i}")).await.unwrap(), i);
+    }
+    // The redial comes after 1 s of failed calls; keep-alive would need 10 s
+    // or more, past this bound.
+    wait_until("the follower behind the silent connection has every record", 6, || {
+        c.agent(follower).node().committed() >= 20
+    })
+    .await;
+    let expected: Vec<(u64, Bytes)> = (0..20)
+        .map(|i| {
+            (
+                i,
+                Bytes::from(if i < 10 {
+                    format!("before-{i}")
+                } else {
+                    format!("after-{i}")
+                }),
+            )
+        })
+        .collect();
+    assert_eq!(c.records(follower), expected);
     c.shutdown().await;
 }
 

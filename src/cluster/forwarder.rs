@@ -74,16 +74,16 @@ impl Cluster {
         values: Vec<Bytes>,
     ) -> Result<Vec<u64>, NodeError> {
         let n = values.len();
-        let mut client = self
+        let (mut client, watch) = self
             .peers
-            .client(Some(&leader), addr)
+            .watched_client(Some(&leader), addr)
             .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
         let mut req = tonic::Request::new(pb::ForwardRequest { values });
         req.set_timeout(self.config.write_timeout);
         crate::trace_context::inject(&mut req);
-        let offsets = client
-            .forward(req)
-            .await
+        let result = client.forward(req).await;
+        watch.finished(result.as_ref().err());
+        let offsets = result
             .map_err(|s| unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
             .into_inner()
             .offsets;
