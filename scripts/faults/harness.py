@@ -80,7 +80,9 @@ FWD_COMMENT = "sidelog-faults"
 MARKER = ".sidelog-faults-run"
 # Held (flock) by a running harness for its whole life. Whoever gets it knows
 # no other harness is alive, so anything named like ours is a killed run's.
-LOCK_FILE = Path("/run/lock/sidelog-faults.lock") if Path("/run/lock").is_dir() else Path("/tmp/sidelog-faults.lock")
+# In /run (root-only, unlike /run/lock and /tmp), opened without following
+# symlinks.
+LOCK_FILE = Path("/run/sidelog-faults.lock")
 
 PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
 ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
@@ -193,7 +195,10 @@ def take_run_lock():
     """Takes the harness lock for the rest of this process (the kernel drops
     it when the process dies, however it dies), or exits if another harness
     holds it."""
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        die(f"cannot open the run lock {LOCK_FILE}: {e}", 2)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1186,8 +1191,8 @@ def main(argv=None):
         after = leftovers()
         print(f"removed: {before or 'nothing'}" + (f"; still there: {after}" if after else ""))
         return 1 if after else 0
+    ensure_grpc()  # may re-execute this script: before the lock is taken
     preflight(a)
-    ensure_grpc()
     cleanup = Cleanup()
 
     def on_signal(signum, _frame):

@@ -74,16 +74,16 @@ impl Cluster {
         values: Vec<Bytes>,
     ) -> Result<Vec<u64>, NodeError> {
         let n = values.len();
-        let (mut client, watch) = self
+        let mut client = self
             .peers
-            .watched_client(Some(&leader), addr)
+            .client(Some(&leader), addr)
             .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
         let mut req = tonic::Request::new(pb::ForwardRequest { values });
         req.set_timeout(self.config.write_timeout);
         crate::trace_context::inject(&mut req);
-        let result = client.forward(req).await;
-        watch.finished(result.as_ref().err());
-        let offsets = result
+        let offsets = client
+            .forward(req)
+            .await
             .map_err(|s| unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
             .into_inner()
             .offsets;

@@ -13,7 +13,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use openraft::{
@@ -68,6 +68,12 @@ impl Partition {
 /// Deadline of a plain RPC (not snapshots).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// HTTP/2 pings on peer connections: sent after this long without a frame
+/// from the peer, and the connection dropped when one goes unanswered for
+/// [`PEER_PING_TIMEOUT`].
+pub const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
+pub const PEER_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A client of a peer's `sidelog.v1.Peer` service, presenting our peer
 /// credentials (certificate on the connection, secret on every call).
 pub type PeerChannel = InterceptedService<Channel, SecretInterceptor>;
@@ -86,61 +92,7 @@ pub struct Peers {
 #[derive(Debug, Default)]
 struct Channels {
     generation: u64,
-    next_id: u64,
-    by_addr: HashMap<String, Cached>,
-}
-
-#[derive(Debug)]
-struct Cached {
-    channel: Channel,
-    /// Tells this channel from the one that replaces it at the same address.
-    id: u64,
-    /// When calls on this channel began to fail (or time out) with no
-    /// success since.
-    failing_since: Option<Instant>,
-}
-
-/// How long calls on a cached channel may keep failing with no success
-/// before the next call dials afresh. A peer that comes back at a new IP
-/// (a rescheduled pod, a restarted container) leaves the old connection a
-/// black hole: nothing answers, nothing resets it, and HTTP/2 keep-alive
-/// would take up to 15 s to notice. A fresh dial resolves the name again.
-pub const REDIAL_AFTER: Duration = Duration::from_secs(1);
-
-/// Tracks one call on a cached channel: [`CallWatch::worked`] when the peer
-/// answered; dropped otherwise (an error, or a caller that gave up), which
-/// counts as a failure towards [`REDIAL_AFTER`].
-#[derive(Debug)]
-pub struct CallWatch {
-    channels: Arc<Mutex<Channels>>,
-    addr: String,
-    id: u64,
-    worked: bool,
-}
-
-impl CallWatch {
-    /// Records the outcome of a call that returned `status` (`None`: it
-    /// succeeded). Statuses a peer's own code sends prove the connection
-    /// works; the ones transport failures and deadlines produce do not.
-    pub fn finished(mut self, status: Option<&tonic::Status>) {
-        use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable, Unknown};
-        self.worked = !status.is_some_and(|s| matches!(s.code(), Unavailable | DeadlineExceeded | Cancelled | Unknown));
-    }
-}
-
-impl Drop for CallWatch {
-    fn drop(&mut self) {
-        let mut channels = self.channels.lock().unwrap();
-        if let Some(c) = channels.by_addr.get_mut(&self.addr)
-            && c.id == self.id
-        {
-            if self.worked {
-                c.failing_since = None;
-            } else {
-                c.failing_since.get_or_insert_with(Instant::now);
-            }
-        }
-    }
+    by_addr: HashMap<String, Channel>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,68 +121,31 @@ impl Peers {
 
     /// A client for the peer at `addr` (known as `to`, when known).
     pub fn client(&self, to: Option<&NodeId>, addr: &str) -> Result<PeerClient<PeerChannel>, PeerError> {
-        self.watched_client(to, addr).map(|(client, _)| client)
-    }
-
-    /// A client for the peer at `addr`, and a watch to report how the call
-    /// went: a channel whose calls keep failing is replaced (see
-    /// [`REDIAL_AFTER`]).
-    pub fn watched_client(
-        &self,
-        to: Option<&NodeId>,
-        addr: &str,
-    ) -> Result<(PeerClient<PeerChannel>, CallWatch), PeerError> {
         if let (Some(p), Some(to)) = (&self.partition, to)
             && p.is_cut(&self.me, to)
         {
             return Err(PeerError::Partitioned(*to));
         }
-        let (channel, id) = {
-            let mut guard = self.channels.lock().unwrap();
-            let channels = &mut *guard;
+        let channel = {
+            let mut channels = self.channels.lock().unwrap();
             // A rotated peer certificate: dial again so peers see the new one.
             let generation = self.credentials.tls.as_ref().map_or(0, |t| t.generation());
             if channels.generation != generation {
                 channels.by_addr.clear();
                 channels.generation = generation;
             }
-            let stale = channels
-                .by_addr
-                .get(addr)
-                .and_then(|c| c.failing_since)
-                .map(|t| t.elapsed());
-            if let Some(failing) = stale.filter(|f| *f >= REDIAL_AFTER) {
-                // Calls already running on the old channel keep it until
-                // they end; new ones take the new connection.
-                tracing::info!(peer = addr, failing_for = ?failing, "calls to the peer keep failing: dialing it again");
-                channels.by_addr.remove(addr);
-            }
             match channels.by_addr.get(addr) {
-                Some(c) => (c.channel.clone(), c.id),
+                Some(c) => c.clone(),
                 None => {
-                    let channel = self.endpoint(addr)?.connect_lazy();
-                    channels.next_id += 1;
-                    let id = channels.next_id;
-                    let cached = Cached {
-                        channel: channel.clone(),
-                        id,
-                        failing_since: None,
-                    };
-                    channels.by_addr.insert(addr.to_owned(), cached);
-                    (channel, id)
+                    let c = self.endpoint(addr)?.connect_lazy();
+                    channels.by_addr.insert(addr.to_owned(), c.clone());
+                    c
                 }
             }
         };
-        let watch = CallWatch {
-            channels: self.channels.clone(),
-            addr: addr.to_owned(),
-            id,
-            worked: false,
-        };
-        let client = PeerClient::with_interceptor(channel, self.credentials.interceptor())
+        Ok(PeerClient::with_interceptor(channel, self.credentials.interceptor())
             .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
-        Ok((client, watch))
+            .max_encoding_message_size(256 << 20))
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerError> {
@@ -244,8 +159,16 @@ impl Peers {
             .map_err(|e| bad(e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            // A peer that came back at a new IP (a restarted container, a
+            // rescheduled pod) leaves the old connection a black hole: no
+            // reset, no error, calls just time out. An unanswered ping ends
+            // it within ~3 s and the next call dials again, resolving the
+            // name afresh. A busy peer still answers pings (its connection
+            // task does, not its handlers), so a slow disk is not taken for
+            // a dead link.
+            .http2_keep_alive_interval(PEER_PING_INTERVAL)
+            .keep_alive_timeout(PEER_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20));
         if let Some(tls) = tls {
@@ -468,16 +391,6 @@ impl PeerNetwork {
     fn client(&self) -> Result<PeerClient<PeerChannel>, PeerError> {
         self.peers.client(Some(&self.target), &self.addr)
     }
-
-    fn watched_client(&self) -> Result<(PeerClient<PeerChannel>, CallWatch), PeerError> {
-        self.peers.watched_client(Some(&self.target), &self.addr)
-    }
-}
-
-/// Reports `result` to `watch` and passes it on.
-fn watched<T>(watch: CallWatch, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
-    watch.finished(result.as_ref().err());
-    result
 }
 
 fn with_deadline<T>(msg: T, ttl: Duration) -> tonic::Request<T> {
@@ -492,14 +405,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let (mut client, watch) = self.watched_client().map_err(|e| rpc_error(e))?;
+        let mut client = self.client().map_err(|e| rpc_error(e))?;
         let req = with_deadline(append_request_to_pb(&rpc), option.hard_ttl());
-        let resp = watched(watch, client.append_entries(req).await).map_err(|s| rpc_error(s.into()))?;
+        let resp = client.append_entries(req).await.map_err(|s| rpc_error(s.into()))?;
         Ok(append_response_from_pb(resp.into_inner()))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        let (mut client, watch) = self.watched_client().map_err(|e| rpc_error(e))?;
+        let mut client = self.client().map_err(|e| rpc_error(e))?;
         let req = with_deadline(
             pb::VoteRequest {
                 vote: Some(vote_to_pb(&rpc.vote)),
@@ -507,9 +420,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             },
             option.hard_ttl(),
         );
-        let r = watched(watch, client.vote(req).await)
-            .map_err(|s| rpc_error(s.into()))?
-            .into_inner();
+        let r = client.vote(req).await.map_err(|s| rpc_error(s.into()))?.into_inner();
         Ok(VoteResponse {
             vote: vote_from_pb(r.vote),
             vote_granted: r.vote_granted,
