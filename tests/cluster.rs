@@ -206,6 +206,14 @@ impl TestCluster {
 
 fn no_tweak(_: &mut Config) {}
 
+/// Produces `{prefix}{i}` through `client` for each `i` in `offsets`, in
+/// order, asserting that each lands at offset `i`.
+async fn produce_at(client: &mut Client, prefix: &str, offsets: std::ops::Range<u64>) {
+    for i in offsets {
+        assert_eq!(client.produce(format!("{prefix}{i}")).await.unwrap(), i, "{prefix}{i}");
+    }
+}
+
 // ---- tests ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -233,9 +241,7 @@ async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
 
     let follower = (leader + 1) % 3;
     let mut client = c.client(follower).await;
-    for i in 0..20u64 {
-        assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "r", 0..20).await;
     let batch: Vec<Bytes> = (20..30).map(|i| Bytes::from(format!("r{i}"))).collect();
     assert_eq!(
         client.produce_batch(batch).await.unwrap(),
@@ -270,16 +276,12 @@ async fn killing_the_leader_loses_no_acknowledged_record_and_a_restarted_node_ca
     let mut c = TestCluster::start(3, no_tweak).await;
     let old = c.leader().await;
     let mut client = c.client(old).await;
-    for i in 0..50u64 {
-        assert_eq!(client.produce(format!("a{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "a", 0..50).await;
     c.kill(old).await;
     let new = c.leader().await;
     assert_ne!(new, old);
     let mut client = c.client(new).await;
-    for i in 50..100u64 {
-        assert_eq!(client.produce(format!("a{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "a", 50..100).await;
     c.restart(old).await;
     c.wait_committed(100).await;
     let expected: Vec<(u64, Bytes)> = (0..100).map(|i| (i, Bytes::from(format!("a{i}")))).collect();
@@ -490,16 +492,12 @@ async fn a_follower_behind_a_silent_connection_is_dialed_again_and_catches_up() 
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
     let mut client = c.client(leader).await;
-    for i in 0..10u64 {
-        assert_eq!(client.produce(format!("before-{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "before-", 0..10).await;
     c.wait_committed(10).await;
 
     // Everything the leader sends the follower now vanishes.
     relays[follower].black_hole();
-    for i in 10..20u64 {
-        assert_eq!(client.produce(format!("after-{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "after-", 10..20).await;
     // Ping after 1 s of silence, dropped 2 s later, dialed again; the
     // follower's own campaigns meanwhile may cost the cluster one election.
     wait_until("the follower behind the silent connection has every record", 10, || {
@@ -859,9 +857,7 @@ async fn form_and_write_through_a_follower(tweak: fn(&mut Config)) {
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
     let mut client = c.client(follower).await;
-    for i in 0..5u64 {
-        assert_eq!(client.produce(format!("p{i}")).await.unwrap(), i);
-    }
+    produce_at(&mut client, "p", 0..5).await;
     c.wait_committed(5).await;
     c.shutdown().await;
 }
