@@ -89,6 +89,7 @@ pub struct Agent {
     /// Every background task; each holds a child of `shutdown`.
     tasks: TaskTracker,
     grace: Duration,
+    leave_on_terminate: bool,
     fatal_exit_delay: Duration,
 }
 
@@ -354,7 +355,12 @@ impl Agent {
             name: config.node_id.clone(),
             peer_addr: advertise_addr("peer", config.advertise_peer_addr.as_deref(), peer_addr),
             client_addr: advertise,
+            domain: config.failure_domain.clone(),
         });
+        cluster_config.voters = config.voters;
+        cluster_config.dead_member_timeout = config.dead_member_timeout;
+        cluster_config.force_new_cluster = config.force_new_cluster;
+        cluster_config.membership_changes = Some(metrics.membership_change_counter());
         cluster_config.discovery = discovery_source(&config, &cluster_config.info, peer_addr)?;
         cluster_config.bootstrap_expect = config.bootstrap_expect;
         cluster_config.fsync = config.fsync;
@@ -546,6 +552,7 @@ impl Agent {
             servers,
             tasks,
             grace: config.shutdown_grace,
+            leave_on_terminate: config.leave_on_terminate,
             fatal_exit_delay: config.fatal_exit_delay,
         })
     }
@@ -611,9 +618,16 @@ impl Agent {
         }
     }
 
-    /// Graceful shutdown: NOT_SERVING, stop accepting, finish in-flight
-    /// requests (bounded by the grace period), fsync, close.
+    /// Graceful shutdown (SIGTERM): NOT_SERVING, leave the cluster if
+    /// `--leave-on-terminate`, stop accepting, finish in-flight requests
+    /// (bounded by the grace period), fsync, close.
     pub async fn shutdown(self) -> Result<(), AgentError> {
+        let leave = self.leave_on_terminate;
+        self.stop(leave).await
+    }
+
+    /// Leaves the cluster, then shuts down, whatever `--leave-on-terminate` says.
+    pub async fn leave_and_shutdown(self) -> Result<(), AgentError> {
         self.stop(true).await
     }
 

@@ -150,6 +150,34 @@ pub struct AgentArgs {
     /// existing cluster); required with --discovery mdns or dns].
     #[arg(long, env = "SIDELOG_BOOTSTRAP_EXPECT", value_name = "N")]
     pub bootstrap_expect: Option<usize>,
+    /// How many voters the group keeps (1, 3, 5 or 7); every other member
+    /// is a non-voter holding a full replica (fewer voters while fewer
+    /// nodes exist) [default: 3].
+    #[arg(long, env = "SIDELOG_VOTERS", value_name = "N")]
+    pub voters: Option<usize>,
+    /// A member no peer has heard from for this long is replaced: a
+    /// caught-up non-voter takes a dead voter's place, dead non-voters are
+    /// removed [default: 30s].
+    #[arg(long, env = "SIDELOG_DEAD_MEMBER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub dead_member_timeout: Option<Duration>,
+    /// This node's failure domain (a Kubernetes node or zone): voters are
+    /// spread over domains [default: none].
+    #[arg(long, env = "SIDELOG_FAILURE_DOMAIN", value_name = "NAME")]
+    pub failure_domain: Option<String>,
+    /// On SIGTERM/SIGINT, leave the cluster (a voter hands its place to a
+    /// non-voter first). For nodes that will not come back under this name
+    /// (a Deployment's sidecars); nodes that restart with their data (a
+    /// StatefulSet) keep their place instead [default: false].
+    #[arg(long, env = "SIDELOG_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub leave_on_terminate: Option<bool>,
+    /// Lost-quorum recovery: make this node the only voter of its group
+    /// from its own log, then serve; others join it again as new nodes.
+    /// Records acknowledged only by the lost voters may be gone. Use once,
+    /// on one survivor, when a majority of voters is gone for good.
+    #[arg(long, env = "SIDELOG_FORCE_NEW_CLUSTER", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub force_new_cluster: Option<bool>,
     /// Serve plaintext on non-loopback addresses (otherwise refused: give TLS flags instead).
     #[arg(long, env = "SIDELOG_INSECURE", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -268,6 +296,11 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     pub mdns_interface: Option<Vec<String>>,
     pub bootstrap_expect: Option<usize>,
+    pub voters: Option<usize>,
+    pub dead_member_timeout: Option<String>,
+    pub failure_domain: Option<String>,
+    pub leave_on_terminate: Option<bool>,
+    pub force_new_cluster: Option<bool>,
     pub insecure: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -319,6 +352,12 @@ pub struct Config {
     pub join: Vec<String>,
     pub discovery: DiscoveryConfig,
     pub bootstrap_expect: usize,
+    pub voters: usize,
+    #[serde(with = "humantime_secs")]
+    pub dead_member_timeout: Duration,
+    pub failure_domain: String,
+    pub leave_on_terminate: bool,
+    pub force_new_cluster: bool,
     pub insecure: bool,
     /// TLS for the client and HTTP ports.
     pub tls: Option<TlsFiles>,
@@ -415,6 +454,11 @@ impl Default for Config {
             join: Vec::new(),
             discovery: DiscoveryConfig::default(),
             bootstrap_expect: 1,
+            voters: 3,
+            dead_member_timeout: crate::cluster::DEFAULT_DEAD_MEMBER_TIMEOUT,
+            failure_domain: String::new(),
+            leave_on_terminate: false,
+            force_new_cluster: false,
             insecure: false,
             tls: None,
             peer_tls: None,
@@ -572,6 +616,24 @@ impl Config {
                 .unwrap_or(d.peer_addr),
             advertise_peer_addr: args.advertise_peer_addr.or(file.advertise_peer_addr),
             bootstrap_expect: bootstrap_expect.unwrap_or(if join.is_empty() { 1 } else { 0 }),
+            voters: args.voters.or(file.voters).unwrap_or(d.voters),
+            dead_member_timeout: args
+                .dead_member_timeout
+                .or(duration("dead-member-timeout", file.dead_member_timeout)?)
+                .unwrap_or(d.dead_member_timeout),
+            failure_domain: args
+                .failure_domain
+                .or(file.failure_domain)
+                .map(|f| f.trim().to_owned())
+                .unwrap_or(d.failure_domain),
+            leave_on_terminate: args
+                .leave_on_terminate
+                .or(file.leave_on_terminate)
+                .unwrap_or(d.leave_on_terminate),
+            force_new_cluster: args
+                .force_new_cluster
+                .or(file.force_new_cluster)
+                .unwrap_or(d.force_new_cluster),
             join,
             discovery,
             insecure: args.insecure.or(file.insecure).unwrap_or(d.insecure),
@@ -676,6 +738,21 @@ impl Config {
             return Err(invalid(
                 "peer-addr",
                 format!("{} is also the client or HTTP address", self.peer_addr),
+            ));
+        }
+        if ![1, 3, 5, 7].contains(&self.voters) {
+            return Err(invalid(
+                "voters",
+                format!(
+                    "{} is not 1, 3, 5 or 7 (an even count tolerates no more failures than the odd count below it)",
+                    self.voters
+                ),
+            ));
+        }
+        if self.dead_member_timeout < Duration::from_secs(5) {
+            return Err(invalid(
+                "dead-member-timeout",
+                "must be at least 5s: a restart or a slow disk must not be taken for a death",
             ));
         }
         self.validate_discovery()?;

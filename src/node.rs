@@ -49,6 +49,9 @@ pub struct LogNode {
     commit: watch::Sender<u64>,
     /// Test hook: a write failure to report on the next Raft append.
     injected_failure: std::sync::Mutex<Option<String>>,
+    /// Set while this node may not serve reads (it was removed from the
+    /// cluster and is rejoining): what it holds may be stale or diverge.
+    reads_refused: std::sync::atomic::AtomicBool,
 }
 
 impl LogNode {
@@ -61,6 +64,7 @@ impl LogNode {
             max_record_bytes,
             commit,
             injected_failure: Default::default(),
+            reads_refused: Default::default(),
         }
     }
 
@@ -112,8 +116,26 @@ impl LogNode {
         }
     }
 
+    /// Refuses (or serves again) every read: a node removed from its
+    /// cluster must not answer as if it were a member.
+    pub fn refuse_reads(&self, refuse: bool) {
+        self.reads_refused.store(refuse, std::sync::atomic::Ordering::Release);
+    }
+
+    fn check_reads(&self) -> Result<()> {
+        if self.reads_refused.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(NodeError::Unavailable(
+                "this node was removed from the cluster and is rejoining; its records may be stale: read from \
+                 another member"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The committed record at `offset`.
     pub fn read(&self, offset: u64) -> Result<Record> {
+        self.check_reads()?;
         if offset >= self.committed() {
             return Err(self.out_of_range(offset));
         }
@@ -130,6 +152,7 @@ impl LogNode {
     /// is the commit watermark; out of range below the first retained or
     /// beyond the watermark.
     pub fn read_batch(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        self.check_reads()?;
         let committed = self.committed();
         if offset > committed || offset < self.log.first_offset() {
             return Err(self.out_of_range(offset));

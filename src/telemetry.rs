@@ -45,6 +45,12 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// One of a fixed set (see `cluster::membership::plan`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
 }
@@ -67,6 +73,8 @@ pub struct Metrics {
     pub consume_streams: Gauge,
     pub spans_dropped: Counter,
     pub span_export_failures: Counter,
+    /// Membership changes made without an operator, by reason.
+    pub membership_changes: Family<ReasonLabels, Counter>,
     log_first_offset: Gauge,
     log_next_offset: Gauge,
     log_committed_offset: Gauge,
@@ -104,6 +112,7 @@ impl Metrics {
             consume_streams: Gauge::default(),
             spans_dropped: Counter::default(),
             span_export_failures: Counter::default(),
+            membership_changes: Family::default(),
             log_first_offset: Gauge::default(),
             log_next_offset: Gauge::default(),
             log_committed_offset: Gauge::default(),
@@ -151,6 +160,12 @@ impl Metrics {
             m.span_export_failures.clone(),
         );
         r.register(
+            "membership_changes",
+            "Membership changes made without an operator (replace_dead_voter, remove_dead_member, promote, \
+             demote, spread_domains, removed_self_detected, force_new_cluster)",
+            m.membership_changes.clone(),
+        );
+        r.register(
             "log_first_offset",
             "First data offset retained",
             m.log_first_offset.clone(),
@@ -172,6 +187,14 @@ impl Metrics {
             m.log_bytes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// A counter of membership changes for the cluster.
+    pub fn membership_change_counter(&self) -> crate::cluster::ChangeCounter {
+        let family = self.membership_changes.clone();
+        crate::cluster::ChangeCounter(Arc::new(move |reason| {
+            family.get_or_create(&ReasonLabels { reason }).inc();
+        }))
     }
 
     /// Counts one finished request.

@@ -61,6 +61,21 @@ async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `SIDELOG_TEST_LOG=sidelog=info` prints the nodes' logs (debugging a
+/// failed cluster test).
+fn debug_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("SIDELOG_TEST_LOG") {
+            let filter: tracing_subscriber::filter::Targets = filter.parse().expect("a filter such as sidelog=info");
+            use tracing_subscriber::prelude::*;
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_test_writer().with_filter(filter))
+                .init();
+        }
+    });
+}
+
 struct TestCluster {
     nodes: Vec<Option<Agent>>,
     dirs: Vec<tempfile::TempDir>,
@@ -73,6 +88,7 @@ struct TestCluster {
 
 impl TestCluster {
     async fn start(n: usize, tweak: fn(&mut Config)) -> TestCluster {
+        debug_log();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         Self::start_on(peer_ports, vec![None; n], tweak).await
     }
@@ -354,12 +370,15 @@ async fn writes_whose_callers_gave_up_without_a_leader_are_never_sent_later() {
     let other = (leader + 2) % 3;
     c.kill(leader).await;
     c.kill(other).await;
-    // Once it campaigns, the survivor knows no leader: its forwarder waits
-    // for one (up to the write timeout) with the writes in hand.
-    wait_until("the survivor campaigns", 30, || {
-        c.agent(survivor).cluster().metrics().current_leader.is_none()
+    // Once it has not heard from a leader for a while the survivor says it
+    // is not ready; its forwarder keeps the writes in hand (up to the
+    // write timeout) and cannot deliver them. It never campaigns: its
+    // pre-votes find no majority.
+    wait_until("the survivor is not ready", 30, || {
+        !c.agent(survivor).cluster().is_ready()
     })
     .await;
+    let term = c.agent(survivor).cluster().metrics().current_term;
 
     let client = c.client(survivor).await;
     let calls = (0..32).map(|i| {
@@ -386,6 +405,11 @@ async fn writes_whose_callers_gave_up_without_a_leader_are_never_sent_later() {
         );
     }
 
+    assert_eq!(
+        c.agent(survivor).cluster().metrics().current_term,
+        term,
+        "a node without a majority never raises its term"
+    );
     // Quorum comes back while the survivor's forwarder may still hold the
     // abandoned writes: none of them may reach the log.
     c.restart(leader).await;
@@ -521,7 +545,7 @@ async fn a_follower_behind_a_silent_connection_is_dialed_again_and_catches_up() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_late_node_joins_as_learner_and_is_promoted() {
+async fn a_late_node_joins_as_a_non_voter_when_the_voters_are_full() {
     let mut c = TestCluster::start(3, no_tweak).await;
     let leader = c.leader().await;
     for i in 0..20u64 {
@@ -539,13 +563,23 @@ async fn a_late_node_joins_as_learner_and_is_promoted() {
             .await
             .unwrap(),
     );
-    wait_until("the fourth node is a voter", 60, || {
+    wait_until("the fourth node is a member", 60, || {
         let m = c.agent(leader).cluster().metrics();
-        m.membership_config.membership().voter_ids().count() == 4
+        m.membership_config.membership().nodes().count() == 4
     })
     .await;
     c.wait_committed(20).await;
     assert_eq!(c.records(3), c.records(leader));
+    // --voters 3 (the default): it stays a non-voter holding a full replica.
+    let m = c.agent(leader).cluster().metrics();
+    assert_eq!(m.membership_config.membership().voter_ids().count(), 3);
+    assert!(
+        !m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == TestCluster::id(3))
+    );
+    wait_until("the non-voter is ready", 30, || c.agent(3).cluster().is_ready()).await;
     c.shutdown().await;
 }
 
@@ -604,7 +638,7 @@ async fn graceful_leave_shrinks_the_membership() {
     let leader = c.leader().await;
     // A follower leaves...
     let follower = (leader + 1) % 3;
-    c.nodes[follower].take().unwrap().shutdown().await.unwrap();
+    c.nodes[follower].take().unwrap().leave_and_shutdown().await.unwrap();
     wait_until("membership without the follower", 30, || {
         c.agent(leader)
             .cluster()
@@ -617,7 +651,7 @@ async fn graceful_leave_shrinks_the_membership() {
     })
     .await;
     // ...then the leader leaves, handing over to the last node.
-    c.nodes[leader].take().unwrap().shutdown().await.unwrap();
+    c.nodes[leader].take().unwrap().leave_and_shutdown().await.unwrap();
     let last = 3 - leader - follower;
     wait_until("the last node leads a one-node cluster", 30, || {
         let m = c.agent(last).cluster().metrics();

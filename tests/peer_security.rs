@@ -80,6 +80,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
         id: "intruder".into(),
         peer_addr: "127.0.0.1:1".into(),
         client_addr: "127.0.0.1:1".into(),
+        ..Default::default()
     };
     let vote = pb::Vote {
         term: 1_000_000,
@@ -133,6 +134,28 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                 .map(|_| Code::Ok),
         ),
     ));
+    out.push((
+        "PreVote",
+        code(
+            client
+                .pre_vote(req(
+                    pb::PreVoteRequest {
+                        candidate: "intruder".into(),
+                        term: 1_000_000,
+                        last_log_id: None,
+                    },
+                    secret,
+                ))
+                .await
+                .map(|r| {
+                    if r.get_ref().granted {
+                        Code::Ok
+                    } else {
+                        Code::FailedPrecondition
+                    }
+                }),
+        ),
+    ));
     let chunk = pb::SnapshotChunk {
         vote: Some(vote),
         meta: Bytes::from_static(b"{}"),
@@ -154,6 +177,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                 .hello(req(
                     pb::HelloRequest {
                         node: Some(node.clone()),
+                        ..Default::default()
                     },
                     secret,
                 ))
@@ -165,7 +189,13 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
         "Join",
         code(
             client
-                .join(req(pb::JoinRequest { node: Some(node) }, secret))
+                .join(req(
+                    pb::JoinRequest {
+                        node: Some(node),
+                        ..Default::default()
+                    },
+                    secret,
+                ))
                 .await
                 .map(|_| Code::Ok),
         ),
@@ -192,7 +222,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
 }
 
 fn assert_all_refused(who: &str, codes: &[(&str, Code)]) {
-    assert_eq!(codes.len(), 8);
+    assert_eq!(codes.len(), 9);
     for (rpc, code) in codes {
         assert!(
             matches!(code, Code::Unauthenticated | Code::PermissionDenied),
@@ -225,7 +255,10 @@ async fn client_certificates_are_refused_on_every_peer_rpc() {
     // The peer certificate is admitted.
     let mut peer = peer_client(&node, dir.path(), Some("peer")).await.unwrap();
     let hello = peer
-        .hello(pb::HelloRequest { node: None })
+        .hello(pb::HelloRequest {
+            node: None,
+            ..Default::default()
+        })
         .await
         .expect("a peer may say hello")
         .into_inner();
@@ -254,11 +287,20 @@ async fn allowed_peer_names_are_glob_patterns() {
     })
     .await;
     let mut peer = peer_client(&node, dir.path(), Some("peer")).await.unwrap();
-    peer.hello(pb::HelloRequest { node: None })
-        .await
-        .expect("sidelog-peer matches sidelog-*");
+    peer.hello(pb::HelloRequest {
+        node: None,
+        ..Default::default()
+    })
+    .await
+    .expect("sidelog-peer matches sidelog-*");
     let mut root = peer_client(&node, dir.path(), Some("root-client")).await.unwrap();
-    let e = root.hello(pb::HelloRequest { node: None }).await.unwrap_err();
+    let e = root
+        .hello(pb::HelloRequest {
+            node: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("root"), "{e}");
 }
@@ -400,7 +442,14 @@ async fn new_peer_connections_present_a_rotated_client_certificate() {
     );
     let call = || async {
         let mut c = peers.client(None, &addr).unwrap();
-        let _ = tokio::time::timeout(PROMPTLY, c.hello(pb::HelloRequest { node: None })).await;
+        let _ = tokio::time::timeout(
+            PROMPTLY,
+            c.hello(pb::HelloRequest {
+                node: None,
+                ..Default::default()
+            }),
+        )
+        .await;
     };
     call().await;
     let first = tokio::time::timeout(PROMPTLY, seen.recv()).await.unwrap().unwrap();
@@ -452,7 +501,9 @@ async fn peers_dialed_by_ip_are_verified_against_the_configured_server_name() {
             id: "peer-by-name".into(),
             peer_addr: "127.0.0.1:1".into(),
             client_addr: "127.0.0.1:1".into(),
+            ..Default::default()
         }),
+        ..Default::default()
     };
     client.hello(hello).await.expect("a peer's Hello is answered");
 }

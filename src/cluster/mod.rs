@@ -12,6 +12,7 @@
 
 mod forwarder;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 mod proposer;
 mod service;
@@ -22,7 +23,10 @@ pub mod types;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -48,6 +52,65 @@ pub mod pb {
 /// reports not ready.
 const READY_MAX_LAG: u64 = 10_000;
 
+/// The voters a new cluster starts with: at most `voters` of the `seen`
+/// nodes (sorted by name), one per failure domain first.
+fn initial_voters(seen: Vec<(NodeId, NodeInfo)>, voters: usize) -> BTreeMap<NodeId, NodeInfo> {
+    let mut chosen = BTreeMap::new();
+    let mut domains = BTreeSet::new();
+    for pass in 0..2 {
+        for (id, info) in &seen {
+            if chosen.len() >= voters.max(1) {
+                return chosen;
+            }
+            let fresh = info.domain.is_empty() || !domains.contains(&info.domain);
+            if (pass == 1 || fresh) && !chosen.contains_key(id) {
+                domains.insert(info.domain.clone());
+                chosen.insert(*id, info.clone());
+            }
+        }
+    }
+    chosen
+}
+
+/// Refuses to start on data of another cluster: asks the peers discovery
+/// finds (briefly; none answering is not an error, they may be starting
+/// too) and compares their cluster id with the one in the data dir.
+async fn check_same_cluster(config: &ClusterConfig, store: &store::Store, peers: &Peers) -> Result<(), ClusterError> {
+    let Some(ours) = store.cluster_id() else { return Ok(()) };
+    if !config.discovery.may_find_peers() {
+        return Ok(());
+    }
+    let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(3), config.discovery.peers()).await else {
+        return Ok(());
+    };
+    let hello = pb::HelloRequest {
+        node: Some(network::node_info_to_pb(&config.info)),
+        evicted: false,
+    };
+    let asks = addrs.iter().filter_map(|addr| {
+        let client = peers.client(None, addr).ok()?;
+        let mut req = tonic::Request::new(hello.clone());
+        req.set_timeout(Duration::from_secs(2));
+        Some(async move {
+            let mut client = client;
+            client.hello(req).await.ok().map(|r| r.into_inner())
+        })
+    });
+    for r in futures_util::future::join_all(asks).await.into_iter().flatten() {
+        let Some(node) = &r.node else { continue };
+        if node.id == config.info.name {
+            continue;
+        }
+        if r.initialized && !r.cluster_id.is_empty() && r.cluster_id != ours {
+            return Err(ClusterError::OtherCluster {
+                ours,
+                theirs: r.cluster_id,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Cluster settings (from `Config`, or from tests).
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -69,6 +132,56 @@ pub struct ClusterConfig {
     /// What this node presents to its peers (certificate, cluster secret).
     pub peer_credentials: crate::security::PeerCredentials,
     pub partition: Option<Arc<Partition>>,
+    /// `--voters`: how many voters the leader keeps (the rest are non-voters).
+    pub voters: usize,
+    /// `--dead-member-timeout`: a member unheard of this long is replaced.
+    pub dead_member_timeout: Duration,
+    /// `--force-new-cluster`: before starting, make this node the only
+    /// voter of its group (lost-quorum recovery).
+    pub force_new_cluster: bool,
+    /// Counts automatic membership changes by reason (a metric).
+    pub membership_changes: Option<ChangeCounter>,
+}
+
+/// Counts membership changes by reason (see `telemetry`).
+#[derive(Clone)]
+pub struct ChangeCounter(pub Arc<dyn Fn(&'static str) + Send + Sync>);
+
+impl std::fmt::Debug for ChangeCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeCounter")
+    }
+}
+
+impl std::ops::Deref for ChangeCounter {
+    type Target = dyn Fn(&'static str) + Send + Sync;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// The default `--dead-member-timeout`: long enough that a restart (seconds)
+/// or a rescheduled pod's image pull and start (tens of seconds) are not
+/// taken for a death, short enough that the group is back to full fault
+/// tolerance within a minute of a node loss (Consul's autopilot waits for
+/// its serf failure detection, typically 30-60 s; so do we).
+pub const DEFAULT_DEAD_MEMBER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A new cluster's id: 128 random bits, hex.
+pub fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
 }
 
 impl ClusterConfig {
@@ -86,6 +199,10 @@ impl ClusterConfig {
             snapshot_every: 100_000,
             peer_credentials: Default::default(),
             partition: None,
+            voters: 3,
+            dead_member_timeout: DEFAULT_DEAD_MEMBER_TIMEOUT,
+            force_new_cluster: false,
+            membership_changes: None,
         }
     }
 }
@@ -98,6 +215,11 @@ pub enum ClusterError {
     Storage(#[from] types::StorageError),
     #[error("Raft stopped: {0}")]
     Fatal(String),
+    #[error(
+        "the data directory belongs to cluster {ours}, but the peers found belong to cluster {theirs}: start with \
+         an empty --data-dir to join them, or point --join at this data's own cluster"
+    )]
+    OtherCluster { ours: String, theirs: String },
 }
 
 /// A node of the cluster.
@@ -110,6 +232,10 @@ pub struct Cluster {
     /// Every write of this node, in order, for the dispatcher (`proposer`).
     proposals: mpsc::Sender<proposer::Proposal>,
     shutdown: CancellationToken,
+    /// This node found it is no longer a member (see `membership`).
+    removed: AtomicBool,
+    /// A graceful leave is under way: do not rejoin.
+    leaving: AtomicBool,
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -123,6 +249,15 @@ impl Cluster {
     pub async fn start(config: ClusterConfig, node: Arc<LogNode>) -> Result<Arc<Cluster>, ClusterError> {
         let dir = node.log().dir().to_owned();
         let store = store::Store::open(node.clone(), &dir, config.fsync)?;
+        if config.force_new_cluster {
+            store.force_single_voter(config.id, &config.info)?;
+        }
+        let peers = Peers::new(
+            config.id.clone(),
+            config.peer_credentials.clone(),
+            config.partition.clone(),
+        );
+        check_same_cluster(&config, &store, &peers).await?;
         let raft_config = openraft::Config {
             cluster_name: "sidelog".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -136,15 +271,12 @@ impl Cluster {
             // purges only what retention asks for.
             max_in_snapshot_log_to_keep: u64::MAX,
             install_snapshot_timeout: 60_000,
+            // Elections are ours: a pre-vote first (see `membership`).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let peers = Peers::new(
-            config.id.clone(),
-            config.peer_credentials.clone(),
-            config.partition.clone(),
-        );
         let raft = Raft::new(
             config.id.clone(),
             Arc::new(raft_config),
@@ -164,7 +296,10 @@ impl Cluster {
             peers,
             proposals,
             shutdown,
+            removed: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
         });
+        membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
             Arc::downgrade(&cluster),
             cluster.raft.clone(),
@@ -372,8 +507,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Ready: a member of a cluster with a known leader, applied state not
-    /// far behind the log, storage healthy.
+    /// Ready: a member of a cluster (not found removed) with a known
+    /// leader that it heard from lately, or a leader that reaches a quorum;
+    /// applied state not far behind the log; storage healthy.
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();
         let member = m.membership_config.membership().get_node(&self.config.id).is_some();
@@ -381,7 +517,24 @@ impl Cluster {
             .last_log_index
             .unwrap_or(0)
             .saturating_sub(m.last_applied.map_or(0, |l| l.index));
-        member && m.current_leader.is_some() && lag <= READY_MAX_LAG && self.node.is_ready()
+        let window = self.leader_contact_window();
+        let led = if m.state == ServerState::Leader {
+            self.reaches_quorum(window)
+        } else {
+            m.current_leader.is_some() && self.peers.contacts().since_leader() < window
+        };
+        member && !self.removed.load(Ordering::Acquire) && led && lag <= READY_MAX_LAG && self.node.is_ready()
+    }
+
+    /// How long a follower may go without hearing from its leader (and a
+    /// leader without a quorum's answers) and still call itself ready.
+    fn leader_contact_window(&self) -> Duration {
+        (self.config.election_timeout.1 * 3).max(Duration::from_secs(3))
+    }
+
+    /// This node found it was removed from the membership and is rejoining.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     /// Waits until this node has applied everything the leader had
@@ -429,30 +582,40 @@ impl Cluster {
         Ok(read.map_or(0, |l| l.index))
     }
 
-    /// Adds a node: as a learner first, then (once caught up) as a voter.
-    /// Must run on the leader.
+    /// Adds a node as a non-voter; the upkeep loop (see `membership`)
+    /// promotes it once it is caught up if the group has fewer voters than
+    /// `--voters`. Must run on the leader.
     async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
         let m = self.metrics();
         let membership = m.membership_config.membership();
-        if membership.voter_ids().any(|v| v == id) {
-            if membership.get_node(&id) == Some(&info) {
+        if let Some(known) = membership.get_node(&id) {
+            if *known == info {
                 return Ok(());
             }
-            return Err(NodeError::InvalidArgument(format!(
-                "a member with id {id} already exists at {}; remove it first",
-                membership.get_node(&id).map_or(String::new(), |n| n.peer_addr.clone())
-            )));
+            if known.name != info.name {
+                return Err(NodeError::InvalidArgument(format!(
+                    "node names {} and {} map to the same id; rename one",
+                    known.name, info.name
+                )));
+            }
+            if membership.voter_ids().any(|v| v == id) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "a voter named {} already exists at {}; remove it first",
+                    info.name, known.peer_addr
+                )));
+            }
+            // A non-voter back at a new address: replace its entry.
+            tracing::info!(node = %info, "a non-voter rejoins at a new address");
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| unavailable(format!("replacing non-voter {}: {e}", info.name)))?;
         }
-        tracing::info!(node = %id, %info, "adding a learner");
+        tracing::info!(node = %info, "adding a non-voter");
         self.raft
-            .add_learner(id.clone(), info, true)
+            .add_learner(id, info.clone(), true)
             .await
-            .map_err(|e| unavailable(format!("adding learner {id}: {e}")))?;
-        tracing::info!(node = %id, "promoting the learner to voter");
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id.clone()])), false)
-            .await
-            .map_err(|e| unavailable(format!("promoting {id}: {e}")))?;
+            .map_err(|e| unavailable(format!("adding non-voter {}: {e}", info.name)))?;
         Ok(())
     }
 
@@ -465,31 +628,75 @@ impl Cluster {
             .map_or_else(|| id.to_string(), |n| n.name.clone())
     }
 
-    /// Removes a member (voter or learner). Must run on the leader.
+    /// Removes a member (voter or learner). A voter is replaced by the
+    /// best caught-up non-voter in the same change when there is one, so
+    /// the group keeps its fault tolerance. Must run on the leader.
     async fn remove_member(&self, id: NodeId) -> Result<(), NodeError> {
         let m = self.metrics();
         let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
+        let Some(info) = membership.get_node(&id).cloned() else {
             return Err(NodeError::NotFound(format!("no member named {}", self.name_of(id))));
-        }
+        };
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let change = if voters.contains(&id) {
             if voters.len() == 1 {
                 return Err(NodeError::InvalidArgument(format!(
                     "{} is the last voter and cannot be removed",
-                    self.name_of(id)
+                    info.name
                 )));
             }
-            ChangeMembers::RemoveVoters(BTreeSet::from([id.clone()]))
+            let mut views = self.member_views_now();
+            for v in views.iter_mut().filter(|v| v.id == id) {
+                v.alive = false;
+            }
+            let others: Vec<membership::MemberView> = views.iter().filter(|v| v.voter && v.id != id).cloned().collect();
+            match membership::plan(
+                self.config.id,
+                &views,
+                m.last_log_index.unwrap_or(0),
+                self.config.voters,
+            ) {
+                Some(membership::Change {
+                    step: membership::Step::Voters { voters: next, .. },
+                    reason: "replace_dead_voter",
+                    ..
+                }) if !next.contains(&id) && others.iter().all(|o| next.contains(&o.id)) => {
+                    ChangeMembers::ReplaceAllVoters(next)
+                }
+                _ => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+            }
         } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()]))
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        tracing::info!(node = %id, "removing a member");
+        tracing::info!(node = %info, ?change, "removing a member");
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| unavailable(format!("removing {id}: {e}")))?;
+            .map_err(|e| unavailable(format!("removing {}: {e}", info.name)))?;
+        self.tell_removed(&info).await;
         Ok(())
+    }
+
+    /// Tells a removed member at once, so it stops serving reads and
+    /// rejoins as a non-voter instead of waiting to notice.
+    async fn tell_removed(&self, info: &NodeInfo) {
+        if info.name == self.config.info.name {
+            return;
+        }
+        let Ok(mut client) = self.peers.client(Some(&types::node_id(&info.name)), &info.peer_addr) else {
+            return;
+        };
+        let mut req = tonic::Request::new(pb::HelloRequest {
+            node: Some(network::node_info_to_pb(&self.config.info)),
+            evicted: true,
+        });
+        req.set_timeout(Duration::from_secs(1));
+        let _ = client.hello(req).await;
+    }
+
+    /// [`membership::MemberView`]s as the leader sees them now.
+    fn member_views_now(&self) -> Vec<membership::MemberView> {
+        self.member_views_since(std::time::Instant::now() - self.config.dead_member_timeout)
     }
 
     /// Removes the member named `name`, on the leader (forwarded if needed).
@@ -517,9 +724,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Graceful leave (SIGTERM): removes this node from the membership. A
-    /// leader removes itself, and steps down once that is committed. A lone
-    /// node has nobody to hand over to and stays.
+    /// Graceful leave (SIGTERM with `--leave-on-terminate`): removes this
+    /// node from the membership (a voter is replaced by a caught-up
+    /// non-voter in the same change when one exists). A leader removes
+    /// itself and steps down once that is committed. A lone node has nobody
+    /// to hand over to and stays. Done once this node is out of the
+    /// membership, however that is learned (the leader's answer may be
+    /// lost when the leader itself is the one leaving).
     pub async fn leave(&self, timeout: Duration) {
         let m = self.metrics();
         let membership = m.membership_config.membership();
@@ -529,8 +740,39 @@ impl Cluster {
         if membership.nodes().count() <= 1 {
             return;
         }
+        self.leaving.store(true, Ordering::Release);
         tracing::info!("leaving the cluster");
-        match tokio::time::timeout(timeout, self.remove(&self.config.info.name)).await {
+        let me = self.config.id;
+        let out = async {
+            let _ = self
+                .raft
+                .wait(None)
+                .metrics(|m| m.membership_config.membership().get_node(&me).is_none(), "left")
+                .await;
+        };
+        let remove = async {
+            // A leader that is busy changing the membership refuses a
+            // second change: try again until the deadline.
+            loop {
+                match self.remove(&self.config.info.name).await {
+                    Ok(()) => return Ok(()),
+                    Err(NodeError::NotFound(_)) => return Ok(()),
+                    Err(e @ NodeError::InvalidArgument(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(cause = %e, "leave not done yet");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        };
+        let done = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                r = remove => r,
+                _ = out => Ok(()),
+            }
+        })
+        .await;
+        match done {
             Ok(Ok(())) => tracing::info!("left the cluster"),
             Ok(Err(e)) => tracing::warn!(cause = %e, "graceful leave failed; the node stays a member"),
             Err(_) => tracing::warn!("graceful leave timed out; the node stays a member"),
@@ -594,20 +836,7 @@ impl Cluster {
             if lid == self.config.id {
                 return Ok(true);
             }
-            tracing::info!(leader = %lid, "joining the cluster");
-            let mut client = self
-                .peers
-                .client(Some(&lid), &linfo.peer_addr)
-                .map_err(|e| e.to_string())?;
-            let mut req = tonic::Request::new(pb::JoinRequest {
-                node: Some(network::node_info_to_pb(&self.config.info)),
-            });
-            req.set_timeout(Duration::from_secs(120));
-            client
-                .join(req)
-                .await
-                .map_err(|s| format!("join via {lid}: {}", s.message()))?;
-            tracing::info!("joined the cluster");
+            self.join_via(lid, &linfo).await?;
             return Ok(true);
         }
         if initialized || self.config.bootstrap_expect == 0 {
@@ -626,12 +855,38 @@ impl Cluster {
         by_name.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         by_name.truncate(self.config.bootstrap_expect);
         let lowest = by_name.first().map(|n| n.0);
-        let members: BTreeMap<NodeId, NodeInfo> = by_name.into_iter().collect();
         if lowest == Some(self.config.id) {
+            // The rest join as non-voters once the leader exists.
+            let members = initial_voters(by_name, self.config.voters);
             self.initialize(members).await?;
             return Ok(true);
         }
         Err("waiting for the lowest id to bootstrap the cluster".into())
+    }
+
+    /// Asks the leader `lid` to add this node (as a non-voter), and records
+    /// the cluster id it answers with.
+    async fn join_via(&self, lid: NodeId, linfo: &NodeInfo) -> Result<(), String> {
+        tracing::info!(leader = %linfo.name, "joining the cluster");
+        let mut client = self
+            .peers
+            .client(Some(&lid), &linfo.peer_addr)
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(pb::JoinRequest {
+            node: Some(network::node_info_to_pb(&self.config.info)),
+            cluster_id: self.store.cluster_id().unwrap_or_default(),
+        });
+        req.set_timeout(Duration::from_secs(120));
+        let resp = client
+            .join(req)
+            .await
+            .map_err(|s| format!("join via {}: {}", linfo.name, s.message()))?
+            .into_inner();
+        if !resp.cluster_id.is_empty() && self.store.cluster_id().is_none() {
+            self.adopt_cluster_id(&resp.cluster_id);
+        }
+        tracing::info!("joined the cluster");
+        Ok(())
     }
 
     /// Says hello to every address: the uninitialized nodes seen (this one
@@ -639,6 +894,7 @@ impl Cluster {
     async fn hello_all(&self, addrs: &[String]) -> (BTreeMap<NodeId, NodeInfo>, Option<(NodeId, NodeInfo)>) {
         let hello = pb::HelloRequest {
             node: Some(network::node_info_to_pb(&self.config.info)),
+            evicted: false,
         };
         let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
         let mut leader = None;
@@ -668,7 +924,10 @@ impl Cluster {
 
     async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), String> {
         let names: Vec<&str> = members.values().map(|n| n.name.as_str()).collect();
-        tracing::info!(members = ?names, "bootstrapping the cluster");
+        if self.store.cluster_id().is_none() {
+            self.adopt_cluster_id(&new_cluster_id());
+        }
+        tracing::info!(voters = ?names, cluster_id = ?self.store.cluster_id(), "bootstrapping the cluster");
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
@@ -683,11 +942,18 @@ impl Cluster {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let replication = m.replication.clone().unwrap_or_default();
         let commit = m.last_applied.map(|l| l.index);
+        let leads = m.state == ServerState::Leader;
+        let contacts = self.peers.contacts();
         let members = membership
             .nodes()
             .map(|(id, info)| {
                 let matched = replication.get(id).map(|l| l.map_or(0, |l| l.index + 1));
+                let last_contact_ms = (leads && *id != self.config.id)
+                    .then(|| contacts.last_answer(id).map(|t| t.elapsed().as_millis() as u64))
+                    .flatten();
                 pb::Member {
+                    last_contact_ms,
+                    failure_domain: info.domain.clone(),
                     id: info.name.clone(),
                     peer_addr: info.peer_addr.clone(),
                     client_addr: info.client_addr.clone(),
@@ -719,6 +985,9 @@ impl Cluster {
             members,
             first_offset: self.node.log().first_offset(),
             next_offset: self.node.committed(),
+            cluster_id: self.store.cluster_id().unwrap_or_default(),
+            voters_target: self.config.voters as u32,
+            removed: self.is_removed(),
         }
     }
 

@@ -85,6 +85,7 @@ pub struct Peers {
     credentials: PeerCredentials,
     channels: Arc<Mutex<Channels>>,
     partition: Option<Arc<Partition>>,
+    contacts: Arc<super::membership::Contacts>,
 }
 
 /// Open channels by address, all built with the peer certificate of
@@ -112,7 +113,13 @@ impl Peers {
             credentials,
             channels: Default::default(),
             partition,
+            contacts: Default::default(),
         }
+    }
+
+    /// When each peer last answered, and when a leader last reached us.
+    pub fn contacts(&self) -> &super::membership::Contacts {
+        &self.contacts
     }
 
     pub fn partition(&self) -> Option<&Arc<Partition>> {
@@ -330,6 +337,7 @@ pub fn node_info_to_pb(n: &NodeInfo) -> pb::NodeInfo {
         id: n.name.clone(),
         peer_addr: n.peer_addr.clone(),
         client_addr: n.client_addr.clone(),
+        failure_domain: n.domain.clone(),
     }
 }
 
@@ -340,6 +348,7 @@ pub fn node_info_from_pb(n: pb::NodeInfo) -> (NodeId, NodeInfo) {
             name: n.id,
             peer_addr: n.peer_addr,
             client_addr: n.client_addr,
+            domain: n.failure_domain,
         },
     )
 }
@@ -408,6 +417,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         let mut client = self.client().map_err(|e| rpc_error(e))?;
         let req = with_deadline(append_request_to_pb(&rpc), option.hard_ttl());
         let resp = client.append_entries(req).await.map_err(|s| rpc_error(s.into()))?;
+        self.peers.contacts.answered(self.target);
         Ok(append_response_from_pb(resp.into_inner()))
     }
 
@@ -421,6 +431,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             option.hard_ttl(),
         );
         let r = client.vote(req).await.map_err(|s| rpc_error(s.into()))?.into_inner();
+        self.peers.contacts.answered(self.target);
         Ok(VoteResponse {
             vote: vote_from_pb(r.vote),
             vote_granted: r.vote_granted,
@@ -507,6 +518,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&s)),
             _ => net(&s),
         })?;
+        self.peers.contacts.answered(self.target);
         Ok(SnapshotResponse {
             vote: vote_from_pb(resp.into_inner().vote),
         })

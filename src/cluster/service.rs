@@ -43,11 +43,27 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let req = network::append_request_from_pb(request.into_inner())?;
         let resp = self.cluster.raft.append_entries(req).await.map_err(raft_status)?;
+        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.cluster.peers.contacts().leader_seen();
+        }
         Ok(Response::new(network::append_response_to_pb(resp)))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let r = request.into_inner();
+        // A candidate outside this node's membership (removed while away)
+        // must not raise the group's term: refused before Raft sees it.
+        let candidate = r.vote.as_ref().and_then(|v| v.node_id);
+        let m = self.cluster.metrics();
+        let joint = m.membership_config.membership().get_joint_config();
+        if let Some(candidate) = candidate
+            && joint.iter().any(|c| !c.is_empty())
+            && !joint.iter().any(|c| c.contains(&candidate))
+        {
+            return Err(Status::failed_precondition(
+                "the candidate is not a voter in this node's membership",
+            ));
+        }
         let req = openraft::raft::VoteRequest {
             vote: network::vote_from_pb(r.vote),
             last_log_id: r.last_log_id.map(network::log_id_from_pb),
@@ -82,6 +98,7 @@ impl pb::peer_server::Peer for PeerService {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(raft_status)?;
+        self.cluster.peers.contacts().leader_seen();
         Ok(Response::new(pb::SnapshotResponse {
             vote: Some(network::vote_to_pb(&resp.vote)),
         }))
@@ -108,24 +125,50 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
-        if let Some(from) = request.into_inner().node {
+        let r = request.into_inner();
+        let c = &self.cluster;
+        let asker = r.node.as_ref().map(|n| super::types::node_id(&n.id));
+        if let Some(from) = &r.node {
             tracing::debug!(from = %from.id, "hello");
         }
-        let c = &self.cluster;
+        let m = c.metrics();
+        if r.evicted
+            && let Some(from) = asker
+            && m.current_leader == Some(from)
+            && !c.is_removed()
+        {
+            tracing::warn!("the leader removed this node: it stops serving reads and rejoins as a non-voter");
+            c.set_removed(true);
+        }
         let initialized = c.raft.is_initialized().await.map_err(raft_status)?;
+        let membership = m.membership_config.membership();
         Ok(Response::new(pb::HelloResponse {
             node: Some(network::node_info_to_pb(&c.config.info)),
             initialized,
             leader: c.leader().map(|(_, info)| network::node_info_to_pb(&info)),
             bootstrap_expect: c.config.bootstrap_expect as u32,
+            cluster_id: c.store.cluster_id().unwrap_or_default(),
+            asker_is_member: asker.is_some_and(|id| membership.get_node(&id).is_some()),
+            term: m.current_term,
         }))
     }
 
+    async fn pre_vote(&self, request: Request<pb::PreVoteRequest>) -> Result<Response<pb::PreVoteResponse>, Status> {
+        Ok(Response::new(self.cluster.answer_pre_vote(request.get_ref())))
+    }
+
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let request = request.into_inner();
         let node = request
-            .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("JoinRequest.node is required"))?;
+        let ours = self.cluster.store.cluster_id().unwrap_or_default();
+        if !request.cluster_id.is_empty() && !ours.is_empty() && request.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "{} holds data of cluster {}, this is cluster {ours}: start it with an empty data dir",
+                node.id, request.cluster_id
+            )));
+        }
         if node.id.is_empty() || node.peer_addr.is_empty() {
             return Err(Status::invalid_argument(
                 "a joining node needs an id and a peer address",
@@ -142,11 +185,16 @@ impl pb::peer_server::Peer for PeerService {
                 .peers
                 .client(Some(&leader), &info.peer_addr)
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            return client.join(pb::JoinRequest { node: Some(node) }).await;
+            return client
+                .join(pb::JoinRequest {
+                    node: Some(node),
+                    cluster_id: request.cluster_id,
+                })
+                .await;
         }
         let (id, info) = network::node_info_from_pb(node);
         c.add_member(id, info).await?;
-        Ok(Response::new(pb::JoinResponse {}))
+        Ok(Response::new(pb::JoinResponse { cluster_id: ours }))
     }
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {

@@ -384,6 +384,7 @@ mod tests {
             name: "n1".into(),
             peer_addr: "10.0.0.1:8401".into(),
             client_addr: "10.0.0.1:8400".into(),
+            domain: "zone-a".into(),
         };
         let membership = StoredMembership::new(
             Some(log_id(2, 1)),

@@ -57,6 +57,11 @@ pub(super) struct PersistentState {
     /// A snapshot install replaced the log and had not finished.
     #[serde(default)]
     pub(super) installing: bool,
+    /// The id of the cluster this data belongs to (set when the cluster
+    /// forms, or learned from its leader); a node refuses to serve another
+    /// cluster's data. Absent in data dirs from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cluster_id: Option<String>,
 }
 
 pub fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -155,6 +160,7 @@ impl Store {
             store.log().reset(0, 0).map_err(|e| log_error(ErrorVerb::Write, e))?;
             state = PersistentState {
                 vote: state.vote,
+                cluster_id: state.cluster_id,
                 ..Default::default()
             };
             store.persist(&state)?;
@@ -306,6 +312,70 @@ impl Store {
             return None;
         }
         serde_json::from_slice(json).ok()
+    }
+
+    /// The cluster this data belongs to, once known.
+    pub fn cluster_id(&self) -> Option<String> {
+        lock(&self.state).cluster_id.clone()
+    }
+
+    /// Records the cluster id (durably).
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), StorageError> {
+        self.update(|s| s.cluster_id = Some(id.to_owned()))
+    }
+
+    /// Lost-quorum recovery (`--force-new-cluster`): appends a membership
+    /// entry that makes this node the only voter of its group, in a term
+    /// above every term it has seen, and votes for itself there (not
+    /// committed: it still has to win, alone, at start). Every record in
+    /// this node's log is kept; records only the lost voters held are gone.
+    pub fn force_single_voter(&self, id: NodeId, info: &super::types::NodeInfo) -> Result<(), StorageError> {
+        use super::types::Membership;
+        let log = self.log().clone();
+        let last = if log.next_index() > log.first_index() {
+            let r = log
+                .read(log.next_index() - 1)
+                .map_err(|e| log_error(ErrorVerb::Read, e))?;
+            Some((r.term, r.index))
+        } else {
+            self.purged().map(|p| (p.leader_id.term, p.index))
+        };
+        let vote_term = lock(&self.state).vote.map_or(0, |v| v.leader_id.term);
+        let term = last.map_or(0, |l| l.0).max(vote_term) + 1;
+        let index = last.map_or(0, |l| l.1 + 1);
+        let membership = Membership::new(
+            vec![std::collections::BTreeSet::from([id])],
+            std::collections::BTreeMap::from([(id, info.clone())]),
+        );
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&membership).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?,
+        );
+        if log.next_index() != index {
+            // A log purged past its end: continue after the purge point.
+            let offset = self.offset_at(index);
+            log.reset(index, offset).map_err(|e| log_error(ErrorVerb::Write, e))?;
+        }
+        let entry = storage::Entry {
+            index: Some(index),
+            term,
+            kind: storage::Kind::Control,
+            count: 0,
+            producer: storage::Producer::default(),
+            body: &body,
+        };
+        log.append(&[entry]).map_err(|e| log_error(ErrorVerb::Write, e))?;
+        log.sync().map_err(|e| log_error(ErrorVerb::Write, e))?;
+        self.update(|s| {
+            s.vote = Some(Vote::new(term, id));
+        })?;
+        tracing::warn!(
+            term,
+            index,
+            node = %info.name,
+            "FORCED A NEW CLUSTER: this node is now the only voter of its group. Records acknowledged only by the \
+             lost voters may be gone; start new nodes empty to add voters back"
+        );
+        Ok(())
     }
 
     pub(super) fn update(&self, f: impl FnOnce(&mut PersistentState)) -> Result<(), StorageError> {

@@ -30,11 +30,21 @@ pub struct NodeInfo {
     pub peer_addr: String,
     /// Advertised client address (what `GetServers` reports).
     pub client_addr: String,
+    /// The failure domain (`--failure-domain`: a Kubernetes node or zone);
+    /// voters are spread over domains. Empty: none given. Omitted from the
+    /// JSON when empty, so memberships written before it existed read the
+    /// same and older builds read newer ones (serde skips unknown keys).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
 }
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (peer={} client={})", self.name, self.peer_addr, self.client_addr)
+        write!(f, "{} (peer={} client={}", self.name, self.peer_addr, self.client_addr)?;
+        if !self.domain.is_empty() {
+            write!(f, " domain={}", self.domain)?;
+        }
+        f.write_str(")")
     }
 }
 

@@ -1,0 +1,825 @@
+//! Keeping the group whole without an operator (DESIGN decision 8: sidecars
+//! are cattle).
+//!
+//! Three loops run on every node, each cancellable:
+//!
+//! - **Elections** ([`run_elections`]). openraft's own election timer is
+//!   off; this loop waits a randomized election timeout (the jitter is ours)
+//!   without hearing from a leader, then asks the other voters a *pre-vote*
+//!   (Raft thesis 9.6): would you vote for me? A voter says yes only when it
+//!   has not heard from a leader for an election timeout itself, the
+//!   candidate is a voter in its own view of the membership, and the
+//!   candidate's log is at least as up to date as its own. Only a node that
+//!   wins the pre-vote starts a real election. So a node that was partitioned
+//!   away, or removed while stopped, never raises the group's term and never
+//!   deposes a healthy leader when it returns.
+//! - **Upkeep** ([`run_upkeep`], acting on the leader only). It keeps
+//!   `--voters` voters: a voter no peer has heard from for
+//!   `--dead-member-timeout` is replaced by the most caught-up live
+//!   non-voter (in one joint change, so the group never has fewer live
+//!   voters than before), dead non-voters are removed, voters are added while
+//!   there are fewer than the target and demoted when there are more, and
+//!   voters are moved to failure domains that hold none. No change is made
+//!   unless both the old and the new voter sets have a live majority. The
+//!   pure decision is [`plan`].
+//! - **Watch** ([`run_watch`], every node). A node that finds it is no
+//!   longer a member (its own log says so, a leader told it, or, after a
+//!   while without a leader, a peer that has one says so) stops serving
+//!   reads, reports not ready, and asks the leader to add it again as a
+//!   non-voter; it is ready again once it is a member that hears from the
+//!   leader. It also learns the cluster id from the leader.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    hash::{BuildHasher, Hasher},
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use openraft::{ChangeMembers, ServerState};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, pb, types::NodeId};
+
+/// How many entries a non-voter may trail the leader's log and still be
+/// promoted: a voter far behind would slow every commit while it catches up.
+pub const PROMOTE_MAX_LAG: u64 = 1_000;
+
+/// How often the upkeep and watch loops look.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When peers last answered this node, and when a leader last reached it.
+#[derive(Debug)]
+pub struct Contacts {
+    started: Instant,
+    answered: Mutex<HashMap<NodeId, Instant>>,
+    leader_seen: Mutex<Option<Instant>>,
+}
+
+impl Default for Contacts {
+    fn default() -> Self {
+        Contacts {
+            started: Instant::now(),
+            answered: Default::default(),
+            leader_seen: Default::default(),
+        }
+    }
+}
+
+impl Contacts {
+    /// `id` answered a Raft RPC of ours.
+    pub fn answered(&self, id: NodeId) {
+        lock(&self.answered).insert(id, Instant::now());
+    }
+
+    /// When `id` last answered a Raft RPC of ours.
+    pub fn last_answer(&self, id: &NodeId) -> Option<Instant> {
+        lock(&self.answered).get(id).copied()
+    }
+
+    /// A leader's AppendEntries or snapshot was accepted here.
+    pub fn leader_seen(&self) {
+        *lock(&self.leader_seen) = Some(Instant::now());
+    }
+
+    /// Time since a leader last reached this node (since start if never).
+    pub fn since_leader(&self) -> Duration {
+        lock(&self.leader_seen).map_or_else(|| self.started.elapsed(), |t| t.elapsed())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A uniformly random duration in `[min, max]`: every node draws its own
+/// election timeout, so they rarely campaign at once.
+pub fn jitter(min: Duration, max: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let spread = max.saturating_sub(min).as_nanos().max(1) as u64;
+    min + Duration::from_nanos(h.finish() % spread)
+}
+
+/// A majority of every configuration of `joint` is in `yes`.
+pub fn majority_in_each(joint: &[BTreeSet<NodeId>], yes: impl Fn(&NodeId) -> bool) -> bool {
+    joint
+        .iter()
+        .all(|cfg| cfg.iter().filter(|id| yes(id)).count() * 2 > cfg.len())
+}
+
+/// Drives elections with a pre-vote (see the module docs).
+pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationToken) {
+    let Some((min, max)) = cluster.upgrade().map(|c| c.config.election_timeout) else {
+        return;
+    };
+    let mut wait = jitter(min, max);
+    let mut last_attempt = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(min / 5) => {}
+            _ = token.cancelled() => return,
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        let m = c.metrics();
+        if !matches!(m.state, ServerState::Follower | ServerState::Candidate) {
+            continue;
+        }
+        let joint = m.membership_config.membership().get_joint_config().clone();
+        let me = c.config.id;
+        if !joint.iter().any(|cfg| cfg.contains(&me)) {
+            continue;
+        }
+        let alone = joint.iter().all(|cfg| cfg.len() == 1);
+        let quiet = c.peers.contacts().since_leader().min(last_attempt.elapsed());
+        if quiet < if alone { min / 5 } else { wait } {
+            continue;
+        }
+        last_attempt = Instant::now();
+        wait = jitter(min, max);
+        if alone || c.pre_vote(&joint, m.current_term).await {
+            tracing::info!(term = m.current_term + 1, "no leader heard from: starting an election");
+            if let Err(e) = c.raft.trigger().elect().await {
+                tracing::warn!(cause = %e, "could not start an election");
+            }
+        }
+    }
+}
+
+/// What the leader knows of one member, for [`plan`].
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub name: String,
+    pub voter: bool,
+    /// Heard from within the dead-member timeout (the leader always is).
+    pub alive: bool,
+    pub domain: String,
+    /// The member's matched log index (the leader: its own last index).
+    pub matched: Option<u64>,
+}
+
+/// One membership change the leader should make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The new voter set; members leaving it stay as non-voters if `retain`.
+    Voters { voters: BTreeSet<NodeId>, retain: bool },
+    /// Non-voters to remove.
+    RemoveNodes(BTreeSet<NodeId>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub step: Step,
+    /// A metric label: one of a fixed set.
+    pub reason: &'static str,
+    /// For the log line: who and why.
+    pub detail: String,
+}
+
+/// The next membership change, if any (see the module docs for the rules).
+/// `me` is the leader; `last_index` its last log index; `voters_target`
+/// the `--voters` setting.
+pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: usize) -> Option<Change> {
+    let by_id = |id: &NodeId| members.iter().find(|m| m.id == *id);
+    let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
+    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let live_quorum =
+        |set: &BTreeSet<NodeId>| !set.is_empty() && set.iter().filter(|id| alive(id)).count() * 2 > set.len();
+    let caught_up = |m: &MemberView| m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= last_index);
+    // The best non-voter to promote next to `voters`: in a failure domain
+    // those voters do not hold, then the most caught up, then by name.
+    let best_learner = |voters: &BTreeSet<NodeId>| {
+        let held: BTreeSet<&str> = voters
+            .iter()
+            .filter_map(|id| by_id(id))
+            .map(|m| m.domain.as_str())
+            .collect();
+        members
+            .iter()
+            .filter(|m| !m.voter && m.alive && caught_up(m))
+            .min_by(|a, b| {
+                let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
+                fresh(b)
+                    .cmp(&fresh(a))
+                    .then(b.matched.cmp(&a.matched))
+                    .then(a.name.cmp(&b.name))
+            })
+    };
+    let name = |id: &NodeId| by_id(id).map_or_else(|| id.to_string(), |m| m.name.clone());
+
+    // 1. A dead voter: replace it (or drop it if nobody can take its place).
+    if let Some(dead) = members.iter().find(|m| m.voter && !alive(&m.id)) {
+        let mut next = voters.clone();
+        next.remove(&dead.id);
+        let with = best_learner(&next);
+        if let Some(w) = with {
+            next.insert(w.id);
+        }
+        if live_quorum(&voters) && live_quorum(&next) {
+            let detail = match with {
+                Some(w) => format!("voter {} is dead; promoting {} in its place", dead.name, w.name),
+                None => format!(
+                    "voter {} is dead and no live non-voter is caught up: removing it",
+                    dead.name
+                ),
+            };
+            return Some(Change {
+                step: Step::Voters {
+                    voters: next,
+                    retain: false,
+                },
+                reason: "replace_dead_voter",
+                detail,
+            });
+        }
+    }
+    // 2. Dead non-voters go.
+    let dead: BTreeSet<NodeId> = members.iter().filter(|m| !m.voter && !m.alive).map(|m| m.id).collect();
+    if !dead.is_empty() {
+        let names: Vec<String> = dead.iter().map(name).collect();
+        return Some(Change {
+            step: Step::RemoveNodes(dead),
+            reason: "remove_dead_member",
+            detail: format!("non-voters {} are dead: removing them", names.join(", ")),
+        });
+    }
+    let live = members.iter().filter(|m| alive(&m.id)).count();
+    let target = voters_target.min(live).max(1);
+    // 3. Too few voters: promote.
+    if voters.len() < target
+        && let Some(w) = best_learner(&voters)
+    {
+        let mut next = voters.clone();
+        next.insert(w.id);
+        return Some(Change {
+            step: Step::Voters {
+                voters: next,
+                retain: true,
+            },
+            reason: "promote",
+            detail: format!(
+                "{} voters of {voters_target} wanted: promoting {}",
+                voters.len(),
+                w.name
+            ),
+        });
+    }
+    // Voters sharing a failure domain with another voter, most crowded first.
+    let mut per_domain: HashMap<&str, usize> = HashMap::new();
+    for id in &voters {
+        if let Some(m) = by_id(id)
+            && !m.domain.is_empty()
+        {
+            *per_domain.entry(m.domain.as_str()).or_default() += 1;
+        }
+    }
+    let crowded = |m: &MemberView| per_domain.get(m.domain.as_str()).copied().unwrap_or(0);
+    let demotable = || {
+        members.iter().filter(|m| m.voter && m.id != me).max_by(|a, b| {
+            crowded(a)
+                .cmp(&crowded(b))
+                .then(b.matched.cmp(&a.matched))
+                .then(a.name.cmp(&b.name))
+        })
+    };
+    // 4. Too many voters: demote one (never the leader itself).
+    if voters.len() > voters_target.max(1)
+        && let Some(v) = demotable()
+    {
+        let mut next = voters.clone();
+        next.remove(&v.id);
+        if live_quorum(&next) {
+            return Some(Change {
+                step: Step::Voters {
+                    voters: next,
+                    retain: true,
+                },
+                reason: "demote",
+                detail: format!(
+                    "{} voters of {voters_target} wanted: {} becomes a non-voter",
+                    voters.len(),
+                    v.name
+                ),
+            });
+        }
+    }
+    // 5. Two voters share a domain while a caught-up non-voter's domain has none.
+    if let Some(v) = demotable().filter(|v| crowded(v) > 1) {
+        let mut rest = voters.clone();
+        rest.remove(&v.id);
+        if let Some(w) =
+            best_learner(&rest).filter(|w| !w.domain.is_empty() && !per_domain.contains_key(w.domain.as_str()))
+        {
+            let mut next = rest;
+            next.insert(w.id);
+            if live_quorum(&next) {
+                return Some(Change {
+                    step: Step::Voters {
+                        voters: next,
+                        retain: true,
+                    },
+                    reason: "spread_domains",
+                    detail: format!(
+                        "voters share domain {:?}: {} (domain {:?}) takes {}'s place",
+                        v.domain, w.name, w.domain, v.name
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Applies [`plan`] on the leader, once a second (see the module docs).
+pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken) {
+    // (term, when this node became leader in it): a new leader has not
+    // heard from anybody yet, so it counts every member alive for one
+    // timeout from then.
+    let mut leading: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}
+            _ = token.cancelled() => return,
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        let m = c.metrics();
+        if m.state != ServerState::Leader {
+            leading = None;
+            continue;
+        }
+        let since = match leading {
+            Some((term, at)) if term == m.current_term => at,
+            _ => {
+                let now = Instant::now();
+                leading = Some((m.current_term, now));
+                now
+            }
+        };
+        if c.leaving.load(Ordering::Acquire) {
+            continue;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            continue; // a change is under way
+        }
+        let views = c.member_views_since(since);
+        let Some(change) = plan(c.config.id, &views, m.last_log_index.unwrap_or(0), c.config.voters) else {
+            continue;
+        };
+        tracing::warn!(reason = change.reason, detail = %change.detail, "changing the membership");
+        c.count_change(change.reason);
+        let result = tokio::time::timeout(c.config.write_timeout, c.apply_change(&change.step)).await;
+        match result {
+            Ok(Ok(())) => tracing::info!(reason = change.reason, "membership changed"),
+            Ok(Err(e)) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
+            Err(_) => tracing::warn!(reason = change.reason, "membership change timed out"),
+        }
+    }
+}
+
+/// Notices that this node was removed and rejoins (see the module docs).
+pub(super) async fn run_watch(cluster: Weak<Cluster>, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}
+            _ = token.cancelled() => return,
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        if c.leaving.load(Ordering::Acquire) || !c.raft.is_initialized().await.unwrap_or(false) {
+            continue;
+        }
+        c.watch_step().await;
+    }
+}
+
+impl Cluster {
+    /// Asks the other voters of `joint` whether they would vote for this
+    /// node in `term + 1`; true when a majority of each configuration
+    /// (this node included) would.
+    pub(super) async fn pre_vote(&self, joint: &[BTreeSet<NodeId>], term: u64) -> bool {
+        let me = self.config.id;
+        let last = self.raft.data_metrics().borrow().last_log;
+        let req = pb::PreVoteRequest {
+            candidate: self.config.info.name.clone(),
+            term: term + 1,
+            last_log_id: last.as_ref().map(super::network::log_id_to_pb),
+        };
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let others: BTreeSet<NodeId> = joint.iter().flatten().copied().filter(|id| *id != me).collect();
+        let asks = others.into_iter().filter_map(|id| {
+            let info = membership.get_node(&id)?.clone();
+            let client = self.peers.client(Some(&id), &info.peer_addr).ok()?;
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(self.config.election_timeout.0);
+            Some(async move {
+                let mut client = client;
+                match client.pre_vote(r).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        if !resp.granted {
+                            tracing::debug!(peer = %info.name, reason = %resp.reason, "pre-vote refused");
+                        }
+                        (id, resp.granted)
+                    }
+                    Err(_) => (id, false),
+                }
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let yes: BTreeSet<NodeId> = answers.into_iter().filter(|a| a.1).map(|a| a.0).chain([me]).collect();
+        majority_in_each(joint, |id| yes.contains(id))
+    }
+
+    /// Answers a pre-vote (see the module docs).
+    pub(super) fn answer_pre_vote(&self, req: &pb::PreVoteRequest) -> pb::PreVoteResponse {
+        let m = self.metrics();
+        let refuse = |reason: String| pb::PreVoteResponse {
+            granted: false,
+            reason,
+            term: m.current_term,
+        };
+        let candidate = super::types::node_id(&req.candidate);
+        let joint = m.membership_config.membership().get_joint_config();
+        if !joint.iter().any(|cfg| cfg.contains(&candidate)) {
+            return refuse(format!("{} is not a voter in this node's membership", req.candidate));
+        }
+        let (min, max) = self.config.election_timeout;
+        if m.state == ServerState::Leader {
+            if self.reaches_quorum(max) {
+                return refuse("this node leads and reaches a quorum".into());
+            }
+        } else {
+            let since = self.peers.contacts().since_leader();
+            if since < min {
+                return refuse(format!("heard from the leader {} ms ago", since.as_millis()));
+            }
+        }
+        let ours = self.raft.data_metrics().borrow().last_log;
+        let theirs = req.last_log_id.clone().map(super::network::log_id_from_pb);
+        if theirs < ours {
+            return refuse("the candidate's log is behind this node's".into());
+        }
+        pb::PreVoteResponse {
+            granted: true,
+            reason: String::new(),
+            term: m.current_term,
+        }
+    }
+
+    /// This node leads and a majority of every voter configuration (itself
+    /// included) answered it within `window`.
+    pub fn reaches_quorum(&self, window: Duration) -> bool {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        let me = self.config.id;
+        let contacts = self.peers.contacts();
+        majority_in_each(m.membership_config.membership().get_joint_config(), |id| {
+            *id == me || contacts.last_answer(id).is_some_and(|t| t.elapsed() < window)
+        })
+    }
+
+    /// Every member as the leader sees it; `since` is when it became leader.
+    pub(super) fn member_views_since(&self, since: Instant) -> Vec<MemberView> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let contacts = self.peers.contacts();
+        let timeout = self.config.dead_member_timeout;
+        membership
+            .nodes()
+            .map(|(id, info)| {
+                let me = *id == self.config.id;
+                let heard = contacts.last_answer(id).map_or(since, |t| t.max(since));
+                MemberView {
+                    id: *id,
+                    name: info.name.clone(),
+                    voter: voters.contains(id),
+                    alive: me || heard.elapsed() < timeout,
+                    domain: info.domain.clone(),
+                    matched: if me {
+                        m.last_log_index
+                    } else {
+                        replication.get(id).and_then(|l| l.map(|l| l.index))
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Makes one planned change.
+    pub(super) async fn apply_change(&self, step: &Step) -> Result<(), String> {
+        let change = match step {
+            Step::Voters { voters, .. } => ChangeMembers::ReplaceAllVoters(voters.clone()),
+            Step::RemoveNodes(ids) => ChangeMembers::RemoveNodes(ids.clone()),
+        };
+        let retain = matches!(step, Step::Voters { retain: true, .. });
+        self.raft
+            .change_membership(change, retain)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Counts an automatic membership change by reason.
+    pub(super) fn count_change(&self, reason: &'static str) {
+        if let Some(counter) = &self.config.membership_changes {
+            counter(reason);
+        }
+    }
+
+    /// One look of [`run_watch`].
+    async fn watch_step(&self) {
+        let m = self.metrics();
+        let me = self.config.id;
+        if m.membership_config.membership().nodes().next().is_none() {
+            return; // Raft has not reported its state yet
+        }
+        let member = m.membership_config.membership().get_node(&me).is_some();
+        let leads = m.state == ServerState::Leader;
+        let (_, max) = self.config.election_timeout;
+        let quiet = !leads && self.peers.contacts().since_leader() > 3 * max;
+        let removed_flag = self.removed.load(Ordering::Acquire);
+        if member && !quiet && !removed_flag && self.store.cluster_id().is_some() {
+            return;
+        }
+        // Ask around: the members we know and whatever discovery finds.
+        let mut addrs: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, n)| n.peer_addr.clone())
+            .collect();
+        if let Ok(found) = self.config.discovery.peers().await {
+            addrs.extend(found);
+        }
+        addrs.sort();
+        addrs.dedup();
+        let view = self.survey(&addrs).await;
+        if self.store.cluster_id().is_none() {
+            match &view.cluster_id {
+                Some(id) => self.adopt_cluster_id(id),
+                // A cluster formed before ids existed: once every other
+                // member has answered without one, the leader names it.
+                None if leads && view.answered + 1 >= m.membership_config.membership().nodes().count() => {
+                    self.adopt_cluster_id(&super::new_cluster_id())
+                }
+                None => {}
+            }
+        }
+        let ours = self.store.cluster_id();
+        if let (Some(a), Some(b)) = (&ours, &view.cluster_id)
+            && a != b
+        {
+            tracing::error!(ours = %a, theirs = %b, "the peers found belong to another cluster; not rejoining");
+            return;
+        }
+        let removed = !member || removed_flag || view.says_removed;
+        if !removed {
+            return;
+        }
+        if !removed_flag {
+            tracing::warn!(
+                "this node is no longer a member of its cluster: it stops serving reads and asks to rejoin as a non-voter"
+            );
+            self.set_removed(true);
+        }
+        if member && view.leader_says_member && self.peers.contacts().since_leader() < max {
+            tracing::info!("rejoined the cluster");
+            self.set_removed(false);
+            return;
+        }
+        if let Some((lid, linfo)) = view.leader {
+            if let Err(e) = self.join_via(lid, &linfo).await {
+                tracing::info!(cause = %e, "rejoin not done yet");
+            }
+        }
+    }
+
+    pub(super) fn set_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Release);
+        self.node.refuse_reads(removed);
+        if removed {
+            self.count_change("removed_self_detected");
+        }
+    }
+}
+
+/// What the peers said when asked (see [`Cluster::survey`]).
+#[derive(Debug, Default)]
+pub(super) struct Survey {
+    pub leader: Option<(NodeId, super::types::NodeInfo)>,
+    /// A peer that knows a leader says this node is not a member.
+    pub says_removed: bool,
+    /// A peer that knows a leader says this node is a member.
+    pub leader_says_member: bool,
+    pub cluster_id: Option<String>,
+    /// How many initialized peers answered.
+    pub answered: usize,
+}
+
+impl Cluster {
+    /// Says hello to every address and sums up the answers of initialized peers.
+    pub(super) async fn survey(&self, addrs: &[String]) -> Survey {
+        let hello = pb::HelloRequest {
+            node: Some(super::network::node_info_to_pb(&self.config.info)),
+            evicted: false,
+        };
+        let asks = addrs.iter().filter_map(|addr| {
+            let client = self.peers.client(None, addr).ok()?;
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(Duration::from_secs(2));
+            Some(async move {
+                let mut client = client;
+                client.hello(req).await.ok().map(|r| r.into_inner())
+            })
+        });
+        let mut survey = Survey::default();
+        for r in futures_util::future::join_all(asks).await.into_iter().flatten() {
+            if !r.initialized {
+                continue;
+            }
+            // Our own address may be among the discovered ones.
+            let Some(node) = &r.node else { continue };
+            let (id, _) = super::network::node_info_from_pb(node.clone());
+            if id == self.config.id || self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
+                continue;
+            }
+            survey.answered += 1;
+            if !r.cluster_id.is_empty() && survey.cluster_id.is_none() {
+                survey.cluster_id = Some(r.cluster_id.clone());
+            }
+            if let Some(l) = r.leader {
+                if r.asker_is_member {
+                    survey.leader_says_member = true;
+                } else {
+                    survey.says_removed = true;
+                }
+                survey.leader = Some(super::network::node_info_from_pb(l));
+            }
+        }
+        survey
+    }
+
+    /// Records the cluster id in the data dir (once).
+    pub(super) fn adopt_cluster_id(&self, id: &str) {
+        match self.store.set_cluster_id(id) {
+            Ok(()) => tracing::info!(cluster_id = %id, "cluster id recorded"),
+            Err(e) => tracing::warn!(cause = %e, "could not record the cluster id"),
+        }
+    }
+}
+
+/// Keeps `Arc` out of the loops' signatures.
+pub(super) fn spawn_loops(cluster: &Arc<Cluster>) {
+    let token = cluster.shutdown.clone();
+    tokio::spawn(run_elections(Arc::downgrade(cluster), token.clone()));
+    tokio::spawn(run_upkeep(Arc::downgrade(cluster), token.clone()));
+    tokio::spawn(run_watch(Arc::downgrade(cluster), token));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: u64, voter: bool, alive: bool, domain: &str, matched: u64) -> MemberView {
+        MemberView {
+            id,
+            name: format!("n{id}"),
+            voter,
+            alive,
+            domain: domain.into(),
+            matched: Some(matched),
+        }
+    }
+
+    fn voters(change: &Change) -> BTreeSet<NodeId> {
+        match &change.step {
+            Step::Voters { voters, .. } => voters.clone(),
+            s => panic!("expected a voter change, got {s:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dead_voter_is_replaced_by_the_most_caught_up_live_learner() {
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, false, "", 10),
+            view(4, false, true, "", 90),
+            view(5, false, true, "", 99),
+            view(6, false, false, "", 100),
+        ];
+        let c = plan(1, &members, 100, 3).expect("a change");
+        assert_eq!(c.reason, "replace_dead_voter");
+        assert_eq!(voters(&c), BTreeSet::from([1, 2, 5]));
+        assert!(matches!(c.step, Step::Voters { retain: false, .. }));
+    }
+
+    #[test]
+    fn no_change_leaves_the_group_without_a_live_majority() {
+        // Two of three voters dead: nothing may change (recovery is manual).
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, false, "", 100),
+            view(3, true, false, "", 100),
+            view(4, false, true, "", 100),
+        ];
+        assert_eq!(plan(1, &members, 100, 3), None);
+        // Two voters, one dead: dropping it would need the dead one's vote.
+        let members = [view(1, true, true, "", 100), view(2, true, false, "", 100)];
+        assert_eq!(plan(1, &members, 100, 3), None);
+    }
+
+    #[test]
+    fn dead_learners_are_removed_and_voters_are_topped_up_to_the_target() {
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, false, false, "", 100),
+            view(3, false, true, "", 100),
+        ];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([2])));
+        let members = [view(1, true, true, "", 100), view(3, false, true, "", 100)];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "promote");
+        assert_eq!(voters(&c), BTreeSet::from([1, 3]));
+    }
+
+    #[test]
+    fn a_learner_far_behind_is_not_promoted() {
+        let members = [view(1, true, true, "", 5000), view(3, false, true, "", 10)];
+        assert_eq!(plan(1, &members, 5000, 3), None);
+    }
+
+    #[test]
+    fn voters_above_the_target_are_demoted_but_never_the_leader() {
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, true, "", 100),
+            view(4, true, true, "", 100),
+            view(5, true, true, "", 100),
+        ];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "demote");
+        let v = voters(&c);
+        assert_eq!(v.len(), 4);
+        assert!(v.contains(&1));
+    }
+
+    #[test]
+    fn voters_spread_over_failure_domains() {
+        let members = [
+            view(1, true, true, "a", 100),
+            view(2, true, true, "a", 100),
+            view(3, true, true, "b", 100),
+            view(4, false, true, "c", 100),
+            view(5, false, true, "a", 100),
+        ];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "spread_domains");
+        assert_eq!(voters(&c), BTreeSet::from([1, 3, 4]));
+        // Once spread, nothing more to do.
+        let members = [
+            view(1, true, true, "a", 100),
+            view(2, false, true, "a", 100),
+            view(3, true, true, "b", 100),
+            view(4, true, true, "c", 100),
+        ];
+        assert_eq!(plan(1, &members, 100, 3), None);
+    }
+
+    #[test]
+    fn a_dead_voter_is_replaced_from_a_domain_without_a_voter() {
+        let members = [
+            view(1, true, true, "a", 100),
+            view(2, true, true, "b", 100),
+            view(3, true, false, "c", 100),
+            view(4, false, true, "a", 100),
+            view(5, false, true, "c", 90),
+        ];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(voters(&c), BTreeSet::from([1, 2, 5]));
+    }
+
+    #[test]
+    fn majority_counts_each_configuration_of_a_joint_membership() {
+        let joint = vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 4, 5])];
+        assert!(majority_in_each(&joint, |id| [1, 2, 4].contains(id)));
+        assert!(!majority_in_each(&joint, |id| [1, 2, 3].contains(id)));
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_millis(1000));
+        let draws: BTreeSet<Duration> = (0..50).map(|_| jitter(min, max)).collect();
+        assert!(draws.iter().all(|d| *d >= min && *d <= max));
+        assert!(draws.len() > 1, "jitter never varies");
+    }
+}
