@@ -2,6 +2,7 @@
 //! layer that can cut traffic between chosen nodes.
 
 use std::{
+    collections::BTreeSet,
     collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
@@ -48,12 +49,12 @@ fn openraft_storage_suite_passes_on_the_segmented_log() {
 
 // ---- helpers ----
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     crate::common::free_port()
 }
 
 /// Waits for `cond`, checking every 20 ms, failing after `secs`.
-async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
@@ -76,18 +77,20 @@ fn debug_log() {
     });
 }
 
-struct TestCluster {
-    nodes: Vec<Option<Agent>>,
-    dirs: Vec<tempfile::TempDir>,
-    peer_ports: Vec<u16>,
-    partition: Arc<Partition>,
-    tweak: fn(&mut Config),
+pub(crate) struct TestCluster {
+    pub(crate) nodes: Vec<Option<Agent>>,
+    pub(crate) dirs: Vec<tempfile::TempDir>,
+    pub(crate) peer_ports: Vec<u16>,
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) tweak: fn(&mut Config),
     /// Peer addresses nodes advertise instead of their own (relays).
-    advertised_peer: Vec<Option<String>>,
+    pub(crate) advertised_peer: Vec<Option<String>>,
+    /// Failure domain of node i (none when absent).
+    pub(crate) domains: Vec<String>,
 }
 
 impl TestCluster {
-    async fn start(n: usize, tweak: fn(&mut Config)) -> TestCluster {
+    pub(crate) async fn start(n: usize, tweak: fn(&mut Config)) -> TestCluster {
         debug_log();
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         Self::start_on(peer_ports, vec![None; n], tweak).await
@@ -95,9 +98,27 @@ impl TestCluster {
 
     /// Nodes on `peer_ports`, advertising `advertised_peer[i]` (when set) as
     /// their peer address.
-    async fn start_on(
+    pub(crate) async fn start_on(
         peer_ports: Vec<u16>,
         advertised_peer: Vec<Option<String>>,
+        tweak: fn(&mut Config),
+    ) -> TestCluster {
+        Self::launch(peer_ports, advertised_peer, Vec::new(), tweak).await
+    }
+
+    /// `domains.len()` nodes, node i in failure domain `domains[i]`.
+    pub(crate) async fn start_in_domains(domains: &[&str], tweak: fn(&mut Config)) -> TestCluster {
+        debug_log();
+        let n = domains.len();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let domains = domains.iter().map(|d| d.to_string()).collect();
+        Self::launch(peer_ports, vec![None; n], domains, tweak).await
+    }
+
+    async fn launch(
+        peer_ports: Vec<u16>,
+        advertised_peer: Vec<Option<String>>,
+        domains: Vec<String>,
         tweak: fn(&mut Config),
     ) -> TestCluster {
         let n = peer_ports.len();
@@ -108,6 +129,7 @@ impl TestCluster {
             partition: Arc::new(Partition::default()),
             tweak,
             advertised_peer,
+            domains,
         };
         // All at once, as a StatefulSet would start them.
         let agents = futures_util::future::join_all((0..n).map(|i| {
@@ -123,39 +145,40 @@ impl TestCluster {
         c
     }
 
-    fn name(i: usize) -> String {
+    pub(crate) fn name(i: usize) -> String {
         format!("node-{i}")
     }
 
-    fn id(i: usize) -> NodeId {
+    pub(crate) fn id(i: usize) -> NodeId {
         node_id(&Self::name(i))
     }
 
-    fn config(&self, i: usize) -> Config {
+    pub(crate) fn config(&self, i: usize) -> Config {
         let mut config = config_in(self.dirs[i].path().join("data"));
         config.node_id = Self::name(i);
         config.peer_addr = format!("127.0.0.1:{}", self.peer_ports[i]).parse().unwrap();
         config.join = self.peer_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         config.bootstrap_expect = self.peer_ports.len();
         config.advertise_peer_addr = self.advertised_peer.get(i).cloned().flatten();
+        config.failure_domain = self.domains.get(i).cloned().unwrap_or_default();
         (self.tweak)(&mut config);
         config
     }
 
-    fn agent(&self, i: usize) -> &Agent {
+    pub(crate) fn agent(&self, i: usize) -> &Agent {
         self.nodes[i].as_ref().expect("node running")
     }
 
-    fn live(&self) -> Vec<usize> {
+    pub(crate) fn live(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
     }
 
-    async fn client(&self, i: usize) -> Client {
+    pub(crate) async fn client(&self, i: usize) -> Client {
         Client::connect(&self.agent(i).client_addr.to_string()).await.unwrap()
     }
 
     /// The leader every live node agrees on (waits for it).
-    async fn leader(&self) -> usize {
+    pub(crate) async fn leader(&self) -> usize {
         let mut found = None;
         wait_until("one leader all live nodes agree on", 30, || {
             let leaders: HashSet<Option<NodeId>> = self
@@ -173,7 +196,7 @@ impl TestCluster {
         found.unwrap()
     }
 
-    async fn wait_formed(&self) {
+    pub(crate) async fn wait_formed(&self) {
         self.leader().await;
         wait_until("every live node ready", 30, || {
             self.live().iter().all(|&i| self.agent(i).cluster().is_ready())
@@ -181,20 +204,55 @@ impl TestCluster {
         .await;
     }
 
-    async fn kill(&mut self, i: usize) {
+    pub(crate) async fn kill(&mut self, i: usize) {
         let a = self.nodes[i].take().expect("running");
         a.stop_without_leave().await.expect("stops");
     }
 
-    async fn restart(&mut self, i: usize) {
-        let agent = Agent::start_opts(self.config(i), Metrics::new(), Some(self.partition.clone()))
+    /// Starts a new node (an empty dir, the next name) that joins through
+    /// the live nodes without bootstrapping; returns its index.
+    pub(crate) async fn add_node(&mut self, domain: Option<&str>) -> usize {
+        let i = self.nodes.len();
+        self.dirs.push(tempfile::tempdir().unwrap());
+        self.peer_ports.push(free_port());
+        self.nodes.push(None);
+        self.advertised_peer.push(None);
+        if let Some(d) = domain {
+            self.domains.resize(i, String::new());
+            self.domains.push(d.to_owned());
+        }
+        let mut config = self.config(i);
+        config.join = self
+            .live()
+            .iter()
+            .map(|&j| format!("127.0.0.1:{}", self.peer_ports[j]))
+            .collect();
+        config.bootstrap_expect = 0;
+        let agent = Agent::start_opts(config, Metrics::new(), Some(self.partition.clone()))
             .await
-            .expect("agent restarts");
+            .expect("a new node starts");
+        self.nodes[i] = Some(agent);
+        i
+    }
+
+    /// The voters in node `i`'s view of the membership.
+    pub(crate) fn voters(&self, i: usize) -> BTreeSet<NodeId> {
+        self.agent(i)
+            .cluster()
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    pub(crate) async fn restart(&mut self, i: usize) {
+        let agent = start_when_unlocked(self.config(i), self.partition.clone()).await;
         self.nodes[i] = Some(agent);
     }
 
     /// The committed records of node `i`, by offset.
-    fn records(&self, i: usize) -> Vec<(u64, Bytes)> {
+    pub(crate) fn records(&self, i: usize) -> Vec<(u64, Bytes)> {
         let node = self.agent(i).node();
         let log = node.log();
         let committed = node.committed();
@@ -206,25 +264,49 @@ impl TestCluster {
     }
 
     /// Waits until every live node has committed `n` data records.
-    async fn wait_committed(&self, n: u64) {
+    pub(crate) async fn wait_committed(&self, n: u64) {
         wait_until(&format!("{n} records committed on every live node"), 30, || {
             self.live().iter().all(|&i| self.agent(i).node().committed() >= n)
         })
         .await;
     }
 
-    async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         for i in self.live() {
             self.kill(i).await;
         }
     }
 }
 
-fn no_tweak(_: &mut Config) {}
+pub(crate) fn no_tweak(_: &mut Config) {}
+
+/// Starts an agent on a data dir an agent of this process just stopped:
+/// tasks of the old one may still be dropping their handles on the log
+/// (a real process exit releases the lock at once), so a locked dir is
+/// tried again for a while.
+pub(crate) async fn start_when_unlocked(config: Config, partition: Arc<Partition>) -> Agent {
+    let started = std::time::Instant::now();
+    loop {
+        match Agent::start_opts(config.clone(), Metrics::new(), Some(partition.clone())).await {
+            Ok(a) => {
+                if started.elapsed() > Duration::from_millis(100) {
+                    println!("the data dir stayed locked for {:?} after the stop", started.elapsed());
+                }
+                return a;
+            }
+            Err(sidelog::agent::AgentError::Storage(sidelog::storage::Error::Locked { .. }))
+                if started.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("agent restarts: {e:?}"),
+        }
+    }
+}
 
 /// Produces `{prefix}{i}` through `client` for each `i` in `offsets`, in
 /// order, asserting that each lands at offset `i`.
-async fn produce_at(client: &mut Client, prefix: &str, offsets: std::ops::Range<u64>) {
+pub(crate) async fn produce_at(client: &mut Client, prefix: &str, offsets: std::ops::Range<u64>) {
     for i in offsets {
         assert_eq!(client.produce(format!("{prefix}{i}")).await.unwrap(), i, "{prefix}{i}");
     }

@@ -101,7 +101,8 @@ async fn three_agents_found_by_a_records_form_one_cluster_and_a_fourth_joins_lat
         let refs: Vec<&Agent> = agents.iter().collect();
         wait_until("one cluster of three", 30, || one_cluster_of(&refs, &names[..3])).await;
     }
-    // A fourth pod appears later and joins the cluster instead of bootstrapping.
+    // A fourth pod appears later and joins the cluster instead of
+    // bootstrapping, as a non-voter (--voters 3).
     dns.set_a(service, &ips).await;
     let peer = SocketAddr::new(ips[3].into(), port);
     agents.push(
@@ -110,7 +111,15 @@ async fn three_agents_found_by_a_records_form_one_cluster_and_a_fourth_joins_lat
             .unwrap(),
     );
     let refs: Vec<&Agent> = agents.iter().collect();
-    wait_until("the fourth node to join", 60, || one_cluster_of(&refs, &names)).await;
+    let fourth = sidelog::cluster::types::node_id(names[3]);
+    wait_until("the fourth node to join", 60, || {
+        one_cluster_of(&refs, &names[..3])
+            && refs.iter().all(|a| {
+                let m = a.cluster().metrics();
+                m.membership_config.membership().get_node(&fourth).is_some()
+            })
+    })
+    .await;
     for a in agents {
         a.stop_without_leave().await.unwrap();
     }

@@ -6,6 +6,7 @@ mod cluster;
 mod common;
 mod discovery;
 mod mdns;
+mod membership;
 mod peer_security;
 mod process;
 mod robustness;

@@ -137,7 +137,12 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
         }
         last_attempt = Instant::now();
         wait = jitter(min, max);
-        if alone || c.pre_vote(&joint, m.current_term).await {
+        let won = alone
+            || tokio::select! {
+                won = c.pre_vote(&joint, m.current_term) => won,
+                _ = token.cancelled() => return,
+            };
+        if won {
             tracing::info!(term = m.current_term + 1, "no leader heard from: starting an election");
             if let Err(e) = c.raft.trigger().elect().await {
                 tracing::warn!(cause = %e, "could not start an election");
@@ -369,7 +374,10 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         };
         tracing::warn!(reason = change.reason, detail = %change.detail, "changing the membership");
         c.count_change(change.reason);
-        let result = tokio::time::timeout(c.config.write_timeout, c.apply_change(&change.step)).await;
+        let result = tokio::select! {
+            r = tokio::time::timeout(c.config.write_timeout, c.apply_change(&change.step)) => r,
+            _ = token.cancelled() => return,
+        };
         match result {
             Ok(Ok(())) => tracing::info!(reason = change.reason, "membership changed"),
             Ok(Err(e)) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
@@ -389,7 +397,10 @@ pub(super) async fn run_watch(cluster: Weak<Cluster>, token: CancellationToken) 
         if c.leaving.load(Ordering::Acquire) || !c.raft.is_initialized().await.unwrap_or(false) {
             continue;
         }
-        c.watch_step().await;
+        tokio::select! {
+            _ = c.watch_step() => {}
+            _ = token.cancelled() => return,
+        }
     }
 }
 
@@ -675,12 +686,16 @@ impl Cluster {
     }
 }
 
-/// Keeps `Arc` out of the loops' signatures.
+/// Starts the three loops; [`Cluster::shutdown`] waits for them, so none
+/// holds the cluster (and its log) after the node stopped.
 pub(super) fn spawn_loops(cluster: &Arc<Cluster>) {
     let token = cluster.shutdown.clone();
-    tokio::spawn(run_elections(Arc::downgrade(cluster), token.clone()));
-    tokio::spawn(run_upkeep(Arc::downgrade(cluster), token.clone()));
-    tokio::spawn(run_watch(Arc::downgrade(cluster), token));
+    let handles = [
+        tokio::spawn(run_elections(Arc::downgrade(cluster), token.clone())),
+        tokio::spawn(run_upkeep(Arc::downgrade(cluster), token.clone())),
+        tokio::spawn(run_watch(Arc::downgrade(cluster), token)),
+    ];
+    lock(&cluster.loops).extend(handles);
 }
 
 #[cfg(test)]

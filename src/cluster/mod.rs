@@ -236,6 +236,8 @@ pub struct Cluster {
     removed: AtomicBool,
     /// A graceful leave is under way: do not rejoin.
     leaving: AtomicBool,
+    /// The membership loops, awaited on shutdown.
+    loops: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -251,6 +253,9 @@ impl Cluster {
         let store = store::Store::open(node.clone(), &dir, config.fsync)?;
         if config.force_new_cluster {
             store.force_single_voter(config.id, &config.info)?;
+            if let Some(count) = &config.membership_changes {
+                count("force_new_cluster");
+            }
         }
         let peers = Peers::new(
             config.id.clone(),
@@ -298,6 +303,7 @@ impl Cluster {
             shutdown,
             removed: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
+            loops: Default::default(),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -1050,6 +1056,10 @@ impl Cluster {
     /// Stops Raft (after a graceful leave, if wanted).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        let loops: Vec<_> = self.loops.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for l in loops {
+            let _ = l.await;
+        }
         self.config.discovery.close();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(cause = %e, "raft shutdown");
