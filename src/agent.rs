@@ -260,6 +260,7 @@ fn discovery_source(config: &Config, me: &NodeInfo, peer_addr: SocketAddr) -> Re
                     .unwrap_or(peer_addr.port()),
                 refresh: d.dns_refresh,
                 server: d.dns_server,
+                search: d.dns_search.clone(),
                 own,
             })?)
         }

@@ -131,6 +131,16 @@ pub struct AgentArgs {
     /// Nameserver to ask instead of the system's (tests; unusual setups).
     #[arg(long, env = "SIDELOG_DNS_SERVER", value_name = "ADDR", hide = true)]
     pub dns_server: Option<SocketAddr>,
+    /// With --dns-server: search domains for a short --dns-name (the
+    /// system resolver takes them from resolv.conf).
+    #[arg(
+        long,
+        env = "SIDELOG_DNS_SEARCH",
+        value_name = "DOMAIN[,DOMAIN]",
+        value_delimiter = ',',
+        hide = true
+    )]
+    pub dns_search: Option<Vec<String>>,
     /// With --discovery mdns: only nodes announcing the same name form a
     /// cluster, so several clusters can share a LAN [default: sidelog].
     #[arg(long, env = "SIDELOG_CLUSTER_NAME", value_name = "NAME")]
@@ -293,6 +303,7 @@ pub struct FileConfig {
     pub dns_name: Option<String>,
     pub dns_refresh: Option<String>,
     pub dns_server: Option<String>,
+    pub dns_search: Option<Vec<String>>,
     pub cluster_name: Option<String>,
     pub mdns_interface: Option<Vec<String>>,
     pub bootstrap_expect: Option<usize>,
@@ -396,6 +407,7 @@ pub struct DiscoveryConfig {
     #[serde(with = "humantime_secs")]
     pub dns_refresh: Duration,
     pub dns_server: Option<SocketAddr>,
+    pub dns_search: Vec<String>,
     pub cluster_name: String,
     pub mdns_interfaces: Vec<String>,
 }
@@ -407,6 +419,7 @@ impl Default for DiscoveryConfig {
             dns_name: None,
             dns_refresh: Duration::from_secs(5),
             dns_server: None,
+            dns_search: Vec::new(),
             cluster_name: "sidelog".into(),
             mdns_interfaces: Vec::new(),
         }
@@ -586,6 +599,7 @@ impl Config {
                 .or(duration("dns-refresh", file.dns_refresh)?)
                 .unwrap_or(dd.dns_refresh),
             dns_server: args.dns_server.or(addr("dns-server", file.dns_server)?),
+            dns_search: args.dns_search.or(file.dns_search).unwrap_or_default(),
             cluster_name: args.cluster_name.or(file.cluster_name).unwrap_or(dd.cluster_name),
             mdns_interfaces: args.mdns_interface.or(file.mdns_interface).unwrap_or_default(),
         };

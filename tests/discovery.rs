@@ -153,6 +153,32 @@ async fn srv_records_carry_each_peers_port_and_win_over_a_records() {
     }
 }
 
+/// `--dns-name sidelog-headless`, as Kubernetes users write a Service in
+/// their namespace: resolved through the search list (here the test
+/// server's zone), not as a top-level name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_dns_name_resolves_through_the_search_list() {
+    let dns = TestDns::start("sidelog.test.").await;
+    let ports: Vec<u16> = (0..3).map(|_| crate::common::free_port()).collect();
+    dns.set_a("pod.sidelog.test.", &[Ipv4Addr::LOCALHOST]).await;
+    let targets: Vec<(&str, u16)> = ports.iter().map(|p| ("pod.sidelog.test.", *p)).collect();
+    dns.set_srv("_peer._tcp.headless.sidelog.test.", &targets).await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["short-a", "short-b", "short-c"];
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let peer = SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let mut config = dns_config(&dirs[i], names[i], peer, &dns, "headless");
+        config.discovery.dns_search = vec!["sidelog.test".into()];
+        agents.push(Agent::start(config).await.unwrap());
+    }
+    let refs: Vec<&Agent> = agents.iter().collect();
+    wait_until("one cluster of three", 30, || one_cluster_of(&refs, &names)).await;
+    for a in agents {
+        a.stop_without_leave().await.unwrap();
+    }
+}
+
 #[test]
 fn discovery_flags_are_validated_and_name_their_key() {
     let err = |args: AgentArgs| Config::resolve(args).unwrap_err().to_string();

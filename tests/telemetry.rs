@@ -84,9 +84,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// This module's tests run one at a time: an agent running on a thread
+/// with no subscriber while another thread holds a per-thread OTLP
+/// subscriber made the latter lose every span now and then (tracing's
+/// per-callsite interest cache is process-wide).
+static OTLP_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 // current_thread: the per-thread subscriber then sees every task of the agent.
 #[tokio::test(flavor = "current_thread")]
 async fn produce_spans_reach_the_collector_under_the_callers_trace() {
+    let _one_at_a_time = OTLP_TESTS.lock().await;
     let (collector, addr) = start_collector().await;
 
     let otlp = OtlpConfig {
@@ -180,6 +187,7 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 #[tokio::test]
 async fn metrics_parse_and_count_exactly_what_was_produced() {
+    let _one_at_a_time = OTLP_TESTS.lock().await;
     let node = TestNode::start().await;
     let http = node.agent().http_addr;
     let before = parse_metrics(&http_get(http, "/metrics").await);
@@ -227,6 +235,7 @@ async fn metrics_parse_and_count_exactly_what_was_produced() {
 
 #[tokio::test]
 async fn active_consume_streams_are_counted() {
+    let _one_at_a_time = OTLP_TESTS.lock().await;
     let node = TestNode::start().await;
     let http = node.agent().http_addr;
     let mut c = node.client().await;
@@ -254,11 +263,13 @@ async fn active_consume_streams_are_counted() {
 async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
     use sidelog::{agent::Agent, cluster::types::node_id};
 
+    let _one_at_a_time = OTLP_TESTS.lock().await;
     let (collector, addr) = start_collector().await;
     let otlp = OtlpConfig {
         endpoint: format!("http://{addr}"),
     };
-    let (subscriber, telemetry) = telemetry::subscriber(LogFormat::Text, "warn", Some(otlp), Metrics::new());
+    let tmetrics = Metrics::new();
+    let (subscriber, telemetry) = telemetry::subscriber(LogFormat::Text, "warn", Some(otlp), tmetrics.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let ports: Vec<u16> = (0..3).map(|_| crate::common::free_port()).collect();
@@ -315,7 +326,13 @@ async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
         spans
             .iter()
             .find(|s| s.name == name && hex(&s.trace_id) == TRACE_ID)
-            .unwrap_or_else(|| panic!("no {name} span in the caller's trace among {names:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} span in the caller's trace among {names:?} (export failures {}, dropped {})",
+                    tmetrics.span_export_failures.get(),
+                    tmetrics.spans_dropped.get()
+                )
+            })
     };
     let produce = find("log.v1.Log/Produce");
     let forward = find("raft.forward");
@@ -337,7 +354,13 @@ async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
         let s = spans
             .iter()
             .find(|s| s.name == name && hex(&s.trace_id) == TRACE_ID)
-            .unwrap_or_else(|| panic!("no {name} span in the caller's trace among {names:?}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} span in the caller's trace among {names:?} (export failures {}, dropped {})",
+                    tmetrics.span_export_failures.get(),
+                    tmetrics.spans_dropped.get()
+                )
+            });
         assert_eq!(
             s.parent_span_id, served.span_id,
             "{name} under the leader's Forward span"

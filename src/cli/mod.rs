@@ -55,8 +55,9 @@ pub struct ClusterArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterAction {
-    /// Members, leader, term, commit and applied index, and each member's lag
-    /// (as the leader sees it: ask the leader for lag figures).
+    /// Members, leader, term, commit and applied index, and each member's
+    /// role, failure domain, lag and last contact (as the leader sees
+    /// them: ask the leader for lag and contact figures).
     Status {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -97,20 +98,43 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             writeln!(out, "offsets:   [{}, {})", s.first_offset, s.next_offset)?;
             writeln!(
                 out,
-                "\n{:<20} {:<8} {:<7} {:<22} {:<22} {:>10} {:>8}",
-                "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "MATCHED", "LAG"
+                "cluster:   {}",
+                if s.cluster_id.is_empty() {
+                    "(id not known yet)"
+                } else {
+                    &s.cluster_id
+                }
+            )?;
+            writeln!(out, "voters:    {} wanted (--voters)", s.voters_target)?;
+            if s.removed {
+                writeln!(
+                    out,
+                    "removed:   this node was removed from the membership and is rejoining"
+                )?;
+            }
+            writeln!(
+                out,
+                "\n{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}",
+                "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "DOMAIN", "MATCHED", "LAG", "LAST CONTACT"
             )?;
             for m in s.members {
                 writeln!(
                     out,
-                    "{:<20} {:<8} {:<7} {:<22} {:<22} {:>10} {:>8}",
+                    "{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}",
                     m.id,
-                    if m.voter { "voter" } else { "learner" },
+                    if m.voter { "voter" } else { "non-voter" },
                     if m.leader { "*" } else { "" },
                     m.peer_addr,
                     m.client_addr,
+                    if m.failure_domain.is_empty() {
+                        "-"
+                    } else {
+                        &m.failure_domain
+                    },
                     opt(m.matched_index),
-                    opt(m.lag)
+                    opt(m.lag),
+                    m.last_contact_ms
+                        .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0))
                 )?;
             }
         }

@@ -41,6 +41,9 @@ pub struct DnsSettings {
     pub refresh: Duration,
     /// A nameserver to ask instead of the system's (tests, unusual setups).
     pub server: Option<SocketAddr>,
+    /// Search domains for a short name, with `server` (the system's
+    /// resolver configuration brings its own: resolv.conf's `search`).
+    pub search: Vec<String>,
     /// Our own peer addresses, left out of the answers.
     pub own: Vec<SocketAddr>,
 }
@@ -48,7 +51,8 @@ pub struct DnsSettings {
 pub struct DnsDiscovery {
     settings: DnsSettings,
     resolver: TokioResolver,
-    /// The fully qualified names asked for (trailing dot: no search list).
+    /// The names asked for: fully qualified (a trailing dot: no search
+    /// list) when the name given has a dot, relative otherwise.
     srv_name: String,
     host_name: String,
 }
@@ -61,8 +65,13 @@ impl std::fmt::Debug for DnsDiscovery {
     }
 }
 
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') {
+/// A name with a dot (`sidelog.ns.svc.cluster.local`, `sidelog.local.`) is
+/// taken as fully qualified, as before; a short name (`sidelog-headless`,
+/// as Kubernetes users write a Service in their own namespace) goes through
+/// the resolver's search list (`<ns>.svc.cluster.local`, or a container
+/// network's domain), as every other tool resolves it.
+fn qualify(name: &str, short: bool) -> String {
+    if short || name.ends_with('.') {
         name.to_owned()
     } else {
         format!("{name}.")
@@ -78,10 +87,14 @@ impl DnsDiscovery {
                 message: "must be a DNS name such as sidelog.default.svc.cluster.local".into(),
             });
         }
+        let short = !name.contains('.');
         let (srv_name, host_name) = if name.starts_with('_') {
-            (fqdn(name), String::new())
+            (qualify(name, short), String::new())
         } else {
-            (fqdn(&format!("_{SRV_PORT_NAME}._tcp.{name}")), fqdn(name))
+            (
+                qualify(&format!("_{SRV_PORT_NAME}._tcp.{name}"), short),
+                qualify(name, short),
+            )
         };
         let mut builder = match settings.server {
             Some(addr) => {
@@ -90,8 +103,20 @@ impl DnsDiscovery {
                 let mut tcp = ConnectionConfig::tcp();
                 tcp.port = addr.port();
                 let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+                let search = settings
+                    .search
+                    .iter()
+                    .map(|d| {
+                        hickory_resolver::proto::rr::Name::from_ascii(qualify(d, false)).map_err(|e| {
+                            DiscoveryError::DnsName {
+                                name: d.clone(),
+                                message: format!("not a search domain: {e}"),
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![server]),
+                    ResolverConfig::from_parts(None, search, vec![server]),
                     TokioRuntimeProvider::default(),
                 )
             }
@@ -183,13 +208,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_become_fully_qualified_srv_and_host_names() {
+    fn dotted_names_are_fully_qualified_and_short_names_are_searched() {
         let d = |name: &str| {
             DnsDiscovery::new(DnsSettings {
                 name: name.into(),
                 peer_port: 8401,
                 refresh: Duration::from_secs(5),
                 server: Some("127.0.0.1:53".parse().unwrap()),
+                search: vec![],
                 own: vec![],
             })
         };
@@ -205,5 +231,9 @@ mod tests {
         assert_eq!(b.srv_name, "_raft._tcp.sidelog.local.");
         assert!(b.host_name.is_empty());
         assert!(d("two words").is_err());
+        // A short name goes through the search list.
+        let c = d("sidelog-headless").unwrap();
+        assert_eq!(c.srv_name, "_peer._tcp.sidelog-headless");
+        assert_eq!(c.host_name, "sidelog-headless");
     }
 }
