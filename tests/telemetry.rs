@@ -314,6 +314,9 @@ async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
     request
         .metadata_mut()
         .insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    // Agents of other tests run on threads with no subscriber; tracing's
+    // interest cache is process-wide: ask every callsite again now.
+    tracing::callsite::rebuild_interest_cache();
     client.clone().produce(request).await.unwrap();
     for a in agents {
         a.stop_without_leave().await.unwrap();

@@ -83,6 +83,7 @@ MARKER = ".sidelog-faults-run"
 # In /run (root-only, unlike /run/lock and /tmp), opened without following
 # symlinks.
 LOCK_FILE = Path("/run/sidelog-faults.lock")
+MAX_HOST = 244  # 10.77.0.(10+i) stays below .255: the initial nodes plus churn replacements
 
 PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
 ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
@@ -247,6 +248,7 @@ class Net:
         self.n = n
         self.cleanup = cleanup
         self.netem = False
+        self.hosts: list[int] = []  # host numbers in use (churn adds and removes some)
 
     @staticmethod
     def ns(i):
@@ -268,24 +270,7 @@ class Net:
             if run(["iptables", "-I", *rule[:1], "1", *rule[1:]], check=False).returncode == 0:
                 self.cleanup.push("delete FORWARD rule", lambda: run(["iptables", "-D", *rule], check=False))
         for i in range(1, self.n + 1):
-            ns, host, peer = self.ns(i), f"slf{i}h", f"slf{i}n"
-            run(["ip", "netns", "add", ns])
-            self.cleanup.push(f"delete {ns}", lambda ns=ns: run(["ip", "netns", "del", ns], check=False))
-            run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer])
-            self.cleanup.push(f"delete {host}", lambda h=host: run(["ip", "link", "del", h], check=False, quiet=True))
-            run(["ip", "link", "set", peer, "netns", ns])
-            run(["ip", "link", "set", host, "master", BRIDGE, "up"])
-            nsexec(ns, "ip", "link", "set", peer, "name", "eth0")
-            nsexec(ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
-            nsexec(ns, "ip", "link", "set", "eth0", "up")
-            nsexec(ns, "ip", "link", "set", "lo", "up")
-            if shutil.which("iptables"):
-                # Partition rules live in SLF_PART (both directions), loss in SLF_LOSS.
-                nsexec(ns, "iptables", "-N", "SLF_PART")
-                nsexec(ns, "iptables", "-N", "SLF_LOSS")
-                nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_PART")
-                nsexec(ns, "iptables", "-A", "OUTPUT", "-j", "SLF_PART")
-                nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_LOSS")
+            self.add_host(i)
         if shutil.which("tc"):
             ns = self.ns(1)
             ok = nsexec(ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms", check=False)
@@ -294,9 +279,41 @@ class Net:
                 nsexec(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
         # Reachability from the root namespace.
         if shutil.which("ping"):
-            for i in range(1, self.n + 1):
+            for i in self.hosts:
                 if run(["ping", "-c", "1", "-W", "2", self.ip(i)], check=False).returncode != 0:
                     raise RuntimeError(f"{self.ip(i)} does not answer ping through {BRIDGE}")
+
+    def add_host(self, i):
+        """Namespace sl-f<i> at 10.77.0.<10+i> behind a veth pair on the bridge."""
+        if not 1 <= i <= MAX_HOST:
+            raise RuntimeError(f"host number {i} is outside 1..{MAX_HOST} ({NET}.0/24)")
+        ns, host, peer = self.ns(i), f"slf{i}h", f"slf{i}n"
+        run(["ip", "netns", "add", ns])
+        self.cleanup.push(f"delete {ns}", lambda ns=ns: run(["ip", "netns", "del", ns], check=False))
+        run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer])
+        self.cleanup.push(f"delete {host}", lambda h=host: run(["ip", "link", "del", h], check=False, quiet=True))
+        run(["ip", "link", "set", peer, "netns", ns])
+        run(["ip", "link", "set", host, "master", BRIDGE, "up"])
+        nsexec(ns, "ip", "link", "set", peer, "name", "eth0")
+        nsexec(ns, "ip", "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
+        nsexec(ns, "ip", "link", "set", "eth0", "up")
+        nsexec(ns, "ip", "link", "set", "lo", "up")
+        if shutil.which("iptables"):
+            # Partition rules live in SLF_PART (both directions), loss in SLF_LOSS.
+            nsexec(ns, "iptables", "-N", "SLF_PART")
+            nsexec(ns, "iptables", "-N", "SLF_LOSS")
+            nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_PART")
+            nsexec(ns, "iptables", "-A", "OUTPUT", "-j", "SLF_PART")
+            nsexec(ns, "iptables", "-A", "INPUT", "-j", "SLF_LOSS")
+        self.hosts.append(i)
+
+    def remove_host(self, i):
+        """Deletes host i's namespace (and so its veth pair): its address is
+        gone, as a machine that died for good. Its processes must be dead."""
+        run(["ip", "netns", "del", self.ns(i)], check=False)
+        run(["ip", "link", "del", f"slf{i}h"], check=False, quiet=True)
+        if i in self.hosts:
+            self.hosts.remove(i)
 
     # Partitions ------------------------------------------------------------
 
@@ -310,20 +327,20 @@ class Net:
 
     def split(self, side, oneway=False):
         """Cuts `side` (node numbers) off from the other nodes."""
-        others = [j for j in range(1, self.n + 1) if j not in side]
+        others = [j for j in self.hosts if j not in side]
         for a in side:
             for b in others:
                 self.cut(a, b, oneway=oneway)
 
     def heal_partitions(self):
-        for i in range(1, self.n + 1):
+        for i in self.hosts:
             nsexec(self.ns(i), "iptables", "-F", "SLF_PART", check=False)
 
     # Link quality ----------------------------------------------------------
 
     def degrade(self):
         """Returns a description of what was applied."""
-        for i in range(1, self.n + 1):
+        for i in self.hosts:
             ns = self.ns(i)
             if self.netem:
                 nsexec(ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
@@ -338,7 +355,7 @@ class Net:
         return "no sch_netem in this kernel: iptables statistic 5% loss + tbf 2mbit (no delay jitter, no reorder)"
 
     def heal_links(self):
-        for i in range(1, self.n + 1):
+        for i in self.hosts:
             ns = self.ns(i)
             nsexec(ns, "iptables", "-F", "SLF_LOSS", check=False)
             nsexec(ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
@@ -353,7 +370,10 @@ class Net:
 # --------------------------------------------------------------------------
 
 class Node:
-    def __init__(self, i, args, run_dir: Path, secret: Path, n: int):
+    def __init__(self, i, args, run_dir: Path, secret: Path, join_hosts, bootstrap_expect: int):
+        """Node n<i> in namespace sl-f<i>. join_hosts: host numbers for --join;
+        bootstrap_expect: the initial nodes' count, 0 for a node joining an
+        existing cluster (a churn replacement: it joins as a non-voter)."""
         self.i = i
         self.name = f"n{i}"
         self.ns = Net.ns(i)
@@ -369,19 +389,24 @@ class Node:
         self.expect_exit = False
         self.paused = False
         self.starts = 0
-        join = ",".join(f"{Net.ip(j)}:{PEER_PORT}" for j in range(1, n + 1))
+        self.retired = False  # killed for good by churn: never restarted
+        join = ",".join(f"{Net.ip(j)}:{PEER_PORT}" for j in join_hosts)
+        membership = []
+        if args.dead_member_timeout and not any(x.startswith("--dead-member-timeout") for x in args.agent_arg):
+            membership = ["--dead-member-timeout", args.dead_member_timeout]
         self.cmd_tail = [
             "--node-id", self.name,
             "--client-addr", self.client,
             "--http-addr", f"{self.ip}:{HTTP_PORT}",
             "--peer-addr", f"{self.ip}:{PEER_PORT}",
             "--join", join,
-            "--bootstrap-expect", str(n),
+            "--bootstrap-expect", str(bootstrap_expect),
             "--insecure",  # the client port is plaintext on a non-loopback address
             "--cluster-secret-file", str(secret),
             "--segment-max-bytes", args.segment_max_bytes,
             "--fatal-exit-delay", "2s",
             "--shutdown-grace", "5s",
+            *membership,
             *args.agent_arg,
         ]
         self.bin = str(args.bin)
@@ -512,6 +537,7 @@ class History:
         self.t0 = time.monotonic()
         self.op_ids = itertools.count(1)
         self.max_acked = -1
+        self.ack_times: list[float] = []  # when each acknowledged write completed (for outages)
 
     def now(self):
         return time.monotonic() - self.t0
@@ -523,6 +549,7 @@ class History:
             ev = {"t": round(self.now(), 6), **ev}
             if acked_upto is not None:
                 self.max_acked = max(self.max_acked, acked_upto)
+                self.ack_times.append(ev["t"])
             self.f.write(json.dumps(ev, separators=(",", ":")) + "\n")
         return ev
 
@@ -565,8 +592,35 @@ def classify(err) -> tuple[str, str]:
     return "info", msg
 
 
+class Stubs:
+    """One thread's channels, one per node it sends to; a node that left the
+    target list (churn retired it) has its channel closed, so no client keeps
+    reconnecting to an address that is gone."""
+
+    def __init__(self, api: Api):
+        self.api = api
+        self.open = {}  # node name -> (channel, LogStub)
+
+    def get(self, node: Node):
+        if node.name not in self.open:
+            ch = self.api.channel(node.client)
+            self.open[node.name] = (ch, self.api.log_grpc.LogStub(ch))
+        return self.open[node.name][1]
+
+    def prune(self, nodes):
+        names = {n.name for n in nodes}
+        for name in [k for k in self.open if k not in names]:
+            self.open.pop(name)[0].close()
+
+    def close(self):
+        for ch, _ in self.open.values():
+            ch.close()
+        self.open.clear()
+
+
 class Workload:
     def __init__(self, api: Api, nodes, history: History, args):
+        """nodes: a callable returning the nodes clients send to now."""
         self.api = api
         self.nodes = nodes
         self.h = history
@@ -599,14 +653,16 @@ class Workload:
         grpc = self.api.grpc
         pb = self.api.log
         rng = random.Random(self.args.seed * 1000 + k)
-        chans = [self.api.channel(n.client) for n in self.nodes]
-        stubs = [self.api.log_grpc.LogStub(c) for c in chans]
+        stubs = Stubs(self.api)
         seq = 0
         proc = f"p{k}"
         try:
             while not self.stop.is_set():
-                j = rng.randrange(len(self.nodes))
-                node = self.nodes[j].name
+                targets = self.nodes()
+                stubs.prune(targets)
+                target = rng.choice(targets)
+                stub = stubs.get(target)
+                node = target.name
                 batch = rng.random() < 0.3
                 size = rng.randint(2, 5) if batch else 1
                 values = []
@@ -618,14 +674,14 @@ class Workload:
                 self.h.write({"proc": proc, "op": op, "type": "invoke", "f": f, "values": values, "node": node})
                 try:
                     if batch:
-                        resp = stubs[j].ProduceBatch(
+                        resp = stub.ProduceBatch(
                             pb.ProduceBatchRequest(records=[pb.Record(value=v.encode()) for v in values]),
                             timeout=self.args.op_timeout)
                         offsets = list(resp.offsets)
                         self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": offsets[0],
                                       "offsets": offsets}, acked_upto=max(offsets))
                     else:
-                        resp = stubs[j].Produce(pb.ProduceRequest(record=pb.Record(value=values[0].encode())),
+                        resp = stub.Produce(pb.ProduceRequest(record=pb.Record(value=values[0].encode())),
                                                 timeout=self.args.op_timeout)
                         self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": resp.offset},
                                      acked_upto=resp.offset)
@@ -636,25 +692,25 @@ class Workload:
                     self.h.write({"proc": proc, "op": op, "type": typ, "f": f, "error": msg})
                     time.sleep(0.05 + rng.random() * 0.1)
         finally:
-            for c in chans:
-                c.close()
+            stubs.close()
 
     def reader(self, k):
         grpc = self.api.grpc
         pb = self.api.log
         rng = random.Random(self.args.seed * 1000 + 500 + k)
-        chans = [self.api.channel(n.client) for n in self.nodes]
-        stubs = [self.api.log_grpc.LogStub(c) for c in chans]
+        stubs = Stubs(self.api)
         proc = f"r{k}"
         try:
             while not self.stop.is_set():
                 time.sleep(0.05 + rng.random() * 0.1)
-                j = rng.randrange(len(self.nodes))
-                op, h = self.h.invoke_read(proc, self.nodes[j].name)
+                targets = self.nodes()
+                stubs.prune(targets)
+                target = rng.choice(targets)
+                op, h = self.h.invoke_read(proc, target.name)
                 if op is None:
                     continue
                 try:
-                    resp = stubs[j].Consume(pb.ConsumeRequest(offset=h, linearizable=True),
+                    resp = stubs.get(target).Consume(pb.ConsumeRequest(offset=h, linearizable=True),
                                             timeout=self.args.op_timeout)
                     self.h.write({"proc": proc, "op": op, "type": "ok", "f": "read", "found": True,
                                   "values": [resp.record.value.decode(errors="replace")]})
@@ -667,8 +723,7 @@ class Workload:
                         self.h.write({"proc": proc, "op": op, "type": "fail", "f": "read",
                                       "error": f"{e.code().name}: {e.details()}"[:300]})
         finally:
-            for c in chans:
-                c.close()
+            stubs.close()
 
 
 # --------------------------------------------------------------------------
@@ -707,7 +762,10 @@ class Harness:
         self.net.setup()
         if not self.net.netem and "netem" in a.fault_kinds:
             self.notes.append("sch_netem is not available in this kernel: 'netem' uses iptables loss + tbf instead")
-        self.nodes = [Node(i, a, self.run_dir, secret, a.nodes) for i in range(1, a.nodes + 1)]
+        self.secret = secret
+        initial = range(1, a.nodes + 1)
+        self.nodes = [Node(i, a, self.run_dir, secret, initial, a.nodes) for i in initial]
+        self.next_host = a.nodes + 1
         if "diskfull" in a.fault_kinds:
             self.nodes[-1].use_tmpfs(a.disk_size, self.cleanup)
         self.cleanup.push("stop nodes", self.kill_all)  # runs before the umount
@@ -1042,7 +1100,7 @@ class Harness:
         self.setup()
         self.history = History(self.run_dir / "history.jsonl")
         self.cleanup.push("close the history", self.history.close)
-        self.workload = Workload(self.api, self.nodes, self.history, a)
+        self.workload = Workload(self.api, lambda: self.nodes, self.history, a)
         self.workload.start()
         t0 = time.monotonic()
         try:
