@@ -429,12 +429,21 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
     c.kill(survivor).await;
     let mut config = c.config(survivor);
     config.force_new_cluster = true;
+    // (A Raft replication task may still hold the log for a moment: see
+    // `start_when_unlocked`.)
     let metrics = Metrics::new();
-    c.nodes[survivor] = Some(
-        Agent::start_opts(config, metrics.clone(), Some(c.partition.clone()))
-            .await
-            .unwrap(),
-    );
+    let started = std::time::Instant::now();
+    let agent = loop {
+        match Agent::start_opts(config.clone(), metrics.clone(), Some(c.partition.clone())).await {
+            Err(sidelog::agent::AgentError::Storage(sidelog::storage::Error::Locked { .. }))
+                if started.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            r => break r.expect("the survivor restarts with --force-new-cluster"),
+        }
+    };
+    c.nodes[survivor] = Some(agent);
     wait_until("the survivor leads alone", 30, || {
         c.agent(survivor).cluster().is_ready()
     })
@@ -451,5 +460,13 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
         c.voters(survivor).contains(&TestCluster::id(new)) && c.agent(new).cluster().is_ready()
     })
     .await;
+    // The flag left set does not force again on a later start (which
+    // would throw the new voter out).
+    c.kill(survivor).await;
+    let agent = crate::cluster::start_when_unlocked(config, c.partition.clone()).await;
+    c.nodes[survivor] = Some(agent);
+    c.wait_formed().await;
+    let leader = c.leader().await;
+    assert_eq!(c.voters(leader), ids(&c, &[survivor, new]));
     c.shutdown().await;
 }

@@ -86,7 +86,7 @@ LOCK_FILE = Path("/run/sidelog-faults.lock")
 MAX_HOST = 244  # 10.77.0.(10+i) stays below .255: the initial nodes plus churn replacements
 
 PARTITION_KINDS = ["partition-leader", "partition-minority", "partition-oneway", "flap"]
-ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull"]
+ALL_KINDS = ["kill", *PARTITION_KINDS, "netem", "pause", "diskfull", "churn"]
 # --ci: 8 rounds in this order (kill and partition-leader twice), ~2 min.
 CI_FAULTS = "kill,partition-leader,partition-minority,partition-oneway,flap,pause"
 
@@ -741,6 +741,10 @@ class Harness:
         self.problems: list[str] = []  # unexpected exits, nodes that did not recover
         self.notes: list[str] = []
         self.disk_obs: list[dict] = []
+        self.disk_node: Node | None = None  # the node whose data dir is a tmpfs (diskfull)
+        self.retired: list[Node] = []  # killed for good by churn
+        self.churn_obs: list[dict] = []
+        self.stop_rounds = False  # set when the cluster cannot safely take another fault
         self.workload = None
         self.history = None
         self.api = None
@@ -767,7 +771,8 @@ class Harness:
         self.nodes = [Node(i, a, self.run_dir, secret, initial, a.nodes) for i in initial]
         self.next_host = a.nodes + 1
         if "diskfull" in a.fault_kinds:
-            self.nodes[-1].use_tmpfs(a.disk_size, self.cleanup)
+            self.disk_node = self.nodes[-1]
+            self.disk_node.use_tmpfs(a.disk_size, self.cleanup)
         self.cleanup.push("stop nodes", self.kill_all)  # runs before the umount
         for n in self.nodes:
             n.start()
@@ -779,7 +784,7 @@ class Harness:
         self.say(f"cluster ready, leader {lead.name if lead else None}")
 
     def kill_all(self):
-        for n in self.nodes:
+        for n in [*self.nodes, *self.retired]:
             try:
                 n.kill9()
             except Exception:  # noqa: BLE001
@@ -853,8 +858,8 @@ class Harness:
             self.net.heal_partitions()
             h.fault(kind, "end")
         elif kind == "partition-minority":
-            k = (self.args.nodes - 1) // 2
-            side = self.rng.sample(range(1, self.args.nodes + 1), k)
+            k = (len(self.nodes) - 1) // 2
+            side = self.rng.sample([n.i for n in self.nodes], k)
             if lead and self.rng.random() < 0.5 and lead.i not in side:
                 side[0] = lead.i
             names = [f"n{i}" for i in side]
@@ -879,8 +884,8 @@ class Harness:
             while time.monotonic() < end:
                 self.net.heal_partitions()
                 if self.rng.random() < 0.6:
-                    k = self.rng.randint(1, (self.args.nodes - 1) // 2)
-                    self.net.split(self.rng.sample(range(1, self.args.nodes + 1), k),
+                    k = self.rng.randint(1, (len(self.nodes) - 1) // 2)
+                    self.net.split(self.rng.sample([n.i for n in self.nodes], k),
                                    oneway=self.rng.random() < 0.3)
                     flips += 1
                 time.sleep(self.rng.uniform(0.3, 1.5))
@@ -904,11 +909,138 @@ class Harness:
             h.fault(kind, "end", node=n.name)
         elif kind == "diskfull":
             self.disk_full(lead_name)
+        elif kind == "churn":
+            self.churn(lead)
         else:
             raise ValueError(kind)
 
+    # Churn -----------------------------------------------------------------
+
+    def churn(self, lead):
+        """kill -9 a voter for good (its data dir deleted, its namespace and
+        address gone), start a replacement with a new name, a new address and
+        an empty data dir that joins the live nodes (--bootstrap-expect 0: as
+        a non-voter), and wait until the group has its voters again, every
+        member alive, the dead one removed, and a write acknowledged after
+        that. Records the longest time without an acknowledged write."""
+        a = self.args
+        h = self.history
+        st = self.api.status(lead) if lead else None
+        if st is None:
+            st = next((s for s in (self.api.status(n) for n in self.nodes) if s is not None), None)
+        voters = {m.id for m in st.members if m.voter} if st is not None else {n.name for n in self.nodes}
+        candidates = [n for n in self.nodes if n.name in voters and n.alive() and n is not self.disk_node]
+        if not candidates:
+            self.say("  churn: no live voter to replace; skipped")
+            self.notes.append(f"churn round skipped at t={h.now():.1f}s: no live voter")
+            return
+        victim = lead if (lead in candidates and self.rng.random() < 0.5) else self.rng.choice(candidates)
+        was_leader = victim is lead
+        i = self.next_host
+        if i > MAX_HOST:
+            raise RuntimeError(f"churn: no address left for n{i} ({NET}.0/24 ends at .{10 + MAX_HOST})")
+        t_kill = h.now()
+        h.fault("churn", "start", node=victim.name, leader=lead.name if lead else None)
+        victim.kill9()
+        victim.retired = True
+        self.retired.append(victim)
+        self.nodes = [n for n in self.nodes if n is not victim]  # clients stop sending to it
+        shutil.rmtree(victim.data, ignore_errors=True)  # its disk is gone (its agent.log is kept)
+        self.net.remove_host(victim.i)  # and its address
+        delay = self.rng.uniform(0.5, max(0.6, a.fault_duration))
+        time.sleep(delay)
+        self.next_host += 1
+        self.net.add_host(i)
+        new = Node(i, a, self.run_dir, self.secret, [n.i for n in self.nodes], 0)
+        new.start()
+        self.nodes = [*self.nodes, new]
+        self.say(f"  kill -9 {victim.name}{' (leader)' if was_leader else ''} for good; "
+                 f"{new.name}@{new.ip} (empty data dir) joins after {delay:.1f}s")
+        deadline = time.monotonic() + a.churn_timeout
+        why = ["not checked"]
+        settled = self.wait(lambda: self.churn_settled(why), a.churn_timeout, step=0.5)
+        t_settled = h.now()
+        acked_after = settled and self.wait(lambda: bool(h.ack_times) and h.ack_times[-1] > t_settled,
+                                            max(1.0, deadline - time.monotonic()), step=0.1)
+        t_done = h.now()
+        outage, gap_at = self.longest_gap(t_kill, t_settled if acked_after else t_done)
+        obs = {"round": len(self.churn_obs) + 1, "dead": victim.name, "dead_was_leader": was_leader,
+               "replacement": new.name, "replacement_started_after_s": round(delay, 2),
+               "settled_after_s": round(t_settled - t_kill, 2) if settled else None,
+               "write_outage_s": round(outage, 3), "outage_at_t": round(gap_at, 3),
+               "ok": bool(settled and acked_after)}
+        self.churn_obs.append(obs)
+        h.fault("churn", "end", node=victim.name, replacement=new.name, settled=obs["settled_after_s"],
+                outage=obs["write_outage_s"])
+        if obs["ok"]:
+            self.say(f"  {new.name} in, {victim.name} out: voters whole {t_settled - t_kill:.1f}s after the kill; "
+                     f"longest write outage {outage:.2f}s")
+            return
+        what = why[0] if not settled else "no write acknowledged after the membership settled"
+        msg = (f"churn round {obs['round']} ({victim.name} killed, {new.name} joining): the group did not get "
+               f"its voters back and accept writes within {a.churn_timeout:.0f}s: {what}")
+        self.problems.append(msg)
+        self.say("  " + msg)
+        # Another churn could take a quorum away for good: stop injecting.
+        self.stop_rounds = True
+
+    def churn_settled(self, why: list) -> bool:
+        """The leader's membership is exactly the live nodes, with as many
+        voters as it wants (--voters, fewer while fewer nodes exist), every
+        other member heard from recently, and every node ready. why[0] says
+        what is missing."""
+        lead = self.leader()
+        st = self.api.status(lead) if lead else None
+        if st is None:
+            why[0] = "no leader"
+            return False
+        live = {n.name for n in self.nodes}
+        members = {m.id: m for m in st.members}
+        voters = sorted(m.id for m in st.members if m.voter)
+        want = min(st.voters_target or 3, len(live))
+        desc = (f"leader {lead.name}, members " +
+                ", ".join(f"{m.id}({'voter' if m.voter else 'non-voter'}"
+                          + (f", {m.last_contact_ms} ms" if m.HasField("last_contact_ms") else "") + ")"
+                          for m in st.members) + f"; live nodes {sorted(live)}")
+        if set(members) != live:
+            why[0] = f"membership is not the live nodes: {desc}"
+            return False
+        if len(voters) != want:
+            why[0] = f"{len(voters)} voters, {want} wanted: {desc}"
+            return False
+        stale = [m.id for m in st.members if m.id != lead.name
+                 and not (m.HasField("last_contact_ms") and m.last_contact_ms < 2000)]
+        if stale:
+            why[0] = f"not heard from recently: {stale}: {desc}"
+            return False
+        unready = [n.name for n in self.nodes if not n.ready()]
+        if unready:
+            why[0] = f"not ready: {unready}: {desc}"
+            return False
+        why[0] = desc
+        return True
+
+    def longest_gap(self, t_from, t_to):
+        """Longest time without an acknowledged write that overlaps
+        [t_from, t_to] (from the last acknowledgement before t_from to the
+        first one after t_to, or to now); and when that gap started."""
+        import bisect
+        with self.history.lock:
+            acks = list(self.history.ack_times)
+        now = self.history.now()
+        lo = bisect.bisect_right(acks, t_from) - 1
+        hi = bisect.bisect_left(acks, t_to)
+        pts = ([acks[lo]] if lo >= 0 else [t_from]) + acks[lo + 1:hi + 1]
+        if hi >= len(acks):
+            pts.append(now)  # no acknowledgement since: the outage lasts until now
+        best, at = 0.0, t_from
+        for x, y in zip(pts, pts[1:]):
+            if y - x > best:
+                best, at = y - x, x
+        return best, at
+
     def disk_full(self, lead_name):
-        n = self.nodes[-1]
+        n = self.disk_node
         d = max(self.args.fault_duration, 5)
         h = self.history
         h.fault("diskfull", "start", node=n.name, leader=lead_name)
@@ -973,9 +1105,9 @@ class Harness:
         for n in self.nodes:
             if n.paused:
                 n.resume()
-        if self.nodes and self.nodes[-1].disk is not None:
+        if self.disk_node is not None:
             try:
-                (self.nodes[-1].disk / "filler").unlink()
+                (self.disk_node.disk / "filler").unlink()
             except FileNotFoundError:
                 pass
 
@@ -1008,6 +1140,9 @@ class Harness:
                 self.heal_all()
             self.check_exits(during_diskfull=None)
             self.recover()
+            if self.stop_rounds:
+                self.say(f"no more faults after round {r + 1}: {self.problems[-1] if self.problems else ''}")
+                break
             time.sleep(a.quiet)
 
     def converge(self):
@@ -1080,6 +1215,54 @@ class Harness:
                     f.write(json.dumps(row, separators=(",", ":")) + "\n")
             self.say(f"  {n.name}: {len(rows)} records dumped (offsets {first}..{nxt})")
 
+    def check_full_replicas(self, statuses):
+        """Every node, a churn replacement too, must hold the whole log: the
+        checker skips what lies below a node's first offset (retention), so a
+        replica that started above 0 would go unchecked there."""
+        if any("retention" in x for x in self.args.agent_arg):
+            return
+        for name, s in statuses.items():
+            if s is not None and s.first_offset != 0:
+                self.problems.append(f"{name}'s log starts at offset {s.first_offset}, not 0, though no retention "
+                                     f"is configured: records below it are not checked on {name}")
+
+    def membership_changes(self):
+        """Automatic membership changes the leaders logged, by reason (every
+        node's log, the retired nodes' too)."""
+        counts = {}
+        for n in [*self.retired, *self.nodes]:
+            try:
+                text = n.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            for ln in text.splitlines():
+                if "changing the membership" in ln:
+                    m = re.search(r'"reason":"([a-z_]+)"', ln) or re.search(r"reason=([a-z_]+)", ln)
+                    if m:
+                        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        return counts
+
+    def churn_summary(self):
+        obs = self.churn_obs
+        if not obs:
+            return None
+        import statistics
+        outages = [o["write_outage_s"] for o in obs]
+        settled = [o["settled_after_s"] for o in obs if o["settled_after_s"] is not None]
+        worst = max(obs, key=lambda o: o["write_outage_s"])
+        return {
+            "rounds": len(obs),
+            "settled_rounds": sum(o["ok"] for o in obs),
+            "dead_was_leader": sum(o["dead_was_leader"] for o in obs),
+            "write_outage_max_s": worst["write_outage_s"],
+            "write_outage_max_round": worst["round"],
+            "write_outage_median_s": round(statistics.median(outages), 3),
+            "settled_median_s": round(statistics.median(settled), 2) if settled else None,
+            "settled_max_s": max(settled) if settled else None,
+            "retired": [n.name for n in self.retired],
+            "membership_changes": self.membership_changes(),
+        }
+
     def sabotage(self):
         """Drops the last acknowledged record from every dump, as a lost fsync
         would: the checker must fail (--sabotage; proves the CI mode catches it)."""
@@ -1116,6 +1299,7 @@ class Harness:
         self.say(f"converged in {time.monotonic() - t1:.1f}s" if not any("converge" in p for p in self.problems)
                  else "NOT converged")
         self.dump(st)
+        self.check_full_replicas(st)
         self.history.close()
         if a.sabotage:
             self.sabotage()
@@ -1125,8 +1309,19 @@ class Harness:
         dumps = {p.stem.removeprefix("dump-"): check_history.load_dump(p)
                  for p in sorted((self.run_dir / "dumps").glob("*.jsonl"))}
         report = check_history.check(events, dumps, tolerate=a.tolerate)
-        (self.run_dir / "report.json").write_text(json.dumps(report.to_json(), indent=1))
+        churn = self.churn_summary()
+        out = report.to_json()
+        if churn:
+            out["churn"] = {**churn, "per_round": self.churn_obs}
+        (self.run_dir / "report.json").write_text(json.dumps(out, indent=1))
         print(report.summary())
+        if churn:
+            print(f"churn: {churn['rounds']} rounds ({churn['dead_was_leader']} killed the leader), "
+                  f"{churn['settled_rounds']} settled; voters whole after median {churn['settled_median_s']}s, "
+                  f"max {churn['settled_max_s']}s; write outage per round: longest {churn['write_outage_max_s']}s "
+                  f"(round {churn['write_outage_max_round']}), median {churn['write_outage_median_s']}s")
+            print(f"churn: membership changes {churn['membership_changes']}; nodes now "
+                  f"{', '.join(n.name for n in self.nodes)} ({len(self.retired)} retired)")
         print(f"duration: {time.monotonic() - t0:.0f}s of faults and workload; nodes {a.nodes}; rounds {a.rounds}; "
               f"faults {','.join(a.fault_kinds)}; seed {a.seed}")
         for o in self.disk_obs:
@@ -1166,6 +1361,12 @@ def parse_args(argv):
     ap.add_argument("--disk-size", default="64m", help="tmpfs size of the diskfull node")
     ap.add_argument("--segment-max-bytes", default="4MiB")
     ap.add_argument("--agent-arg", action="append", default=[], help="extra flag for every agent (repeatable)")
+    ap.add_argument("--dead-member-timeout",
+                    help="the agents' --dead-member-timeout (default: 5s when churn is among the faults, "
+                         "else the agent's own default)")
+    ap.add_argument("--churn-timeout", type=float, default=120.0,
+                    help="seconds a churn round may take, from the kill, until the voters are whole again "
+                         "(dead member removed, replacement in) and a write is acknowledged")
     ap.add_argument("--start-timeout", type=float, default=60.0)
     ap.add_argument("--recover-timeout", type=float, default=30.0)
     ap.add_argument("--converge-timeout", type=float, default=120.0)
@@ -1195,6 +1396,12 @@ def parse_args(argv):
         elif k:
             ap.error(f"unknown fault {k!r} (known: {', '.join(ALL_KINDS)}, partition, all)")
     a.fault_kinds = list(dict.fromkeys(kinds))
+    if "churn" in a.fault_kinds:
+        if a.dead_member_timeout is None:
+            a.dead_member_timeout = "5s"
+        # Every churn round takes a new host number (address 10.77.0.<10+i>).
+        if a.nodes + a.rounds > MAX_HOST:
+            ap.error(f"--rounds: at most {MAX_HOST - a.nodes} rounds with churn (each takes a new address)")
     sys.path.insert(0, str(HERE))
     import check_history
     a.tolerate = [c.strip() for c in a.tolerate.split(",") if c.strip()]

@@ -252,8 +252,9 @@ impl Cluster {
         let dir = node.log().dir().to_owned();
         let store = store::Store::open(node.clone(), &dir, config.fsync)?;
         if config.force_new_cluster {
-            store.force_single_voter(config.id, &config.info)?;
-            if let Some(count) = &config.membership_changes {
+            if store.force_single_voter(config.id, &config.info)?
+                && let Some(count) = &config.membership_changes
+            {
                 count("force_new_cluster");
             }
         }

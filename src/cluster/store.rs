@@ -62,6 +62,11 @@ pub(super) struct PersistentState {
     /// cluster's data. Absent in data dirs from before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) cluster_id: Option<String>,
+    /// The log index of the membership entry `--force-new-cluster` wrote:
+    /// a flag left set is not applied again on later starts (that would
+    /// throw out every member that joined since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) forced_at: Option<u64>,
 }
 
 pub fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -161,6 +166,7 @@ impl Store {
             state = PersistentState {
                 vote: state.vote,
                 cluster_id: state.cluster_id,
+                forced_at: state.forced_at,
                 ..Default::default()
             };
             store.persist(&state)?;
@@ -329,8 +335,18 @@ impl Store {
     /// above every term it has seen, and votes for itself there (not
     /// committed: it still has to win, alone, at start). Every record in
     /// this node's log is kept; records only the lost voters held are gone.
-    pub fn force_single_voter(&self, id: NodeId, info: &super::types::NodeInfo) -> Result<(), StorageError> {
+    /// Returns false (and changes nothing) when this data dir was already
+    /// forced once.
+    pub fn force_single_voter(&self, id: NodeId, info: &super::types::NodeInfo) -> Result<bool, StorageError> {
         use super::types::Membership;
+        if let Some(at) = lock(&self.state).forced_at {
+            tracing::warn!(
+                index = at,
+                "--force-new-cluster was already applied to this data dir (at log index {at}); ignoring it: remove \
+                 the flag"
+            );
+            return Ok(false);
+        }
         let log = self.log().clone();
         let last = if log.next_index() > log.first_index() {
             let r = log
@@ -367,15 +383,16 @@ impl Store {
         log.sync().map_err(|e| log_error(ErrorVerb::Write, e))?;
         self.update(|s| {
             s.vote = Some(Vote::new(term, id));
+            s.forced_at = Some(index);
         })?;
         tracing::warn!(
             term,
             index,
             node = %info.name,
             "FORCED A NEW CLUSTER: this node is now the only voter of its group. Records acknowledged only by the \
-             lost voters may be gone; start new nodes empty to add voters back"
+             lost voters may be gone; start new nodes empty to add voters back, and remove --force-new-cluster"
         );
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn update(&self, f: impl FnOnce(&mut PersistentState)) -> Result<(), StorageError> {

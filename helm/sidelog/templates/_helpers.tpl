@@ -57,14 +57,21 @@ sidecar helpers can build the same thing from an application chart):
   namespace  namespace of the pods
   headless   name of the headless Service the pods are reachable through
   stsName    the StatefulSet whose pods are <stsName>-<i> ("" = no stable names)
-  replicas   number of pods (voters)
+  replicas   number of pods (members; agent.voters of them vote)
   mode       cluster | sidecar
+  workload   Deployment | StatefulSet: the kind of workload the pods belong to
+  persistent true when /data is a PVC (false: emptyDir, gone with the pod)
+  partition  the StatefulSet's rollingUpdate.partition (-1: none or unknown)
   labels     labels for the resources (a map)
 */}}
 {{- define "sidelog.clusterCtx" -}}
 {{- $fullname := include "sidelog.fullname" . -}}
 {{- $labels := include "sidelog.labels" . | fromYaml -}}
-{{- toJson (dict "name" $fullname "namespace" .Release.Namespace "headless" (printf "%s-headless" $fullname) "stsName" $fullname "replicas" (int .Values.replicas) "mode" "cluster" "labels" $labels) -}}
+{{- $partition := -1 -}}
+{{- if eq (toString .Values.updateStrategy.type) "RollingUpdate" -}}
+{{- $partition = dig "rollingUpdate" "partition" -1 .Values.updateStrategy | int -}}
+{{- end -}}
+{{- toJson (dict "name" $fullname "namespace" .Release.Namespace "headless" (printf "%s-headless" $fullname) "stsName" $fullname "replicas" (int .Values.replicas) "mode" "cluster" "workload" "StatefulSet" "persistent" .Values.persistence.enabled "partition" $partition "labels" $labels) -}}
 {{- end }}
 
 {{- define "sidelog.image" -}}
@@ -97,6 +104,38 @@ sidecar helpers can build the same thing from an application chart):
 {{- end }}
 
 {{/*
+Membership: --leave-on-terminate ("true"/"false"). agent.leaveOnTerminate
+when set; else true where a pod never comes back with its data (a
+Deployment, or an emptyDir data volume), false for a StatefulSet with PVCs
+(a restarted pod keeps its place with its log).
+*/}}
+{{- define "sidelog.leaveOnTerminate" -}}
+{{- $l := .V.agent.leaveOnTerminate -}}
+{{- if kindIs "bool" $l -}}
+{{- $l -}}
+{{- else -}}
+{{- or (eq .workload "Deployment") (not .persistent) -}}
+{{- end -}}
+{{- end }}
+
+{{/* --failure-domain: "value" (a fixed string), "field" (from the
+downward-API env FAILURE_DOMAIN) or "" (none). */}}
+{{- define "sidelog.failureDomainSource" -}}
+{{- $fd := .V.agent.failureDomain | default dict -}}
+{{- if $fd.value }}value{{ else if $fd.fieldPath }}field{{ end -}}
+{{- end }}
+
+{{/* A duration such as 30s, 1m30s or 500ms, in milliseconds. */}}
+{{- define "sidelog.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- $ms := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" (toString .) -1 -}}
+{{- $ms = add $ms (mul (regexFind "^[0-9]+" . | int) (get $units (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end }}
+
+{{/*
 Validation of value combinations that the schema cannot express.
 */}}
 {{- define "sidelog.validate" -}}
@@ -121,6 +160,26 @@ Validation of value combinations that the schema cannot express.
 {{- end -}}
 {{- if and (eq .mode "sidecar") $V.sidecar.readiness (not $V.ports.health) -}}
 {{- fail "sidecar.readiness needs ports.health: in sidecar mode the data ports stay on localhost, which the kubelet cannot reach" -}}
+{{- end -}}
+{{- if lt (include "sidelog.durationMs" $V.agent.deadMemberTimeout | int) 5000 -}}
+{{- fail (printf "agent.deadMemberTimeout=%v: must be at least 5s (a restart or a slow disk must not be taken for a death)" $V.agent.deadMemberTimeout) -}}
+{{- end -}}
+{{- /* --force-new-cluster makes the pod that gets it the only voter of the
+group from its own log: it must reach exactly one survivor, by hand (see
+README.md "Lost quorum"), never a whole pod template. */ -}}
+{{- $force := false -}}
+{{- range $V.agent.extraArgs -}}
+{{- if regexMatch "^--force-new-cluster(=(?i:true|t|yes|y|on|1))?$" (toString .) }}{{ $force = true }}{{ end -}}
+{{- end -}}
+{{- range $V.agent.extraEnv -}}
+{{- if and (eq (toString .name) "SIDELOG_FORCE_NEW_CLUSTER") (not (regexMatch "^(?i:false|f|no|n|off|0)$" (toString .value))) }}{{ $force = true }}{{ end -}}
+{{- end -}}
+{{- if $force -}}
+{{- if eq .workload "Deployment" -}}
+{{- fail "--force-new-cluster in a Deployment: every pod would get it, and a replaced pod has lost its emptyDir log; it is never right there (README.md \"Lost quorum\")" -}}
+{{- else if and (gt (int .replicas) 1) (ne (int .partition) (sub (int .replicas) 1)) -}}
+{{- fail (printf "--force-new-cluster must reach exactly one pod, the survivor: set the StatefulSet's replicas to its ordinal + 1 and its rollingUpdate.partition to its ordinal (here %d; %s), and remove the flag again once it leads (README.md \"Lost quorum\")" (sub (int .replicas) 1) (ternary "updateStrategy.rollingUpdate.partition" "pass \"partition\" to the sidecar helpers" (eq .mode "cluster"))) -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 
@@ -157,6 +216,15 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 - --join={{ join "," $peers }}
 {{- end }}
 - --bootstrap-expect={{ $expect }}
+- --voters={{ $V.agent.voters }}
+- --dead-member-timeout={{ $V.agent.deadMemberTimeout }}
+{{- $fd := include "sidelog.failureDomainSource" . }}
+{{- if eq $fd "value" }}
+- {{ printf "--failure-domain=%s" $V.agent.failureDomain.value | quote }}
+{{- else if eq $fd "field" }}
+- --failure-domain=$(FAILURE_DOMAIN)
+{{- end }}
+- --leave-on-terminate={{ include "sidelog.leaveOnTerminate" . }}
 - --fsync={{ $V.agent.fsync }}
 - --segment-max-bytes={{ $V.agent.segmentMaxBytes }}
 - --max-record-bytes={{ $V.agent.maxRecordBytes }}
@@ -215,6 +283,12 @@ certificates carry it; an existingSecret must too). */}}
   valueFrom:
     fieldRef:
       fieldPath: status.podIP
+{{- if eq (include "sidelog.failureDomainSource" .) "field" }}
+- name: FAILURE_DOMAIN
+  valueFrom:
+    fieldRef:
+      fieldPath: {{ $V.agent.failureDomain.fieldPath | quote }}
+{{- end }}
 - name: SIDELOG_INSECURE
   value: {{ ternary "true" "false" $plainPublic | quote }}
 {{- with $V.agent.extraEnv }}

@@ -11,6 +11,17 @@ explicit dict:
   statefulSet  the app's StatefulSet name: its pods <sts>-<i> get
                stable DNS names (static --join works). Omit for a
                Deployment (needs discovery.mode=dns).              optional
+  workload     Deployment | StatefulSet [default: values
+               sidecar.workload; its default "auto" = StatefulSet
+               when statefulSet is given, else Deployment]. Decides
+               agent.leaveOnTerminate's default (Deployment: leave
+               on SIGTERM; StatefulSet with PVCs: keep the place)   optional
+  persistent   true when the app's volumeClaimTemplates hold the
+               data volume (StatefulSet only) [default: false =
+               emptyDir]                                            optional
+  partition    the app StatefulSet's rollingUpdate.partition, if
+               any: --force-new-cluster in agent.extraArgs is
+               refused unless it is replicas - 1 (one pod gets it)  optional
   values       the sidelog values [default: root.Values.sidelog,
                i.e. this chart's values.yaml under the dependency]  optional
   containerName  [default: sidelog]                                 optional
@@ -34,8 +45,22 @@ explicit dict:
 {{- $V := .values | default (index .root.Values "sidelog") -}}
 {{- if not $V }}{{ fail "sidelog.sidecar: no sidelog values: add the sidelog chart as a dependency (alias sidelog) or pass \"values\"" }}{{ end -}}
 {{- if or (not $V.image) (not $V.sidecar) }}{{ fail "sidelog.sidecar: the sidelog values lack image/sidecar: is the sidelog chart a dependency?" }}{{ end -}}
+{{- $workload := .workload | default $V.sidecar.workload | default "auto" -}}
+{{- if eq $workload "auto" }}{{ $workload = ternary "StatefulSet" "Deployment" (not (empty .statefulSet)) }}{{ end -}}
+{{- if not (has $workload (list "Deployment" "StatefulSet")) -}}
+{{- fail (printf "sidelog.sidecar: workload %q is not Deployment, StatefulSet or auto" $workload) -}}
+{{- end -}}
+{{- if and (eq $workload "StatefulSet") (not .statefulSet) -}}
+{{- fail "sidelog.sidecar: workload StatefulSet needs \"statefulSet\" (the app StatefulSet's name, whose pods get stable names)" -}}
+{{- end -}}
+{{- if and (eq $workload "Deployment") .statefulSet -}}
+{{- fail (printf "sidelog.sidecar: workload Deployment, but \"statefulSet\" (%s) is given: a Deployment's pods have no stable names (drop one of them)" .statefulSet) -}}
+{{- end -}}
+{{- if and (eq $workload "Deployment") .persistent -}}
+{{- fail "sidelog.sidecar: \"persistent\" (volumeClaimTemplates) needs a StatefulSet; a Deployment's log is an emptyDir" -}}
+{{- end -}}
 {{- $labels := dict "app.kubernetes.io/name" "sidelog" "app.kubernetes.io/instance" .root.Release.Name "app.kubernetes.io/managed-by" .root.Release.Service "app.kubernetes.io/component" "log" "app.kubernetes.io/part-of" .name "sidelog/group" .name -}}
-{{- toJson (dict "name" .name "namespace" .root.Release.Namespace "headless" (printf "%s-headless" .name) "stsName" (.statefulSet | default "") "replicas" (int .replicas) "mode" "sidecar" "labels" $labels "containerName" (.containerName | default "sidelog")) -}}
+{{- toJson (dict "name" .name "namespace" .root.Release.Namespace "headless" (printf "%s-headless" .name) "stsName" (.statefulSet | default "") "replicas" (int .replicas) "mode" "sidecar" "workload" $workload "persistent" (not (empty .persistent)) "partition" (ternary -1 .partition (kindIs "invalid" .partition)) "labels" $labels "containerName" (.containerName | default "sidelog")) -}}
 {{- end }}
 
 
