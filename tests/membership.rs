@@ -454,10 +454,17 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
     assert_eq!(c.client(survivor).await.produce("after").await.unwrap(), 10);
     let text = metrics.render(c.agent(survivor).node());
     assert!(text.contains("reason=\"force_new_cluster\""), "{text}");
-    // New agents join it.
+    // New agents join it: with two members it keeps one voter (two would
+    // halt when either fails), with three it has three.
     let new = c.add_node(None).await;
-    wait_until("the new node is a ready voter", 60, || {
-        c.voters(survivor).contains(&TestCluster::id(new)) && c.agent(new).cluster().is_ready()
+    wait_until("the new node is a ready member", 60, || {
+        c.agent(new).cluster().is_ready()
+    })
+    .await;
+    assert_eq!(c.voters(survivor), ids(&c, &[survivor]));
+    let newer = c.add_node(None).await;
+    wait_until("three ready voters", 60, || {
+        c.voters(survivor) == ids(&c, &[survivor, new, newer]) && c.agent(newer).cluster().is_ready()
     })
     .await;
     // The flag left set does not force again on a later start (which
@@ -467,6 +474,6 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
     c.nodes[survivor] = Some(agent);
     c.wait_formed().await;
     let leader = c.leader().await;
-    assert_eq!(c.voters(leader), ids(&c, &[survivor, new]));
+    assert_eq!(c.voters(leader), ids(&c, &[survivor, new, newer]));
     c.shutdown().await;
 }

@@ -744,6 +744,7 @@ class Harness:
         self.disk_node: Node | None = None  # the node whose data dir is a tmpfs (diskfull)
         self.retired: list[Node] = []  # killed for good by churn
         self.churn_obs: list[dict] = []
+        self.round_obs: list[dict] = []  # every round: its fault and longest time without an acknowledged write
         self.stop_rounds = False  # set when the cluster cannot safely take another fault
         self.workload = None
         self.history = None
@@ -934,7 +935,9 @@ class Harness:
             self.say("  churn: no live voter to replace; skipped")
             self.notes.append(f"churn round skipped at t={h.now():.1f}s: no live voter")
             return
-        victim = lead if (lead in candidates and self.rng.random() < 0.5) else self.rng.choice(candidates)
+        # The leader half of the time (when it can be chosen), else another voter.
+        others = [n for n in candidates if n is not lead]
+        victim = lead if lead in candidates and (self.rng.random() < 0.5 or not others) else self.rng.choice(others)
         was_leader = victim is lead
         i = self.next_host
         if i > MAX_HOST:
@@ -946,7 +949,8 @@ class Harness:
         self.retired.append(victim)
         self.nodes = [n for n in self.nodes if n is not victim]  # clients stop sending to it
         shutil.rmtree(victim.data, ignore_errors=True)  # its disk is gone (its agent.log is kept)
-        self.net.remove_host(victim.i)  # and its address
+        if not a.churn_keep_address:
+            self.net.remove_host(victim.i)  # and its address: connections to it time out
         delay = self.rng.uniform(0.5, max(0.6, a.fault_duration))
         time.sleep(delay)
         self.next_host += 1
@@ -1134,12 +1138,15 @@ class Harness:
                 raise RuntimeError("a workload thread failed:\n" + "\n".join(self.workload.errors))
             kind = kinds[r % len(kinds)] if a.order == "cycle" else self.rng.choice(kinds)
             self.say(f"round {r + 1}/{a.rounds}: {kind}")
+            t_start = self.history.now()
             try:
                 self.fault(kind)
             finally:
                 self.heal_all()
             self.check_exits(during_diskfull=None)
             self.recover()
+            outage, _ = self.longest_gap(t_start, self.history.now())
+            self.round_obs.append({"round": r + 1, "fault": kind, "write_outage_s": round(outage, 3)})
             if self.stop_rounds:
                 self.say(f"no more faults after round {r + 1}: {self.problems[-1] if self.problems else ''}")
                 break
@@ -1242,6 +1249,14 @@ class Harness:
                         counts[m.group(1)] = counts.get(m.group(1), 0) + 1
         return counts
 
+    def outage_summary(self):
+        import statistics
+        by = {}
+        for o in self.round_obs:
+            by.setdefault(o["fault"], []).append(o["write_outage_s"])
+        return {k: {"rounds": len(v), "median_s": round(statistics.median(v), 2), "max_s": round(max(v), 2)}
+                for k, v in by.items()}
+
     def churn_summary(self):
         obs = self.churn_obs
         if not obs:
@@ -1310,7 +1325,9 @@ class Harness:
                  for p in sorted((self.run_dir / "dumps").glob("*.jsonl"))}
         report = check_history.check(events, dumps, tolerate=a.tolerate)
         churn = self.churn_summary()
+        outages = self.outage_summary()
         out = report.to_json()
+        out["write_outages"] = {"per_fault": outages, "per_round": self.round_obs}
         if churn:
             out["churn"] = {**churn, "per_round": self.churn_obs}
         (self.run_dir / "report.json").write_text(json.dumps(out, indent=1))
@@ -1322,6 +1339,10 @@ class Harness:
                   f"(round {churn['write_outage_max_round']}), median {churn['write_outage_median_s']}s")
             print(f"churn: membership changes {churn['membership_changes']}; nodes now "
                   f"{', '.join(n.name for n in self.nodes)} ({len(self.retired)} retired)")
+        if outages:
+            print("write outage (longest time without an acknowledged write, from a fault's start until the cluster "
+                  "recovered): " + "; ".join(f"{k} median {v['median_s']}s max {v['max_s']}s"
+                                            for k, v in sorted(outages.items())))
         print(f"duration: {time.monotonic() - t0:.0f}s of faults and workload; nodes {a.nodes}; rounds {a.rounds}; "
               f"faults {','.join(a.fault_kinds)}; seed {a.seed}")
         for o in self.disk_obs:
@@ -1364,6 +1385,9 @@ def parse_args(argv):
     ap.add_argument("--dead-member-timeout",
                     help="the agents' --dead-member-timeout (default: 5s when churn is among the faults, "
                          "else the agent's own default)")
+    ap.add_argument("--churn-keep-address", action="store_true",
+                    help="churn leaves the dead node's namespace and address in place (connections to it are "
+                         "refused at once) instead of deleting them (connections to it time out)")
     ap.add_argument("--churn-timeout", type=float, default=120.0,
                     help="seconds a churn round may take, from the kill, until the voters are whole again "
                          "(dead member removed, replacement in) and a write is acknowledged")

@@ -54,6 +54,9 @@ pub struct Contacts {
     started: Instant,
     answered: Mutex<HashMap<NodeId, Instant>>,
     leader_seen: Mutex<Option<Instant>>,
+    /// When this node last granted a pre-vote: it then waits a full
+    /// timeout before campaigning itself, so the candidate it backed can win.
+    granted: Mutex<Option<Instant>>,
 }
 
 impl Default for Contacts {
@@ -62,6 +65,7 @@ impl Default for Contacts {
             started: Instant::now(),
             answered: Default::default(),
             leader_seen: Default::default(),
+            granted: Default::default(),
         }
     }
 }
@@ -85,6 +89,16 @@ impl Contacts {
     /// Time since a leader last reached this node (since start if never).
     pub fn since_leader(&self) -> Duration {
         lock(&self.leader_seen).map_or_else(|| self.started.elapsed(), |t| t.elapsed())
+    }
+
+    /// This node granted a pre-vote.
+    pub fn granted(&self) {
+        *lock(&self.granted) = Some(Instant::now());
+    }
+
+    /// Time since this node last granted a pre-vote (since start if never).
+    pub fn since_granted(&self) -> Duration {
+        lock(&self.granted).map_or_else(|| self.started.elapsed(), |t| t.elapsed())
     }
 }
 
@@ -115,6 +129,7 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
     };
     let mut wait = jitter(min, max);
     let mut last_attempt = Instant::now();
+    let mut was_leader = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(min / 5) => {}
@@ -122,6 +137,15 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
         }
         let Some(c) = cluster.upgrade() else { return };
         let m = c.metrics();
+        if m.state == ServerState::Leader {
+            was_leader = true;
+            continue;
+        }
+        if was_leader {
+            // Just stepped down: give the others a full timeout first.
+            was_leader = false;
+            last_attempt = Instant::now();
+        }
         if !matches!(m.state, ServerState::Follower | ServerState::Candidate) {
             continue;
         }
@@ -130,8 +154,12 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
         if !joint.iter().any(|cfg| cfg.contains(&me)) {
             continue;
         }
-        let alone = joint.iter().all(|cfg| cfg.len() == 1);
-        let quiet = c.peers.contacts().since_leader().min(last_attempt.elapsed());
+        let alone = joint.iter().all(|cfg| cfg.len() == 1 && cfg.contains(&me));
+        let contacts = c.peers.contacts();
+        let quiet = contacts
+            .since_leader()
+            .min(contacts.since_granted())
+            .min(last_attempt.elapsed());
         if quiet < if alone { min / 5 } else { wait } {
             continue;
         }
@@ -142,7 +170,12 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
                 won = c.pre_vote(&joint, m.current_term) => won,
                 _ = token.cancelled() => return,
             };
-        if won {
+        // Someone may have won (or reached us) while we asked.
+        let now = c.metrics();
+        let unchanged = now.current_term == m.current_term
+            && matches!(now.state, ServerState::Follower | ServerState::Candidate)
+            && c.peers.contacts().since_leader() >= quiet.min(min);
+        if won && unchanged {
             tracing::info!(term = m.current_term + 1, "no leader heard from: starting an election");
             if let Err(e) = c.raft.trigger().elect().await {
                 tracing::warn!(cause = %e, "could not start an election");
@@ -180,6 +213,49 @@ pub struct Change {
     pub reason: &'static str,
     /// For the log line: who and why.
     pub detail: String,
+}
+
+/// The largest odd number not above `n` (at least 1).
+pub fn odd(n: usize) -> usize {
+    if n <= 1 { 1 } else { n - (1 - n % 2) }
+}
+
+/// The voter set after `leaving` goes (a leave or an operator's remove):
+/// the best caught-up live non-voter takes its place when there is one.
+/// `None` when the change could not commit with the members alive now (the
+/// old and the new set each need a live majority).
+pub fn without(me: NodeId, members: &[MemberView], last_index: u64, leaving: NodeId) -> Option<BTreeSet<NodeId>> {
+    // The leaving member counts as it is: alive while it is still running
+    // (a leave), which the old set's majority may need; never in the new set.
+    let views = members;
+    let by_id = |id: &NodeId| views.iter().find(|m| m.id == *id);
+    let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
+    let live_quorum =
+        |set: &BTreeSet<NodeId>| !set.is_empty() && set.iter().filter(|id| alive(id)).count() * 2 > set.len();
+    let voters: BTreeSet<NodeId> = views.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let mut next = voters.clone();
+    next.remove(&leaving);
+    let held: BTreeSet<&str> = next
+        .iter()
+        .filter_map(|id| by_id(id))
+        .map(|m| m.domain.as_str())
+        .collect();
+    let best = views
+        .iter()
+        .filter(|m| {
+            !m.voter && m.id != leaving && m.alive && m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= last_index)
+        })
+        .min_by(|a, b| {
+            let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
+            fresh(b)
+                .cmp(&fresh(a))
+                .then(b.matched.cmp(&a.matched))
+                .then(a.name.cmp(&b.name))
+        });
+    if let Some(b) = best {
+        next.insert(b.id);
+    }
+    (live_quorum(&voters) && live_quorum(&next)).then_some(next)
 }
 
 /// The next membership change, if any (see the module docs for the rules).
@@ -250,9 +326,12 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         });
     }
     let live = members.iter().filter(|m| alive(&m.id)).count();
-    let target = voters_target.min(live).max(1);
+    // Odd: two voters tolerate no more failures than one, and halt when
+    // either fails.
+    let target = odd(voters_target.min(live));
     // 3. Too few voters: promote.
     if voters.len() < target
+        && live_quorum(&voters)
         && let Some(w) = best_learner(&voters)
     {
         let mut next = voters.clone();
@@ -289,12 +368,12 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         })
     };
     // 4. Too many voters: demote one (never the leader itself).
-    if voters.len() > voters_target.max(1)
+    if voters.len() > target
         && let Some(v) = demotable()
     {
         let mut next = voters.clone();
         next.remove(&v.id);
-        if live_quorum(&next) {
+        if live_quorum(&voters) && live_quorum(&next) {
             return Some(Change {
                 step: Step::Voters {
                     voters: next,
@@ -302,7 +381,7 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
                 },
                 reason: "demote",
                 detail: format!(
-                    "{} voters of {voters_target} wanted: {} becomes a non-voter",
+                    "{} voters, {target} wanted ({voters_target} once enough members live): {} becomes a non-voter",
                     voters.len(),
                     v.name
                 ),
@@ -318,7 +397,7 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         {
             let mut next = rest;
             next.insert(w.id);
-            if live_quorum(&next) {
+            if live_quorum(&voters) && live_quorum(&next) {
                 return Some(Change {
                     step: Step::Voters {
                         voters: next,
@@ -364,9 +443,36 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         if c.leaving.load(Ordering::Acquire) {
             continue;
         }
+        let _one_change = tokio::select! {
+            g = c.change_lock.lock() => g,
+            _ = token.cancelled() => return,
+        };
+        let m = c.metrics();
         let membership = m.membership_config.membership();
-        if membership.get_joint_config().len() > 1 {
-            continue; // a change is under way
+        let joint = membership.get_joint_config();
+        if joint.len() > 1 {
+            // A joint configuration outlived the call that made it (a
+            // leader change, a cancelled call): openraft 0.9 never finishes
+            // it by itself. Once it is committed, move to its last config.
+            let committed = m
+                .membership_config
+                .log_id()
+                .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l));
+            if committed && let Some(last) = joint.last().cloned() {
+                tracing::warn!(voters = ?last, "finishing a joint membership change left half done");
+                let step = Step::Voters {
+                    voters: last,
+                    retain: true,
+                };
+                let result = tokio::select! {
+                    r = c.apply_change(&step) => r,
+                    _ = token.cancelled() => return,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(cause = %e, "finishing the joint membership change failed");
+                }
+            }
+            continue;
         }
         let views = c.member_views_since(since);
         let Some(change) = plan(c.config.id, &views, m.last_log_index.unwrap_or(0), c.config.voters) else {
@@ -374,14 +480,16 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         };
         tracing::warn!(reason = change.reason, detail = %change.detail, "changing the membership");
         c.count_change(change.reason);
+        // No deadline: openraft makes a change in two steps, and a call
+        // dropped between them leaves the joint configuration (finished
+        // above on a later pass, but better not made).
         let result = tokio::select! {
-            r = tokio::time::timeout(c.config.write_timeout, c.apply_change(&change.step)) => r,
+            r = c.apply_change(&change.step) => r,
             _ = token.cancelled() => return,
         };
         match result {
-            Ok(Ok(())) => tracing::info!(reason = change.reason, "membership changed"),
-            Ok(Err(e)) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
-            Err(_) => tracing::warn!(reason = change.reason, "membership change timed out"),
+            Ok(()) => tracing::info!(reason = change.reason, "membership changed"),
+            Err(e) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
         }
     }
 }
@@ -409,6 +517,7 @@ impl Cluster {
     /// node in `term + 1`; true when a majority of each configuration
     /// (this node included) would.
     pub(super) async fn pre_vote(&self, joint: &[BTreeSet<NodeId>], term: u64) -> bool {
+        use futures_util::StreamExt;
         let me = self.config.id;
         let last = self.raft.data_metrics().borrow().last_log;
         let req = pb::PreVoteRequest {
@@ -419,27 +528,39 @@ impl Cluster {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let others: BTreeSet<NodeId> = joint.iter().flatten().copied().filter(|id| *id != me).collect();
-        let asks = others.into_iter().filter_map(|id| {
-            let info = membership.get_node(&id)?.clone();
-            let client = self.peers.client(Some(&id), &info.peer_addr).ok()?;
-            let mut r = tonic::Request::new(req.clone());
-            r.set_timeout(self.config.election_timeout.0);
-            Some(async move {
-                let mut client = client;
-                match client.pre_vote(r).await {
-                    Ok(resp) => {
-                        let resp = resp.into_inner();
-                        if !resp.granted {
-                            tracing::debug!(peer = %info.name, reason = %resp.reason, "pre-vote refused");
+        let mut asks: futures_util::stream::FuturesUnordered<_> = others
+            .into_iter()
+            .filter_map(|id| {
+                let info = membership.get_node(&id)?.clone();
+                let client = self.peers.client(Some(&id), &info.peer_addr).ok()?;
+                let mut r = tonic::Request::new(req.clone());
+                r.set_timeout(self.config.election_timeout.0);
+                Some(async move {
+                    let mut client = client;
+                    match client.pre_vote(r).await {
+                        Ok(resp) => {
+                            let resp = resp.into_inner();
+                            if !resp.granted {
+                                tracing::debug!(peer = %info.name, reason = %resp.reason, "pre-vote refused");
+                            }
+                            (id, resp.granted)
                         }
-                        (id, resp.granted)
+                        // A build before pre-vote: let Raft's own vote decide.
+                        Err(s) if s.code() == tonic::Code::Unimplemented => (id, true),
+                        Err(_) => (id, false),
                     }
-                    Err(_) => (id, false),
-                }
+                })
             })
-        });
-        let answers = futures_util::future::join_all(asks).await;
-        let yes: BTreeSet<NodeId> = answers.into_iter().filter(|a| a.1).map(|a| a.0).chain([me]).collect();
+            .collect();
+        let mut yes = BTreeSet::from([me]);
+        while let Some((id, granted)) = asks.next().await {
+            if granted {
+                yes.insert(id);
+            }
+            if majority_in_each(joint, |id| yes.contains(id)) {
+                return true;
+            }
+        }
         majority_in_each(joint, |id| yes.contains(id))
     }
 
@@ -472,6 +593,7 @@ impl Cluster {
         if theirs < ours {
             return refuse("the candidate's log is behind this node's".into());
         }
+        self.peers.contacts().granted();
         pb::PreVoteResponse {
             granted: true,
             reason: String::new(),
@@ -577,7 +699,12 @@ impl Cluster {
                 Some(id) => self.adopt_cluster_id(id),
                 // A cluster formed before ids existed: once every other
                 // member has answered without one, the leader names it.
-                None if leads && view.answered + 1 >= m.membership_config.membership().nodes().count() => {
+                None if leads
+                    && m.membership_config
+                        .membership()
+                        .nodes()
+                        .all(|(id, _)| *id == me || view.answered.contains(id)) =>
+                {
                     self.adopt_cluster_id(&super::new_cluster_id())
                 }
                 None => {}
@@ -600,7 +727,7 @@ impl Cluster {
             );
             self.set_removed(true);
         }
-        if member && view.leader_says_member && self.peers.contacts().since_leader() < max {
+        if member && (leads || (view.leader_says_member && self.peers.contacts().since_leader() < max)) {
             tracing::info!("rejoined the cluster");
             self.set_removed(false);
             return;
@@ -630,8 +757,8 @@ pub(super) struct Survey {
     /// A peer that knows a leader says this node is a member.
     pub leader_says_member: bool,
     pub cluster_id: Option<String>,
-    /// How many initialized peers answered.
-    pub answered: usize,
+    /// The initialized peers that answered.
+    pub answered: BTreeSet<NodeId>,
 }
 
 impl Cluster {
@@ -661,15 +788,20 @@ impl Cluster {
             if id == self.config.id || self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
                 continue;
             }
-            survey.answered += 1;
+            survey.answered.insert(id);
             if !r.cluster_id.is_empty() && survey.cluster_id.is_none() {
                 survey.cluster_id = Some(r.cluster_id.clone());
             }
             if let Some(l) = r.leader {
-                if r.asker_is_member {
-                    survey.leader_says_member = true;
-                } else {
-                    survey.says_removed = true;
+                // Only the leader's own word on our membership counts (a
+                // lagging follower may not know we joined); an older build
+                // does not say.
+                if l.id == node.id && r.protocol > 0 {
+                    if r.asker_is_member {
+                        survey.leader_says_member = true;
+                    } else {
+                        survey.says_removed = true;
+                    }
                 }
                 survey.leader = Some(super::network::node_info_from_pb(l));
             }
@@ -760,10 +892,58 @@ mod tests {
         ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([2])));
+        // Two live members: one voter (an even count tolerates nothing more).
         let members = [view(1, true, true, "", 100), view(3, false, true, "", 100)];
+        assert_eq!(plan(1, &members, 100, 3), None);
+        let members = [
+            view(1, true, true, "", 100),
+            view(3, false, true, "", 100),
+            view(4, false, true, "", 90),
+        ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.reason, "promote");
         assert_eq!(voters(&c), BTreeSet::from([1, 3]));
+    }
+
+    #[test]
+    fn two_voters_with_one_dead_member_around_become_one() {
+        // Three voters, one dead, no non-voter: the dead one is dropped...
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, false, "", 100),
+        ];
+        assert_eq!(voters(&plan(1, &members, 100, 3).unwrap()), BTreeSet::from([1, 2]));
+        // ...and two voters become one plus a non-voter.
+        let members = [view(1, true, true, "", 100), view(2, true, true, "", 100)];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "demote");
+        assert_eq!(voters(&c), BTreeSet::from([1]));
+    }
+
+    #[test]
+    fn a_leaving_voter_is_replaced_and_never_leaves_too_few_live_voters() {
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, true, "", 100),
+            view(4, false, true, "", 100),
+        ];
+        // The leader itself leaves: a non-voter takes its place.
+        assert_eq!(without(1, &members, 100, 1), Some(BTreeSet::from([2, 3, 4])));
+        // A voter is already down and nobody can replace the leaving one:
+        // {1,2,3} -> {1,3} with 3 dead would stall every write.
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, false, "", 100),
+        ];
+        assert_eq!(without(1, &members, 100, 2), None);
+    }
+
+    #[test]
+    fn odd_rounds_down() {
+        assert_eq!((0..=8).map(odd).collect::<Vec<_>>(), vec![1, 1, 1, 3, 3, 5, 5, 7, 7]);
     }
 
     #[test]

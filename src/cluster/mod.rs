@@ -167,6 +167,11 @@ impl std::ops::Deref for ChangeCounter {
 /// its serf failure detection, typically 30-60 s; so do we).
 pub const DEFAULT_DEAD_MEMBER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The peer protocol level this build speaks (`HelloResponse.protocol`):
+/// 1 = pre-vote, membership upkeep, cluster ids. Builds before it answer 0
+/// and know none of it.
+pub const PEER_PROTOCOL: u32 = 1;
+
 /// A new cluster's id: 128 random bits, hex.
 pub fn new_cluster_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -238,6 +243,9 @@ pub struct Cluster {
     leaving: AtomicBool,
     /// The membership loops, awaited on shutdown.
     loops: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One membership change at a time from this node (upkeep, joins,
+    /// removes): each is computed from the membership it sees.
+    change_lock: tokio::sync::Mutex<()>,
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -251,24 +259,30 @@ impl Cluster {
     pub async fn start(config: ClusterConfig, node: Arc<LogNode>) -> Result<Arc<Cluster>, ClusterError> {
         let dir = node.log().dir().to_owned();
         let store = store::Store::open(node.clone(), &dir, config.fsync)?;
-        if config.force_new_cluster {
-            if store.force_single_voter(config.id, &config.info)?
-                && let Some(count) = &config.membership_changes
-            {
-                count("force_new_cluster");
-            }
-        }
         let peers = Peers::new(
             config.id.clone(),
             config.peer_credentials.clone(),
             config.partition.clone(),
         );
         check_same_cluster(&config, &store, &peers).await?;
+        if config.force_new_cluster
+            && store.force_single_voter(config.id, &config.info, &new_cluster_id())?
+            && let Some(count) = &config.membership_changes
+        {
+            count("force_new_cluster");
+        }
         let raft_config = openraft::Config {
             cluster_name: "sidelog".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: config.election_timeout.0.as_millis() as u64,
-            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            // openraft's election timer is off (`enable_elect` below): these
+            // only set its leader lease (= the max), during which a voter
+            // refuses any Vote. It must end before our pre-vote lets a
+            // candidate through (no leader heard for `election_timeout.0`),
+            // or the first candidate would always lose the real vote.
+            election_timeout_min: (config.election_timeout.0.as_millis() as u64 * 3 / 5)
+                .max(config.heartbeat.as_millis() as u64 + 1),
+            election_timeout_max: (config.election_timeout.0.as_millis() as u64 * 4 / 5)
+                .max(config.heartbeat.as_millis() as u64 + 2),
             // Bytes per AppendEntries are bounded separately (see
             // `log_store::REPLICATION_BUDGET`); this bounds the count.
             max_payload_entries: 1024,
@@ -305,6 +319,7 @@ impl Cluster {
             removed: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             loops: Default::default(),
+            change_lock: Default::default(),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -593,6 +608,10 @@ impl Cluster {
     /// promotes it once it is caught up if the group has fewer voters than
     /// `--voters`. Must run on the leader.
     async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
+        let _one_change = self.change_lock.lock().await;
+        // Counts as heard from: the upkeep must not take a node that has
+        // not answered its first AppendEntries yet for a dead one.
+        self.peers.contacts().answered(id);
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if let Some(known) = membership.get_node(&id) {
@@ -639,6 +658,7 @@ impl Cluster {
     /// best caught-up non-voter in the same change when there is one, so
     /// the group keeps its fault tolerance. Must run on the leader.
     async fn remove_member(&self, id: NodeId) -> Result<(), NodeError> {
+        let _one_change = self.change_lock.lock().await;
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let Some(info) = membership.get_node(&id).cloned() else {
@@ -652,26 +672,16 @@ impl Cluster {
                     info.name
                 )));
             }
-            let mut views = self.member_views_now();
-            for v in views.iter_mut().filter(|v| v.id == id) {
-                v.alive = false;
-            }
-            let others: Vec<membership::MemberView> = views.iter().filter(|v| v.voter && v.id != id).cloned().collect();
-            match membership::plan(
-                self.config.id,
-                &views,
-                m.last_log_index.unwrap_or(0),
-                self.config.voters,
-            ) {
-                Some(membership::Change {
-                    step: membership::Step::Voters { voters: next, .. },
-                    reason: "replace_dead_voter",
-                    ..
-                }) if !next.contains(&id) && others.iter().all(|o| next.contains(&o.id)) => {
-                    ChangeMembers::ReplaceAllVoters(next)
-                }
-                _ => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-            }
+            let views = self.member_views_now();
+            let next =
+                membership::without(self.config.id, &views, m.last_log_index.unwrap_or(0), id).ok_or_else(|| {
+                    NodeError::Unavailable(format!(
+                        "removing voter {} now would leave too few live voters to commit the change: nothing was \
+                     changed (replace dead members first, or see --force-new-cluster)",
+                        info.name
+                    ))
+                })?;
+            ChangeMembers::ReplaceAllVoters(next)
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
@@ -750,11 +760,22 @@ impl Cluster {
         self.leaving.store(true, Ordering::Release);
         tracing::info!("leaving the cluster");
         let me = self.config.id;
+        // Out once a membership without this node is committed (applied
+        // here), not merely appended: a leader that stopped right after
+        // appending it might leave the group without it.
         let out = async {
             let _ = self
                 .raft
                 .wait(None)
-                .metrics(|m| m.membership_config.membership().get_node(&me).is_none(), "left")
+                .metrics(
+                    |m| {
+                        m.membership_config.membership().get_node(&me).is_none()
+                            && m.membership_config
+                                .log_id()
+                                .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l))
+                    },
+                    "left",
+                )
                 .await;
         };
         let remove = async {

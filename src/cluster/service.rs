@@ -150,6 +150,7 @@ impl pb::peer_server::Peer for PeerService {
             cluster_id: c.store.cluster_id().unwrap_or_default(),
             asker_is_member: asker.is_some_and(|id| membership.get_node(&id).is_some()),
             term: m.current_term,
+            protocol: super::PEER_PROTOCOL,
         }))
     }
 

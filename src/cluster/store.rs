@@ -332,12 +332,17 @@ impl Store {
 
     /// Lost-quorum recovery (`--force-new-cluster`): appends a membership
     /// entry that makes this node the only voter of its group, in a term
-    /// above every term it has seen, and votes for itself there (not
-    /// committed: it still has to win, alone, at start). Every record in
+    /// above every term it has seen, votes for itself there (not committed:
+    /// it still has to win, alone, at start) and takes a new cluster id. Every record in
     /// this node's log is kept; records only the lost voters held are gone.
     /// Returns false (and changes nothing) when this data dir was already
     /// forced once.
-    pub fn force_single_voter(&self, id: NodeId, info: &super::types::NodeInfo) -> Result<bool, StorageError> {
+    pub fn force_single_voter(
+        &self,
+        id: NodeId,
+        info: &super::types::NodeInfo,
+        new_cluster_id: &str,
+    ) -> Result<bool, StorageError> {
         use super::types::Membership;
         if let Some(at) = lock(&self.state).forced_at {
             tracing::warn!(
@@ -384,6 +389,10 @@ impl Store {
         self.update(|s| {
             s.vote = Some(Vote::new(term, id));
             s.forced_at = Some(index);
+            // A new cluster: a lost voter that comes back with its old data
+            // (whose tail may conflict with this new history) is refused at
+            // start instead of rejoining.
+            s.cluster_id = Some(new_cluster_id.to_owned());
         })?;
         tracing::warn!(
             term,
