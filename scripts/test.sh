@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command (what .ci/run runs). Steps, stopping at the
 # first failure:
+#   0. scripts/build-old-release.sh       the first release (tag v0.1.0), for
+#                                          the rolling upgrade test in step 3
 #   1. cargo test --locked -j2            unit + integration tests
 #   2. cargo build --locked -j2 --bin sidelog   debug binary for steps 3 and 4
 #   3. pytest -q tests/e2e tests/faults   Python client, curl and grpcurl
-#                                          against the real binary; the fault
+#                                          against the real binary; a rolling
+#                                          upgrade from v0.1.0 under load; the fault
 #                                          history checker's unit tests
 #   4. scripts/faults/harness.py --ci     fault injection, ~2 min: 3 nodes of the
 #                                          debug binary in network namespaces,
@@ -56,6 +59,11 @@ have curl  || die "curl not found (apt-get install -y curl, or run .ci/run)"
 "$E2E_VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, pytest' 2>/dev/null \
     || die "e2e venv $E2E_VENV lacks packages: $E2E_VENV/bin/pip install -r tests/e2e/requirements.txt"
 
+step "build the first release (v0.1.0) for the upgrade test"
+# Before this version's build: it shares target/ and leaves its binary in
+# target/debug/sidelog until the steps below replace it.
+OLD_BIN="$("$REPO_ROOT/scripts/build-old-release.sh" | tail -1)"
+
 step "cargo test (unit + integration)"
 cargo test --locked -j2
 
@@ -63,7 +71,8 @@ step "cargo build (debug binary for e2e)"
 cargo build --locked -j2 --bin sidelog
 
 step "pytest tests/e2e tests/faults"
-SIDELOG_BIN="$REPO_ROOT/target/debug/sidelog" "$E2E_VENV/bin/python" -m pytest -q tests/e2e tests/faults
+SIDELOG_BIN="$REPO_ROOT/target/debug/sidelog" SIDELOG_OLD_BIN="$OLD_BIN" \
+    "$E2E_VENV/bin/python" -m pytest -q tests/e2e tests/faults
 
 if [ "${RUN_FAULT_TEST:-1}" = 0 ]; then
     echo

@@ -538,6 +538,7 @@ impl Agent {
             node_id = %config.node_id,
             first_offset = log.first_offset(),
             next_offset = log.next_offset(),
+            version = crate::version(),
             "sidelog agent serving"
         );
         Ok(Agent {

@@ -36,3 +36,16 @@ pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod trace_context;
+
+/// The commit this build comes from (see `build.rs`).
+pub const COMMIT: &str = match option_env!("SIDELOG_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// This build's version and commit, as `--version` prints them:
+/// `0.2.0-dev (commit 1a2b3c4d5e6f)`.
+pub fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| format!("{} (commit {COMMIT})", env!("CARGO_PKG_VERSION")))
+}

@@ -45,6 +45,14 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+    /// The peer protocol level (see `cluster::PEER_PROTOCOL`).
+    pub protocol: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// One of a fixed set (see `cluster::membership::plan`).
     pub reason: &'static str,
@@ -158,6 +166,19 @@ impl Metrics {
             "trace_export_failures",
             "Span batches the collector did not take",
             m.span_export_failures.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+                protocol: crate::cluster::PEER_PROTOCOL,
+            })
+            .set(1);
+        r.register(
+            "build_info",
+            "This build: version, commit and peer protocol (always 1)",
+            build,
         );
         r.register(
             "membership_changes",

@@ -14,3 +14,4 @@ mod security;
 mod storage;
 mod support_dns;
 mod telemetry;
+mod upgrade;

@@ -19,7 +19,7 @@ use crate::{
 #[derive(Parser, Debug)]
 #[command(
     name = "sidelog",
-    version,
+    version = crate::version(),
     about = "A lightweight, crash-safe commit log that runs beside your applications",
     long_about = "A lightweight, crash-safe commit log that runs beside your applications.\n\n\
         `sidelog agent` with no flags runs a single node that stores its log in ./sidelog-data and \
@@ -106,6 +106,15 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 }
             )?;
             writeln!(out, "voters:    {} wanted (--voters)", s.voters_target)?;
+            writeln!(out, "build:     {} (peer protocol {})", s.version, s.protocol)?;
+            if s.state == "leader" {
+                let note = if s.cluster_protocol < s.protocol {
+                    " (a member runs an older build, or is not known yet)"
+                } else {
+                    ""
+                };
+                writeln!(out, "cluster protocol: {}{note}", s.cluster_protocol)?;
+            }
             if s.removed {
                 writeln!(
                     out,
@@ -114,13 +123,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             }
             writeln!(
                 out,
-                "\n{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}",
-                "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "DOMAIN", "MATCHED", "LAG", "LAST CONTACT"
+                "\n{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}  {}",
+                "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "DOMAIN", "MATCHED", "LAG", "LAST CONTACT", "BUILD"
             )?;
             for m in s.members {
                 writeln!(
                     out,
-                    "{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}",
+                    "{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}  {}",
                     m.id,
                     if m.voter { "voter" } else { "non-voter" },
                     if m.leader { "*" } else { "" },
@@ -134,7 +143,12 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                     opt(m.matched_index),
                     opt(m.lag),
                     m.last_contact_ms
-                        .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0))
+                        .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+                    if m.version.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        format!("{} p{}", m.version, m.protocol)
+                    }
                 )?;
             }
         }

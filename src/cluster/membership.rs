@@ -421,6 +421,7 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
     // heard from anybody yet, so it counts every member alive for one
     // timeout from then.
     let mut leading: Option<(u64, Instant)> = None;
+    let mut pass = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}
@@ -432,6 +433,15 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
             leading = None;
             continue;
         }
+        // Every member's build, now and then (`cluster status`, the
+        // cluster protocol).
+        if pass % 10 == 0 {
+            tokio::select! {
+                _ = c.survey_builds() => {}
+                _ = token.cancelled() => return,
+            }
+        }
+        pass += 1;
         let since = match leading {
             Some((term, at)) if term == m.current_term => at,
             _ => {
@@ -727,7 +737,9 @@ impl Cluster {
             );
             self.set_removed(true);
         }
-        if member && (leads || (view.leader_says_member && self.peers.contacts().since_leader() < max)) {
+        // Back once our own membership has us, a leader reaches us, and no
+        // leader says otherwise (a 0.1.0 leader says nothing either way).
+        if member && !view.says_removed && (leads || self.peers.contacts().since_leader() < max) {
             tracing::info!("rejoined the cluster");
             self.set_removed(false);
             return;
@@ -752,10 +764,8 @@ impl Cluster {
 #[derive(Debug, Default)]
 pub(super) struct Survey {
     pub leader: Option<(NodeId, super::types::NodeInfo)>,
-    /// A peer that knows a leader says this node is not a member.
+    /// The leader (a build that says) says this node is not a member.
     pub says_removed: bool,
-    /// A peer that knows a leader says this node is a member.
-    pub leader_says_member: bool,
     pub cluster_id: Option<String>,
     /// The initialized peers that answered.
     pub answered: BTreeSet<NodeId>,
@@ -796,17 +806,43 @@ impl Cluster {
                 // Only the leader's own word on our membership counts (a
                 // lagging follower may not know we joined); an older build
                 // does not say.
-                if l.id == node.id && r.protocol > 0 {
-                    if r.asker_is_member {
-                        survey.leader_says_member = true;
-                    } else {
-                        survey.says_removed = true;
-                    }
+                if l.id == node.id && r.protocol > 0 && !r.asker_is_member {
+                    survey.says_removed = true;
                 }
                 survey.leader = Some(super::network::node_info_from_pb(l));
             }
         }
         survey
+    }
+
+    /// Asks every member its build (`Hello`) and keeps the answers.
+    async fn survey_builds(&self) {
+        let m = self.metrics();
+        let members: Vec<(NodeId, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.config.id)
+            .map(|(id, n)| (*id, n.peer_addr.clone()))
+            .collect();
+        let hello = pb::HelloRequest {
+            node: Some(super::network::node_info_to_pb(&self.config.info)),
+            evicted: false,
+        };
+        let asks = members.into_iter().filter_map(|(id, addr)| {
+            let client = self.peers.client(Some(&id), &addr).ok()?;
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(Duration::from_secs(2));
+            Some(async move {
+                let mut client = client;
+                client.hello(req).await.ok().map(|r| (id, r.into_inner()))
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut builds = lock(&self.builds);
+        for (id, r) in answers.into_iter().flatten() {
+            builds.insert(id, (r.version, r.protocol));
+        }
     }
 
     /// Records the cluster id in the data dir (once).

@@ -246,6 +246,8 @@ pub struct Cluster {
     /// One membership change at a time from this node (upkeep, joins,
     /// removes): each is computed from the membership it sees.
     change_lock: tokio::sync::Mutex<()>,
+    /// The leader's view of each member's (version, peer protocol).
+    builds: std::sync::Mutex<std::collections::HashMap<NodeId, (String, u32)>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -320,6 +322,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             loops: Default::default(),
             change_lock: Default::default(),
+            builds: Default::default(),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -552,6 +555,27 @@ impl Cluster {
     /// leader without a quorum's answers) and still call itself ready.
     fn leader_contact_window(&self) -> Duration {
         (self.config.election_timeout.1 * 3).max(Duration::from_secs(3))
+    }
+
+    /// The lowest peer protocol among the members, as the leader last
+    /// heard (0 for a member whose build is not known or predates
+    /// protocols): a feature every member must understand is switched on
+    /// only once this reaches its level (as Kafka's `metadata.version`).
+    pub fn cluster_protocol(&self) -> u32 {
+        let m = self.metrics();
+        let builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| {
+                if *id == self.config.id {
+                    PEER_PROTOCOL
+                } else {
+                    builds.get(id).map_or(0, |b| b.1)
+                }
+            })
+            .min()
+            .unwrap_or(PEER_PROTOCOL)
     }
 
     /// This node found it was removed from the membership and is rejoining.
@@ -972,6 +996,7 @@ impl Cluster {
         let commit = m.last_applied.map(|l| l.index);
         let leads = m.state == ServerState::Leader;
         let contacts = self.peers.contacts();
+        let builds = self.builds.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let members = membership
             .nodes()
             .map(|(id, info)| {
@@ -979,7 +1004,14 @@ impl Cluster {
                 let last_contact_ms = (leads && *id != self.config.id)
                     .then(|| contacts.last_answer(id).map(|t| t.elapsed().as_millis() as u64))
                     .flatten();
+                let (version, protocol) = if *id == self.config.id {
+                    (crate::version().to_owned(), PEER_PROTOCOL)
+                } else {
+                    builds.get(id).cloned().unwrap_or_default()
+                };
                 pb::Member {
+                    version,
+                    protocol,
                     last_contact_ms,
                     failure_domain: info.domain.clone(),
                     id: info.name.clone(),
@@ -1016,6 +1048,9 @@ impl Cluster {
             cluster_id: self.store.cluster_id().unwrap_or_default(),
             voters_target: self.config.voters as u32,
             removed: self.is_removed(),
+            version: crate::version().to_owned(),
+            protocol: PEER_PROTOCOL,
+            cluster_protocol: if leads { self.cluster_protocol() } else { 0 },
         }
     }
 

@@ -151,6 +151,7 @@ impl pb::peer_server::Peer for PeerService {
             asker_is_member: asker.is_some_and(|id| membership.get_node(&id).is_some()),
             term: m.current_term,
             protocol: super::PEER_PROTOCOL,
+            version: crate::version().to_owned(),
         }))
     }
 

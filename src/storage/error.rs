@@ -29,6 +29,18 @@ pub enum Error {
         path.display()
     )]
     UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
+    #[error(
+        "{} says the data is in {what} format {found} (written by {written_by}), newer than this build of sidelog \
+         knows ({known}): nothing was changed. Run the newer build, or start this one with an empty --data-dir",
+        path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        what: &'static str,
+        found: u32,
+        known: u32,
+        written_by: String,
+    },
     #[error("index {index} is out of range: the log holds [{first}, {next})")]
     IndexOutOfRange { index: u64, first: u64, next: u64 },
     #[error("offset {offset} is out of range: the log holds offsets [{first}, {next})")]

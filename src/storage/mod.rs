@@ -58,6 +58,7 @@ mod error;
 mod flusher;
 mod index;
 mod layout;
+pub mod manifest;
 mod markers;
 mod reading;
 mod recovery;
@@ -234,8 +235,11 @@ impl Log {
         if lock_file.try_lock().is_err() {
             return Err(Error::Locked { path: dir });
         }
+        // Before recovery changes anything: a newer format is refused.
+        let manifest = manifest::check(&dir)?;
 
         let (sealed, active) = recovery::open_segments(&dir, &config)?;
+        manifest::record(&dir, &manifest, crate::version())?;
         let (next_index, next_offset) = (active.next_index(), active.end_offset);
         let pending_pos = active.size;
         let inner = Inner {

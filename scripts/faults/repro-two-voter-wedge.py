@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Reproduces a wedge the churn fault found: one node's death stops a
+3-node group for good while the leader is growing its voters back one at a
+time (3 nodes on 127.0.0.1, no root needed).
+
+With --dead-member-timeout 5s, a voter paused (or cut off) for longer than
+that is removed ("no live non-voter is caught up: removing it"); the group
+then has two voters, and the odd-voter rule demotes one more: one voter, the
+leader. When the paused node comes back it rejoins as a non-voter, and the
+upkeep loop promotes one non-voter per step: 1 voter, then 2, then 3. While
+there are 2 voters, the death of the one that is not the leader leaves no
+quorum: nothing commits any more, the dead voter cannot be replaced (no live
+majority in the old voter set), a joint change already proposed never
+finishes, and a replacement node cannot join. The group needs
+--force-new-cluster. The window is about one upkeep interval (1 s); the
+harness hit it with a pause round followed by a churn round (a kill -9 0.2 s
+after "promoting n2").
+
+  scripts/faults/repro-two-voter-wedge.py [--bin PATH] [--trials N]
+Exit 0 when every trial recovered, 1 when one wedged, 2 on setup errors.
+Needs grpcio + grpcio-tools (run it with target/e2e-venv/bin/python).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402  (Api: stubs compiled from the repo's protos)
+
+BASE = 18600  # client 18601..3, peer 18611..3, http 18621..3 on 127.0.0.1
+
+
+class N:
+    def __init__(self, i, work: Path, bin_: Path, trial: int):
+        self.i, self.name = i, f"n{i}"
+        self.client = f"127.0.0.1:{BASE + i}"
+        self.peer = f"127.0.0.1:{BASE + 10 + i}"
+        self.http = f"127.0.0.1:{BASE + 20 + i}"
+        self.data = work / f"t{trial}" / self.name
+        self.log = work / f"t{trial}-{self.name}.log"
+        self.bin = bin_
+        self.proc = None
+
+    def start(self, join, timeout):
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(
+                [str(self.bin), "agent", "--node-id", self.name, "--data-dir", str(self.data),
+                 "--client-addr", self.client, "--peer-addr", self.peer, "--http-addr", self.http,
+                 "--join", join, "--bootstrap-expect", "3", "--dead-member-timeout", timeout],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def trial(a, api, work, t):
+    grpc, pb = api.grpc, api.log
+    nodes = [N(i, work, a.bin, t) for i in (1, 2, 3)]
+    join = ",".join(n.peer for n in nodes)
+    chans = {n.name: api.channel(n.client) for n in nodes}
+    log = {k: api.log_grpc.LogStub(c) for k, c in chans.items()}
+    cl = {k: api.peer_grpc.ClusterStub(c) for k, c in chans.items()}
+    t0 = time.monotonic()
+    say = lambda msg: print(f"  [{time.monotonic() - t0:6.2f}s] {msg}", flush=True)  # noqa: E731
+
+    def status(n):
+        try:
+            return cl[n.name].Status(api.peer.StatusRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return None
+
+    def leader(skip=()):
+        for n in nodes:
+            if n in skip:
+                continue
+            s = status(n)
+            if s is not None and s.state == "leader":
+                return n, s
+        return None, None
+
+    def wait_for(cond, timeout, step=0.01):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r = cond()
+            if r:
+                return r
+            time.sleep(step)
+        return None
+
+    acks = []
+    stop = threading.Event()
+
+    def writer():
+        j = 0
+        while not stop.is_set():
+            j += 1
+            for n in nodes:
+                if stop.is_set():
+                    return
+                if n.proc.poll() is not None:
+                    continue
+                try:
+                    log[n.name].Produce(pb.ProduceRequest(record=pb.Record(value=f"t{t}-{j}".encode())), timeout=1)
+                    acks.append(time.monotonic())
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.02)
+
+    try:
+        for n in nodes:
+            n.start(join, a.dead_member_timeout)
+        if not wait_for(lambda: leader()[0], 30, 0.1):
+            say("no leader within 30 s")
+            return None
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        time.sleep(1)
+        lead, _ = leader()
+        paused = next(n for n in nodes if n is not lead)
+        say(f"leader {lead.name}; SIGSTOP {paused.name} for {a.pause:.0f} s")
+        paused.signal(signal.SIGSTOP)
+        time.sleep(a.pause)
+
+        def voters():
+            ld, s = leader(skip=(paused,))
+            return (ld, s, sorted(m.id for m in s.members if m.voter)) if s else None
+        v = voters()
+        say(f"voters while {paused.name} is stopped: {v[2] if v else '?'} (leader {v[0].name if v else None})")
+        paused.signal(signal.SIGCONT)
+        say(f"SIGCONT {paused.name}: waiting for the leader to have exactly 2 voters")
+        got = wait_for(lambda: (lambda r: r if r and len(r[2]) == 2 else None)(voters()), a.window)
+        if not got:
+            say(f"never saw 2 voters within {a.window:.0f} s (voters now {voters()[2] if voters() else '?'}): "
+                "no wedge window this trial")
+            return False
+        ld, s, vs = got
+        other = next(n for n in nodes if n.name in vs and n is not ld)
+        say(f"voters {vs} (leader {ld.name}): kill -9 {other.name}")
+        other.kill9()
+        t_kill = time.monotonic()
+        time.sleep(a.observe)
+        after = [x for x in acks if x > t_kill + 2]
+        ld2, s2 = leader(skip=(other,))
+        members = (", ".join(f"{m.id}({'voter' if m.voter else 'non-voter'})" for m in s2.members)
+                   if s2 else "no leader")
+        wedged = not after
+        say(f"{len(after)} writes acknowledged from 2 s after the kill to {a.observe:.0f} s after it; "
+            f"leader {ld2.name if ld2 else None}, members {members}"
+            + ("  => WEDGED" if wedged else "  => recovered"))
+        return wedged
+    finally:
+        stop.set()
+        for n in nodes:
+            n.kill9()
+        for c in chans.values():
+            c.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", type=Path, default=Path(os.environ.get("SIDELOG_BIN", harness.DEFAULT_BIN)))
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--dead-member-timeout", default="5s")
+    ap.add_argument("--pause", type=float, default=9.0, help="seconds the follower stays SIGSTOPped")
+    ap.add_argument("--window", type=float, default=30.0, help="seconds to wait for the 2-voter state")
+    ap.add_argument("--observe", type=float, default=30.0, help="seconds after the kill to watch for writes")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sidelog-two-voter-wedge-"))
+    api = harness.Api(harness.REPO / "proto", work / "stubs")
+    wedged = 0
+    ran = 0
+    for t in range(1, a.trials + 1):
+        print(f"trial {t}:")
+        r = trial(a, api, work, t)
+        if r is None:
+            return 2
+        ran += 1
+        wedged += bool(r)
+    print(f"{wedged} of {ran} trials wedged; node logs in {work}")
+    return 1 if wedged else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
