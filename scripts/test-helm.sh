@@ -599,7 +599,8 @@ scenario() {
         [ "$code" = 0 ] || pfail "$n exited $code after SIGTERM (want 0)"
     done
     # A StatefulSet pod comes back with its data: SIGTERM keeps its place.
-    if engine logs "${PODS[0]}" 2>&1 | grep -q 'leaving the cluster'; then
+    local logs; logs="$(engine logs "${PODS[0]}" 2>&1)"
+    if grep -q 'leaving the cluster' <<<"$logs"; then
         pfail "${PODS[0]} left the cluster on SIGTERM (a StatefulSet pod must keep its place: --leave-on-terminate=false)"
     fi
     log "$name: (e) graceful stop: every pod exited 0, none left the membership"
@@ -764,7 +765,8 @@ deploy_scenario() {
     engine stop -t "$GRACE" "${PODS[$l2]}" >/dev/null
     local code; code="$(engine inspect --format '{{.State.ExitCode}}' "${PODS[$l2]}")"
     [ "$code" = 0 ] || pfail "${PODS[$l2]} exited $code after SIGTERM (want 0)"
-    engine logs "${PODS[$l2]}" 2>&1 | grep -q 'left the cluster' || pfail "${PODS[$l2]} did not leave the cluster on SIGTERM"
+    local logs; logs="$(engine logs "${PODS[$l2]}" 2>&1)"
+    grep -q 'left the cluster' <<<"$logs" || pfail "${PODS[$l2]} did not leave the cluster on SIGTERM"
     wait_members "${others[0]}" 3 4 3 "${NODES[$l2]}"
     deploy_pod "${NODE_OF[$l2]}"
     wait_ready 7 "$READY_TIMEOUT"

@@ -4,6 +4,7 @@ namespace per node, with a client history checked at the end.
 
   sudo scripts/faults/harness.py --ci                       # 3 nodes, 8 rounds of kill -9 / partitions / pause (~2 min)
   sudo scripts/faults/harness.py --nodes 5 --rounds 20 --faults all
+  sudo scripts/faults/harness.py --faults churn --rounds 100     # replace a voter 100 times
   sudo scripts/faults/harness.py cleanup                    # remove what a killed harness left behind
                                                             # (a new run also does this itself)
 
@@ -24,6 +25,17 @@ Faults (--faults, comma-separated; "partition" = the four partition kinds, "all"
   pause                SIGSTOP a node (the leader half of the time), SIGCONT later
   diskfull             the last node's data dir is a tmpfs (--disk-size); fill it, hold,
                        free it, restart the node if it exited: it must serve again
+  churn                kill -9 a voter (the leader half of the time) for good: its data dir
+                       is deleted and its namespace (so its address) removed; after
+                       0.5..--fault-duration s a replacement with a new name (n4, n5, ...),
+                       a new namespace and address, and an empty data dir joins the live
+                       nodes (--bootstrap-expect 0: as a non-voter). The round ends when the
+                       leader's membership is exactly the live nodes with its voters whole,
+                       every member heard from, every node ready, and a write acknowledged
+                       after that (--churn-timeout, else a problem and no more rounds).
+                       The agents run with --dead-member-timeout 5s when churn is selected.
+                       Not in --ci (see README). --churn-keep-address leaves the dead host's
+                       namespace in place (connections refused rather than timing out).
 Clock jumps are not injected: sidelog's timers use the monotonic clock, and
 setting the wall clock would change it for the whole machine.
 
@@ -35,9 +47,13 @@ acknowledged before the read starts. Every operation is logged to
 RUN_DIR/history.jsonl (see check_history.py for the format); an error after
 the request may have reached a node is "info" (unknown outcome).
 
+Every round records its write outage: the longest time without an
+acknowledged write from the fault's start until the cluster recovered.
+
 At the end: heal everything, restart dead nodes, wait until every node has
-committed the same offsets, dump every node's log (ConsumeStream from its
-first offset) to RUN_DIR/dumps/, and run check_history.py. Exit 0 when it
+committed the same offsets, dump every live node's log (ConsumeStream from
+its first offset, which must be 0: every node, a churn replacement too, holds
+the whole log) to RUN_DIR/dumps/, and run check_history.py. Exit 0 when it
 passes; 1 on any violation, unexpected node exit, or a node that does not
 recover (RUN_DIR is kept, its path printed); 2 usage; 3 setup failure.
 Cleanup (processes, mounts, namespaces, bridge, firewall rules) always runs,
@@ -592,6 +608,24 @@ def classify(err) -> tuple[str, str]:
     return "info", msg
 
 
+def longest_gap(acks, t_from, t_to, now):
+    """The longest time without an acknowledged write that overlaps
+    [t_from, t_to], and when it started. acks: sorted acknowledgement times.
+    A gap runs from the last acknowledgement at or before t_from (t_from if
+    none) to the first one at or after t_to (now if none yet)."""
+    import bisect
+    lo = bisect.bisect_right(acks, t_from) - 1
+    hi = bisect.bisect_left(acks, t_to)
+    pts = ([acks[lo]] if lo >= 0 else [t_from]) + acks[lo + 1:hi + 1]
+    if hi >= len(acks):
+        pts.append(now)  # nothing acknowledged since: the outage lasts until now
+    best, at = 0.0, t_from
+    for x, y in zip(pts, pts[1:]):
+        if y - x > best:
+            best, at = y - x, x
+    return best, at
+
+
 class Stubs:
     """One thread's channels, one per node it sends to; a node that left the
     target list (churn retired it) has its channel closed, so no client keeps
@@ -1002,6 +1036,7 @@ class Harness:
         members = {m.id: m for m in st.members}
         voters = sorted(m.id for m in st.members if m.voter)
         want = min(st.voters_target or 3, len(live))
+        want -= 1 - want % 2  # the agent keeps an odd number of voters
         desc = (f"leader {lead.name}, members " +
                 ", ".join(f"{m.id}({'voter' if m.voter else 'non-voter'}"
                           + (f", {m.last_contact_ms} ms" if m.HasField("last_contact_ms") else "") + ")"
@@ -1025,23 +1060,9 @@ class Harness:
         return True
 
     def longest_gap(self, t_from, t_to):
-        """Longest time without an acknowledged write that overlaps
-        [t_from, t_to] (from the last acknowledgement before t_from to the
-        first one after t_to, or to now); and when that gap started."""
-        import bisect
         with self.history.lock:
             acks = list(self.history.ack_times)
-        now = self.history.now()
-        lo = bisect.bisect_right(acks, t_from) - 1
-        hi = bisect.bisect_left(acks, t_to)
-        pts = ([acks[lo]] if lo >= 0 else [t_from]) + acks[lo + 1:hi + 1]
-        if hi >= len(acks):
-            pts.append(now)  # no acknowledgement since: the outage lasts until now
-        best, at = 0.0, t_from
-        for x, y in zip(pts, pts[1:]):
-            if y - x > best:
-                best, at = y - x, x
-        return best, at
+        return longest_gap(acks, t_from, t_to, self.history.now())
 
     def disk_full(self, lead_name):
         n = self.disk_node

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Long fault-injection runs (issue 14): 100 rounds of kill -9, then 100 rounds
 # of partitions (leader isolated, minority cut off, one-way, flapping), each
-# checked by check_history.py. Optionally a mixed phase of every fault kind.
+# checked by check_history.py. Optionally a phase of churn (a voter killed for
+# good and replaced by a new, empty node) and a mixed phase of every fault kind.
 #
 #   sudo scripts/faults/run-long.sh                  # ~30-40 min on 2 cores
 #   sudo NODES=3 KILL_ROUNDS=10 PARTITION_ROUNDS=10 scripts/faults/run-long.sh
 #   sudo MIXED_ROUNDS=40 scripts/faults/run-long.sh --bin path/to/sidelog
+#   sudo NODES=3 KILL_ROUNDS=0 PARTITION_ROUNDS=0 CHURN_ROUNDS=100 scripts/faults/run-long.sh
 #
 # Environment: NODES (5), KILL_ROUNDS (100), PARTITION_ROUNDS (100),
-# MIXED_ROUNDS (0: skipped), FAULT_DURATION (4 s), QUIET (2 s), SEED,
+# CHURN_ROUNDS (0: skipped), MIXED_ROUNDS (0: skipped), FAULT_DURATION (4 s), QUIET (2 s), SEED,
 # OUT (/tmp/sidelog-faults-long-<time>). Extra arguments go to harness.py.
 # A phase that fails keeps its run directory (history, dumps, node logs)
 # under OUT; OUT/<phase>.log is its full output and OUT/summary.txt collects
@@ -19,6 +21,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NODES="${NODES:-5}"
 KILL_ROUNDS="${KILL_ROUNDS:-100}"
 PARTITION_ROUNDS="${PARTITION_ROUNDS:-100}"
+CHURN_ROUNDS="${CHURN_ROUNDS:-0}"
 MIXED_ROUNDS="${MIXED_ROUNDS:-0}"
 FAULT_DURATION="${FAULT_DURATION:-4}"
 QUIET="${QUIET:-2}"
@@ -50,6 +53,7 @@ phase() {  # name rounds faults
 shift_args=("$@")
 phase kill "$KILL_ROUNDS" kill "${shift_args[@]}"
 phase partition "$PARTITION_ROUNDS" partition "${shift_args[@]}"
+phase churn "$CHURN_ROUNDS" churn "${shift_args[@]}"
 phase mixed "$MIXED_ROUNDS" all "${shift_args[@]}"
 
 echo "summaries: $OUT/summary.txt"
