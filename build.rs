@@ -3,22 +3,50 @@
 
 use std::{env, path::PathBuf};
 
+/// Runs git in this package's directory; `None` on any failure.
+fn git(args: &[&str]) -> Option<String> {
+    std::process::Command::new("git")
+        .arg("--no-optional-locks") // `status` must not rewrite the index
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
 /// The commit this build comes from (`SIDELOG_COMMIT`), for `--version`,
 /// the start-up line, `cluster status` and `sidelog_build_info`: git's
-/// short hash with `-dirty` for uncommitted changes, `unknown` outside a
-/// checkout (or `SIDELOG_COMMIT` given by the builder).
+/// short hash with `-dirty` for uncommitted changes to tracked files,
+/// `unknown` outside this package's own checkout (a tarball inside another
+/// repository, say), or `SIDELOG_COMMIT` given by the builder. Asks cargo
+/// to run again when HEAD, the branch it points to, packed refs or the
+/// index change (paths from `git rev-parse --git-path`, so a worktree,
+/// whose `.git` is a file, works too).
 fn commit() -> String {
     if let Ok(c) = env::var("SIDELOG_COMMIT") {
         return c;
     }
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    let here = env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let top = git(&["rev-parse", "--show-toplevel"]);
+    let same = |a: &str, b: &str| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     };
+    if !top.as_deref().is_some_and(|t| same(t, &here)) {
+        return "unknown".into();
+    }
+    let mut watch = vec!["HEAD".to_owned(), "index".to_owned(), "packed-refs".to_owned()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(branch);
+    }
+    for w in watch {
+        if let Some(p) = git(&["rev-parse", "--git-path", &w]) {
+            let p = std::path::Path::new(&here).join(p);
+            if p.exists() {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
+    }
     let Some(hash) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
@@ -28,11 +56,6 @@ fn commit() -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=SIDELOG_COMMIT");
-    for f in [".git/HEAD", ".git/index", ".git/packed-refs"] {
-        if std::path::Path::new(f).exists() {
-            println!("cargo:rerun-if-changed={f}");
-        }
-    }
     println!("cargo:rustc-env=SIDELOG_COMMIT={}", commit());
     let protos = ["proto/log/v1/log.proto", "proto/sidelog/v1/peer.proto"];
     for p in protos {

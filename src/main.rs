@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Command::DevCerts(a) => cli::dev_certs(a),
         Command::Cluster(a) => runtime.block_on(cli::cluster(a)),
     };
+    // The log is synced and closed by now: do not wait for a blocking task
+    // still in flight (a DNS lookup of a peer that is gone, say) to exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

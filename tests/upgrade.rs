@@ -81,6 +81,18 @@ async fn a_data_dir_in_a_newer_format_is_refused_and_left_unchanged() {
         ..manifest::Manifest::current("sidelog 9.0.0 (commit future)")
     };
     std::fs::write(data.join(manifest::MANIFEST), serde_json::to_vec(&newer).unwrap()).unwrap();
+    // Wait until nothing of the stopped agent holds the log any more (its
+    // lock is free), so no late write of its own is taken for ours.
+    let lock = std::fs::File::open(data.join("LOCK")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped agent still holds the log"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    lock.unlock().unwrap();
     let before = snapshot(&data);
     let err = match Agent::start(config_in(data.clone())).await {
         Ok(_) => panic!("a newer data format was opened"),

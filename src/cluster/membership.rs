@@ -45,6 +45,9 @@ use super::{Cluster, pb, types::NodeId};
 /// promoted: a voter far behind would slow every commit while it catches up.
 pub const PROMOTE_MAX_LAG: u64 = 1_000;
 
+/// How long the upkeep waits for one change to commit.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// How often the upkeep and watch loops look.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -215,11 +218,6 @@ pub struct Change {
     pub detail: String,
 }
 
-/// The largest odd number not above `n` (at least 1).
-pub fn odd(n: usize) -> usize {
-    if n <= 1 { 1 } else { n - (1 - n % 2) }
-}
-
 /// The voter set after `leaving` goes (a leave or an operator's remove):
 /// the best caught-up live non-voter takes its place when there is one.
 /// `None` when the change could not commit with the members alive now (the
@@ -326,9 +324,10 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         });
     }
     let live = members.iter().filter(|m| alive(&m.id)).count();
-    // Odd: two voters tolerate no more failures than one, and halt when
-    // either fails.
-    let target = odd(voters_target.min(live));
+    // With fewer live members than `--voters`, every live member votes:
+    // two voters tolerate no more failures than one, but an acknowledged
+    // record is then on two disks, not one.
+    let target = voters_target.min(live).max(1);
     // 3. Too few voters: promote.
     if voters.len() < target
         && live_quorum(&voters)
@@ -368,7 +367,7 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         })
     };
     // 4. Too many voters: demote one (never the leader itself).
-    if voters.len() > target
+    if voters.len() > voters_target.max(1)
         && let Some(v) = demotable()
     {
         let mut next = voters.clone();
@@ -381,7 +380,7 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
                 },
                 reason: "demote",
                 detail: format!(
-                    "{} voters, {target} wanted ({voters_target} once enough members live): {} becomes a non-voter",
+                    "{} voters, {voters_target} wanted: {} becomes a non-voter",
                     voters.len(),
                     v.name
                 ),
@@ -490,16 +489,20 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         };
         tracing::warn!(reason = change.reason, detail = %change.detail, "changing the membership");
         c.count_change(change.reason);
-        // No deadline: openraft makes a change in two steps, and a call
-        // dropped between them leaves the joint configuration (finished
-        // above on a later pass, but better not made).
+        // A long deadline (the change lock is held meanwhile): openraft
+        // makes a change in two steps, and a call dropped between them
+        // leaves the joint configuration, which a later pass finishes.
         let result = tokio::select! {
-            r = c.apply_change(&change.step) => r,
+            r = tokio::time::timeout(CHANGE_DEADLINE, c.apply_change(&change.step)) => r,
             _ = token.cancelled() => return,
         };
         match result {
-            Ok(()) => tracing::info!(reason = change.reason, "membership changed"),
-            Err(e) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
+            Ok(Ok(())) => tracing::info!(reason = change.reason, "membership changed"),
+            Ok(Err(e)) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
+            Err(_) => tracing::warn!(
+                reason = change.reason,
+                "membership change still not committed; giving up the wait"
+            ),
         }
     }
 }
@@ -545,9 +548,13 @@ impl Cluster {
                 let client = self.peers.client(Some(&id), &info.peer_addr).ok()?;
                 let mut r = tonic::Request::new(req.clone());
                 r.set_timeout(self.config.election_timeout.0);
+                let timeout = self.config.election_timeout.0;
                 Some(async move {
                     let mut client = client;
-                    match client.pre_vote(r).await {
+                    let Some(answer) = super::within(timeout, client.pre_vote(r)).await else {
+                        return (id, false);
+                    };
+                    match answer {
                         Ok(resp) => {
                             let resp = resp.into_inner();
                             if !resp.granted {
@@ -725,6 +732,9 @@ impl Cluster {
             && a != b
         {
             tracing::error!(ours = %a, theirs = %b, "the peers found belong to another cluster; not rejoining");
+            if !removed_flag {
+                self.set_removed(true);
+            }
             return;
         }
         let removed = !member || removed_flag || view.says_removed;
@@ -784,7 +794,10 @@ impl Cluster {
             req.set_timeout(Duration::from_secs(2));
             Some(async move {
                 let mut client = client;
-                client.hello(req).await.ok().map(|r| r.into_inner())
+                super::within(Duration::from_secs(2), client.hello(req))
+                    .await?
+                    .ok()
+                    .map(|r| r.into_inner())
             })
         });
         let mut survey = Survey::default();
@@ -835,7 +848,10 @@ impl Cluster {
             req.set_timeout(Duration::from_secs(2));
             Some(async move {
                 let mut client = client;
-                client.hello(req).await.ok().map(|r| (id, r.into_inner()))
+                super::within(Duration::from_secs(2), client.hello(req))
+                    .await?
+                    .ok()
+                    .map(|r| (id, r.into_inner()))
             })
         });
         let answers = futures_util::future::join_all(asks).await;
@@ -928,33 +944,22 @@ mod tests {
         ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([2])));
-        // Two live members: one voter (an even count tolerates nothing more).
         let members = [view(1, true, true, "", 100), view(3, false, true, "", 100)];
-        assert_eq!(plan(1, &members, 100, 3), None);
-        let members = [
-            view(1, true, true, "", 100),
-            view(3, false, true, "", 100),
-            view(4, false, true, "", 90),
-        ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.reason, "promote");
         assert_eq!(voters(&c), BTreeSet::from([1, 3]));
     }
 
     #[test]
-    fn two_voters_with_one_dead_member_around_become_one() {
-        // Three voters, one dead, no non-voter: the dead one is dropped...
+    fn a_dead_voter_nobody_can_replace_is_dropped_and_two_live_members_both_vote() {
         let members = [
             view(1, true, true, "", 100),
             view(2, true, true, "", 100),
             view(3, true, false, "", 100),
         ];
         assert_eq!(voters(&plan(1, &members, 100, 3).unwrap()), BTreeSet::from([1, 2]));
-        // ...and two voters become one plus a non-voter.
         let members = [view(1, true, true, "", 100), view(2, true, true, "", 100)];
-        let c = plan(1, &members, 100, 3).unwrap();
-        assert_eq!(c.reason, "demote");
-        assert_eq!(voters(&c), BTreeSet::from([1]));
+        assert_eq!(plan(1, &members, 100, 3), None);
     }
 
     #[test]
@@ -975,11 +980,6 @@ mod tests {
             view(3, true, false, "", 100),
         ];
         assert_eq!(without(1, &members, 100, 2), None);
-    }
-
-    #[test]
-    fn odd_rounds_down() {
-        assert_eq!((0..=8).map(odd).collect::<Vec<_>>(), vec![1, 1, 1, 3, 3, 5, 5, 7, 7]);
     }
 
     #[test]

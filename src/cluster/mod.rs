@@ -87,15 +87,22 @@ async fn check_same_cluster(config: &ClusterConfig, store: &store::Store, peers:
         node: Some(network::node_info_to_pb(&config.info)),
         evicted: false,
     };
-    let asks = addrs.iter().filter_map(|addr| {
-        let client = peers.client(None, addr).ok()?;
-        let mut req = tonic::Request::new(hello.clone());
-        req.set_timeout(Duration::from_secs(2));
-        Some(async move {
-            let mut client = client;
-            client.hello(req).await.ok().map(|r| r.into_inner())
-        })
-    });
+    // Our own address may be listed: we do not answer yet.
+    let asks = addrs
+        .iter()
+        .filter(|a| **a != config.info.peer_addr)
+        .filter_map(|addr| {
+            let client = peers.client(None, addr).ok()?;
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(Duration::from_secs(2));
+            Some(async move {
+                let mut client = client;
+                within(Duration::from_secs(2), client.hello(req))
+                    .await?
+                    .ok()
+                    .map(|r| r.into_inner())
+            })
+        });
     for r in futures_util::future::join_all(asks).await.into_iter().flatten() {
         let Some(node) = &r.node else { continue };
         if node.id == config.info.name {
@@ -171,6 +178,14 @@ pub const DEFAULT_DEAD_MEMBER_TIMEOUT: Duration = Duration::from_secs(30);
 /// 1 = pre-vote, membership upkeep, cluster ids. Builds before it answer 0
 /// and know none of it.
 pub const PEER_PROTOCOL: u32 = 1;
+
+/// `fut` if it finishes within `d`. A request's `set_timeout` only tells
+/// the server (grpc-timeout): a peer whose port accepts connections but
+/// never answers (bound, not serving yet; stopped) would hold a client
+/// call forever.
+pub(crate) async fn within<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(d, fut).await.ok()
+}
 
 /// A new cluster's id: 128 random bits, hex.
 pub fn new_cluster_id() -> String {
@@ -663,7 +678,10 @@ impl Cluster {
         }
         tracing::info!(node = %info, "adding a non-voter");
         self.raft
-            .add_learner(id, info.clone(), true)
+            // Not blocking until it caught up: the change lock would stall
+            // every other change meanwhile; the upkeep promotes it only
+            // once it is caught up, and it is ready only then.
+            .add_learner(id, info.clone(), false)
             .await
             .map_err(|e| unavailable(format!("adding non-voter {}: {e}", info.name)))?;
         Ok(())
@@ -688,20 +706,17 @@ impl Cluster {
         let Some(info) = membership.get_node(&id).cloned() else {
             return Err(NodeError::NotFound(format!("no member named {}", self.name_of(id))));
         };
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        // The configuration being moved to (the last of a joint one).
+        let voters: BTreeSet<NodeId> = membership.get_joint_config().last().cloned().unwrap_or_default();
         let change = if voters.contains(&id) {
-            if voters.len() == 1 {
-                return Err(NodeError::InvalidArgument(format!(
-                    "{} is the last voter and cannot be removed",
-                    info.name
-                )));
-            }
+            // The last voter may go when a caught-up non-voter takes its
+            // place (`without` says when nobody can).
             let views = self.member_views_now();
             let next =
                 membership::without(self.config.id, &views, m.last_log_index.unwrap_or(0), id).ok_or_else(|| {
                     NodeError::Unavailable(format!(
-                        "removing voter {} now would leave too few live voters to commit the change: nothing was \
-                     changed (replace dead members first, or see --force-new-cluster)",
+                        "removing voter {} now would leave too few live voters to commit the change (the last \
+                         voter needs a caught-up non-voter to take its place): nothing was changed",
                         info.name
                     ))
                 })?;
@@ -732,7 +747,7 @@ impl Cluster {
             evicted: true,
         });
         req.set_timeout(Duration::from_secs(1));
-        let _ = client.hello(req).await;
+        let _ = within(Duration::from_secs(1), client.hello(req)).await;
     }
 
     /// [`membership::MemberView`]s as the leader sees them now.
@@ -929,9 +944,9 @@ impl Cluster {
             cluster_id: self.store.cluster_id().unwrap_or_default(),
         });
         req.set_timeout(Duration::from_secs(120));
-        let resp = client
-            .join(req)
+        let resp = within(Duration::from_secs(120), client.join(req))
             .await
+            .ok_or_else(|| format!("join via {}: no answer within 120 s", linfo.name))?
             .map_err(|s| format!("join via {}: {}", linfo.name, s.message()))?
             .into_inner();
         if !resp.cluster_id.is_empty() && self.store.cluster_id().is_none() {
@@ -956,7 +971,9 @@ impl Cluster {
             };
             let mut req = tonic::Request::new(hello.clone());
             req.set_timeout(Duration::from_secs(2));
-            let Ok(resp) = client.hello(req).await else { continue };
+            let Some(Ok(resp)) = within(Duration::from_secs(2), client.hello(req)).await else {
+                continue;
+            };
             let r = resp.into_inner();
             let Some(node) = r.node else { continue };
             let (id, info) = network::node_info_from_pb(node);
