@@ -7,7 +7,8 @@
 # .cargo/config.toml sets CC_x86_64_unknown_linux_musl=musl-gcc), and `file`
 # for the final check. Extra arguments are passed on to `cargo build`.
 #
-# Fails (exit 1) if the build fails or the result is not statically linked.
+# Fails (exit 1) if the build fails, the result is not statically linked, or
+# it is over the binary budget (8 MiB; BINARY_BUDGET_BYTES overrides it).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -51,6 +52,13 @@ esac
 
 size=$(stat -c %s "$BIN")
 mib=$(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1048576 }')
+# The binary budget (issue 22): what a sidecar may cost in every pod.
+# BINARY_BUDGET_BYTES lowers or raises it (e.g. to see this check fail).
+budget="${BINARY_BUDGET_BYTES:-8388608}"
+budget_mib=$(awk -v b="$budget" 'BEGIN { printf "%.2f", b / 1048576 }')
+if [ "$size" -gt "$budget" ]; then
+    die "$BIN is $size bytes ($mib MiB), over the budget of $budget bytes ($budget_mib MiB)"
+fi
 log "static binary OK: $desc"
 echo "$BIN"
-echo "size: $size bytes ($mib MiB)"
+echo "size: $size bytes ($mib MiB), budget $budget_mib MiB"

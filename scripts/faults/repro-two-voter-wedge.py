@@ -139,19 +139,33 @@ def trial(a, api, work, t):
 
         def voters():
             ld, s = leader(skip=(paused,))
-            return (ld, s, sorted(m.id for m in s.members if m.voter)) if s else None
+            if not s:
+                return None
+            return ld, s, sorted(m.id for m in s.members if m.voter), sorted(m.id for m in s.members)
         v = voters()
-        say(f"voters while {paused.name} is stopped: {v[2] if v else '?'} (leader {v[0].name if v else None})")
+        say(f"voters while {paused.name} is stopped: {v[2] if v else '?'}, members {v[3] if v else '?'} "
+            f"(leader {v[0].name if v else None})")
         paused.signal(signal.SIGCONT)
-        say(f"SIGCONT {paused.name}: waiting for the leader to have exactly 2 voters")
-        got = wait_for(lambda: (lambda r: r if r and len(r[2]) == 2 else None)(voters()), a.window)
+        say(f"SIGCONT {paused.name}: waiting until the leader has 2 voters and the third node is a caught-up "
+            f"non-voter (lag <= {a.max_lag})")
+
+        def window():
+            r = voters()
+            if not r or len(r[2]) != 2 or len(r[3]) != 3:
+                return None
+            third = next(m for m in r[1].members if not m.voter)
+            return r if third.HasField("lag") and third.lag <= a.max_lag else None
+        got = wait_for(window, a.window)
         if not got:
-            say(f"never saw 2 voters within {a.window:.0f} s (voters now {voters()[2] if voters() else '?'}): "
-                "no wedge window this trial")
+            v = voters()
+            say(f"never saw that within {a.window:.0f} s (voters now {v[2] if v else '?'}, members "
+                f"{v[3] if v else '?'}): no wedge window this trial")
             return False
-        ld, s, vs = got
+        ld, s, vs, _ = got
         other = next(n for n in nodes if n.name in vs and n is not ld)
-        say(f"voters {vs} (leader {ld.name}): kill -9 {other.name}")
+        third = next(m for m in s.members if not m.voter)
+        say(f"voters {vs} (leader {ld.name}), {third.id} a non-voter {third.lag} entries behind: "
+            f"kill -9 {other.name}")
         other.kill9()
         t_kill = time.monotonic()
         time.sleep(a.observe)
@@ -180,6 +194,8 @@ def main():
     ap.add_argument("--pause", type=float, default=9.0, help="seconds the follower stays SIGSTOPped")
     ap.add_argument("--window", type=float, default=30.0, help="seconds to wait for the 2-voter state")
     ap.add_argument("--observe", type=float, default=30.0, help="seconds after the kill to watch for writes")
+    ap.add_argument("--max-lag", type=int, default=100,
+                    help="the returning node must be a non-voter at most this many entries behind before the kill")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sidelog-two-voter-wedge-"))
     api = harness.Api(harness.REPO / "proto", work / "stubs")

@@ -430,6 +430,7 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         let m = c.metrics();
         if m.state != ServerState::Leader {
             leading = None;
+            pass = 0; // a new leader surveys the builds at once
             continue;
         }
         // Every member's build, now and then (`cluster status`, the
@@ -855,7 +856,10 @@ impl Cluster {
             })
         });
         let answers = futures_util::future::join_all(asks).await;
+        // A member that did not answer is not known (counts as protocol 0):
+        // it may have come back on an older build.
         let mut builds = lock(&self.builds);
+        builds.clear();
         for (id, r) in answers.into_iter().flatten() {
             builds.insert(id, (r.version, r.protocol));
         }
