@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """Reproduces a wedge the churn fault found: one node's death stops a
-3-node group for good while the leader is growing its voters back one at a
-time (3 nodes on 127.0.0.1, no root needed).
+3-node group for good right after another node came back (3 nodes on
+127.0.0.1, no root needed).
 
 With --dead-member-timeout 5s, a voter paused (or cut off) for longer than
-that is removed ("no live non-voter is caught up: removing it"); the group
-then has two voters, and the odd-voter rule demotes one more: one voter, the
-leader. When the paused node comes back it rejoins as a non-voter, and the
-upkeep loop promotes one non-voter per step: 1 voter, then 2, then 3. While
-there are 2 voters, the death of the one that is not the leader leaves no
-quorum: nothing commits any more, the dead voter cannot be replaced (no live
-majority in the old voter set), a joint change already proposed never
-finishes, and a replacement node cannot join. The group needs
---force-new-cluster. The window is about one upkeep interval (1 s); the
-harness hit it with a pause round followed by a churn round (a kill -9 0.2 s
-after "promoting n2").
+that is removed although no non-voter can take its place: {n1, n2, n3}
+becomes {n1, n3}. When n2 comes back it rejoins as a non-voter and is
+promoted a second or so later. If n3 dies before that promotion commits,
+no quorum is left and nothing recovers it, though n1 and n2 are alive and
+caught up: nothing commits, the dead voter cannot be replaced (its old voter
+set has no live majority), the joint change under way never finishes, a
+replacement node cannot join. The group needs --force-new-cluster. (Builds
+with the odd-voter rule demoted n3 too and promoted back 1 -> 2 -> 3: the
+same window, at the 2-voter step.)
+
+The script pauses a follower for --pause s, resumes it, waits until the
+leader has 2 voters and the returned node is a non-voter at most --max-lag
+entries behind, kills the other non-leader voter, and watches writes.
 
   scripts/faults/repro-two-voter-wedge.py [--bin PATH] [--trials N]
 Exit 0 when every trial recovered, 1 when one wedged, 2 on setup errors.

@@ -256,9 +256,22 @@ pub fn without(me: NodeId, members: &[MemberView], last_index: u64, leaving: Nod
     (live_quorum(&voters) && live_quorum(&next)).then_some(next)
 }
 
+/// The largest odd number not above `n` (at least 1).
+pub fn odd(n: usize) -> usize {
+    if n <= 1 { 1 } else { n - (1 - n % 2) }
+}
+
 /// The next membership change, if any (see the module docs for the rules).
 /// `me` is the leader; `last_index` its last log index; `voters_target`
 /// the `--voters` setting.
+///
+/// Voter counts stay odd: an even count tolerates no more failures than
+/// the odd count below it, and moving through one (3 voters, one dead,
+/// dropped; then one promoted back) opens a window in which one more
+/// failure wedges the group in a joint configuration it cannot commit. So
+/// a dead voter is only ever *replaced*, never dropped alone, promotions go
+/// two at a time (1 to 3, 3 to 5), and an even count left behind (a leave,
+/// an operator's remove, an older build) is made odd again.
 pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: usize) -> Option<Change> {
     let by_id = |id: &NodeId| members.iter().find(|m| m.id == *id);
     let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
@@ -266,57 +279,67 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
     let live_quorum =
         |set: &BTreeSet<NodeId>| !set.is_empty() && set.iter().filter(|id| alive(id)).count() * 2 > set.len();
     let caught_up = |m: &MemberView| m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= last_index);
-    // The best non-voter to promote next to `voters`: in a failure domain
-    // those voters do not hold, then the most caught up, then by name.
-    let best_learner = |voters: &BTreeSet<NodeId>| {
-        let held: BTreeSet<&str> = voters
-            .iter()
-            .filter_map(|id| by_id(id))
-            .map(|m| m.domain.as_str())
-            .collect();
-        members
-            .iter()
-            .filter(|m| !m.voter && m.alive && caught_up(m))
-            .min_by(|a, b| {
-                let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
-                fresh(b)
-                    .cmp(&fresh(a))
-                    .then(b.matched.cmp(&a.matched))
-                    .then(a.name.cmp(&b.name))
-            })
+    // The best `n` non-voters to add to `voters`, one at a time: each in a
+    // failure domain the set so far lacks, then the most caught up, then
+    // by name. Fewer than `n` when not enough are live and caught up.
+    let best_learners = |voters: &BTreeSet<NodeId>, n: usize| {
+        let mut set = voters.clone();
+        let mut picked: Vec<&MemberView> = Vec::new();
+        for _ in 0..n {
+            let held: BTreeSet<&str> = set
+                .iter()
+                .filter_map(|id| by_id(id))
+                .map(|m| m.domain.as_str())
+                .collect();
+            let next = members
+                .iter()
+                .filter(|m| !m.voter && m.alive && caught_up(m) && !set.contains(&m.id))
+                .min_by(|a, b| {
+                    let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
+                    fresh(b)
+                        .cmp(&fresh(a))
+                        .then(b.matched.cmp(&a.matched))
+                        .then(a.name.cmp(&b.name))
+                });
+            let Some(m) = next else { break };
+            set.insert(m.id);
+            picked.push(m);
+        }
+        picked
     };
-    let name = |id: &NodeId| by_id(id).map_or_else(|| id.to_string(), |m| m.name.clone());
+    let names = |ms: &[&MemberView]| ms.iter().map(|m| m.name.clone()).collect::<Vec<_>>().join(", ");
+    let voters_change = |next: BTreeSet<NodeId>, retain: bool, reason: &'static str, detail: String| {
+        (live_quorum(&voters) && live_quorum(&next)).then_some(Change {
+            step: Step::Voters { voters: next, retain },
+            reason,
+            detail,
+        })
+    };
 
-    // 1. A dead voter: replace it (or drop it if nobody can take its place).
+    // 1. A dead voter is replaced by a caught-up live non-voter (never
+    //    dropped alone: that would leave an even count).
     if let Some(dead) = members.iter().find(|m| m.voter && !alive(&m.id)) {
         let mut next = voters.clone();
         next.remove(&dead.id);
-        let with = best_learner(&next);
-        if let Some(w) = with {
+        if let Some(w) = best_learners(&next, 1).first() {
             next.insert(w.id);
-        }
-        if live_quorum(&voters) && live_quorum(&next) {
-            let detail = match with {
-                Some(w) => format!("voter {} is dead; promoting {} in its place", dead.name, w.name),
-                None => format!(
-                    "voter {} is dead and no live non-voter is caught up: removing it",
-                    dead.name
-                ),
-            };
-            return Some(Change {
-                step: Step::Voters {
-                    voters: next,
-                    retain: false,
-                },
-                reason: "replace_dead_voter",
-                detail,
-            });
+            if let Some(c) = voters_change(
+                next,
+                false,
+                "replace_dead_voter",
+                format!("voter {} is dead; promoting {} in its place", dead.name, w.name),
+            ) {
+                return Some(c);
+            }
         }
     }
     // 2. Dead non-voters go.
     let dead: BTreeSet<NodeId> = members.iter().filter(|m| !m.voter && !m.alive).map(|m| m.id).collect();
     if !dead.is_empty() {
-        let names: Vec<String> = dead.iter().map(name).collect();
+        let names: Vec<String> = dead
+            .iter()
+            .map(|id| by_id(id).map_or_else(|| id.to_string(), |m| m.name.clone()))
+            .collect();
         return Some(Change {
             step: Step::RemoveNodes(dead),
             reason: "remove_dead_member",
@@ -324,31 +347,26 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         });
     }
     let live = members.iter().filter(|m| alive(&m.id)).count();
-    // With fewer live members than `--voters`, every live member votes:
-    // two voters tolerate no more failures than one, but an acknowledged
-    // record is then on two disks, not one.
-    let target = voters_target.min(live).max(1);
-    // 3. Too few voters: promote.
-    if voters.len() < target
-        && live_quorum(&voters)
-        && let Some(w) = best_learner(&voters)
-    {
-        let mut next = voters.clone();
-        next.insert(w.id);
-        return Some(Change {
-            step: Step::Voters {
-                voters: next,
-                retain: true,
-            },
-            reason: "promote",
-            detail: format!(
-                "{} voters of {voters_target} wanted: promoting {}",
-                voters.len(),
-                w.name
-            ),
-        });
+    let target = odd(voters_target.min(live));
+    // 3. Fewer voters than wanted: promote, to the next odd count.
+    if voters.len() < target {
+        let need = if voters.len() % 2 == 1 { 2 } else { 1 };
+        let picked = best_learners(&voters, need);
+        if picked.len() == need {
+            let mut next = voters.clone();
+            next.extend(picked.iter().map(|m| m.id));
+            if let Some(c) = voters_change(
+                next,
+                true,
+                "promote",
+                format!("{} voters, {target} wanted: promoting {}", voters.len(), names(&picked)),
+            ) {
+                return Some(c);
+            }
+        }
     }
-    // Voters sharing a failure domain with another voter, most crowded first.
+    // Voters sharing a failure domain with another voter, most crowded first;
+    // dead voters before live ones.
     let mut per_domain: HashMap<&str, usize> = HashMap::new();
     for id in &voters {
         if let Some(m) = by_id(id)
@@ -358,56 +376,72 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         }
     }
     let crowded = |m: &MemberView| per_domain.get(m.domain.as_str()).copied().unwrap_or(0);
-    let demotable = || {
-        members.iter().filter(|m| m.voter && m.id != me).max_by(|a, b| {
-            crowded(a)
-                .cmp(&crowded(b))
-                .then(b.matched.cmp(&a.matched))
-                .then(a.name.cmp(&b.name))
-        })
+    let demotable = |skip: &BTreeSet<NodeId>| {
+        members
+            .iter()
+            .filter(|m| m.voter && m.id != me && !skip.contains(&m.id))
+            .max_by(|a, b| {
+                (!alive(&a.id))
+                    .cmp(&!alive(&b.id))
+                    .then(crowded(a).cmp(&crowded(b)))
+                    .then(b.matched.cmp(&a.matched))
+                    .then(a.name.cmp(&b.name))
+            })
     };
-    // 4. Too many voters: demote one (never the leader itself).
-    if voters.len() > voters_target.max(1)
-        && let Some(v) = demotable()
-    {
+    // 4. More voters than --voters, or an even count nobody can make odd by
+    //    promotion: demote (never the leader), keeping the count odd.
+    let over = voters.len() > voters_target.max(1);
+    let even = voters.len() % 2 == 0;
+    if over || even {
+        let want = if over {
+            odd(voters_target.max(1)).max(1)
+        } else {
+            voters.len() - 1
+        };
         let mut next = voters.clone();
-        next.remove(&v.id);
-        if live_quorum(&voters) && live_quorum(&next) {
-            return Some(Change {
-                step: Step::Voters {
-                    voters: next,
-                    retain: true,
-                },
-                reason: "demote",
-                detail: format!(
-                    "{} voters, {voters_target} wanted: {} becomes a non-voter",
+        let mut gone = Vec::new();
+        while next.len() > want {
+            let Some(v) = demotable(&voters.difference(&next).copied().collect()) else {
+                break;
+            };
+            next.remove(&v.id);
+            gone.push(v);
+        }
+        if !gone.is_empty()
+            && let Some(c) = voters_change(
+                next,
+                true,
+                "demote",
+                format!(
+                    "{} voters, {want} wanted: {} become non-voters",
                     voters.len(),
-                    v.name
+                    names(&gone)
                 ),
-            });
+            )
+        {
+            return Some(c);
         }
     }
     // 5. Two voters share a domain while a caught-up non-voter's domain has none.
-    if let Some(v) = demotable().filter(|v| crowded(v) > 1) {
+    if let Some(v) = demotable(&BTreeSet::new()).filter(|v| crowded(v) > 1) {
         let mut rest = voters.clone();
         rest.remove(&v.id);
-        if let Some(w) =
-            best_learner(&rest).filter(|w| !w.domain.is_empty() && !per_domain.contains_key(w.domain.as_str()))
+        if let Some(w) = best_learners(&rest, 1)
+            .first()
+            .filter(|w| !w.domain.is_empty() && !per_domain.contains_key(w.domain.as_str()))
         {
             let mut next = rest;
             next.insert(w.id);
-            if live_quorum(&voters) && live_quorum(&next) {
-                return Some(Change {
-                    step: Step::Voters {
-                        voters: next,
-                        retain: true,
-                    },
-                    reason: "spread_domains",
-                    detail: format!(
-                        "voters share domain {:?}: {} (domain {:?}) takes {}'s place",
-                        v.domain, w.name, w.domain, v.name
-                    ),
-                });
+            if let Some(c) = voters_change(
+                next,
+                true,
+                "spread_domains",
+                format!(
+                    "voters share domain {:?}: {} (domain {:?}) takes {}'s place",
+                    v.domain, w.name, w.domain, v.name
+                ),
+            ) {
+                return Some(c);
             }
         }
     }
@@ -948,22 +982,50 @@ mod tests {
         ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([2])));
+        // One voter and one non-voter: promoting it would make two voters.
         let members = [view(1, true, true, "", 100), view(3, false, true, "", 100)];
+        assert_eq!(plan(1, &members, 100, 3), None);
+        // Two caught-up non-voters: both at once, one to three.
+        let members = [
+            view(1, true, true, "", 100),
+            view(3, false, true, "", 100),
+            view(4, false, true, "", 95),
+        ];
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.reason, "promote");
-        assert_eq!(voters(&c), BTreeSet::from([1, 3]));
+        assert_eq!(voters(&c), BTreeSet::from([1, 3, 4]));
     }
 
     #[test]
-    fn a_dead_voter_nobody_can_replace_is_dropped_and_two_live_members_both_vote() {
+    fn a_dead_voter_nobody_can_replace_stays_and_an_even_count_is_made_odd() {
+        // Dropping it would leave two voters: no more failures tolerated,
+        // and a window where one more wedges the group. It stays.
         let members = [
             view(1, true, true, "", 100),
             view(2, true, true, "", 100),
             view(3, true, false, "", 100),
         ];
-        assert_eq!(voters(&plan(1, &members, 100, 3).unwrap()), BTreeSet::from([1, 2]));
-        let members = [view(1, true, true, "", 100), view(2, true, true, "", 100)];
         assert_eq!(plan(1, &members, 100, 3), None);
+        // Two voters left behind (a leave, an operator's remove): one
+        // becomes a non-voter, never the leader.
+        let members = [view(1, true, true, "", 100), view(2, true, true, "", 100)];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "demote");
+        assert_eq!(voters(&c), BTreeSet::from([1]));
+        // Two voters and a caught-up non-voter: promote it instead.
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, false, true, "", 100),
+        ];
+        let c = plan(1, &members, 100, 3).unwrap();
+        assert_eq!(c.reason, "promote");
+        assert_eq!(voters(&c), BTreeSet::from([1, 2, 3]));
+    }
+
+    #[test]
+    fn odd_rounds_down() {
+        assert_eq!((0..=8).map(odd).collect::<Vec<_>>(), vec![1, 1, 1, 3, 3, 5, 5, 7, 7]);
     }
 
     #[test]
@@ -1004,7 +1066,7 @@ mod tests {
         let c = plan(1, &members, 100, 3).unwrap();
         assert_eq!(c.reason, "demote");
         let v = voters(&c);
-        assert_eq!(v.len(), 4);
+        assert_eq!(v.len(), 3, "two at once: never an even count");
         assert!(v.contains(&1));
     }
 
