@@ -56,6 +56,8 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Contacts {
     started: Instant,
     answered: Mutex<HashMap<NodeId, Instant>>,
+    /// When each member was added here (a join on this leader).
+    joined: Mutex<HashMap<NodeId, Instant>>,
     leader_seen: Mutex<Option<Instant>>,
     /// When this node last granted a pre-vote: it then waits a full
     /// timeout before campaigning itself, so the candidate it backed can win.
@@ -67,6 +69,7 @@ impl Default for Contacts {
         Contacts {
             started: Instant::now(),
             answered: Default::default(),
+            joined: Default::default(),
             leader_seen: Default::default(),
             granted: Default::default(),
         }
@@ -82,6 +85,26 @@ impl Contacts {
     /// When `id` last answered a Raft RPC of ours.
     pub fn last_answer(&self, id: &NodeId) -> Option<Instant> {
         lock(&self.answered).get(id).copied()
+    }
+
+    /// `id` was just added (a join).
+    pub fn joined(&self, id: NodeId) {
+        lock(&self.joined).insert(id, Instant::now());
+    }
+
+    /// Whether member `id` counts as alive for the leader, which leads
+    /// since `since`: it answered within `timeout` (or the leader is newer
+    /// than that). A member added here that has not answered since gets
+    /// four timeouts: its address may not resolve yet (a new pod's DNS
+    /// record, a container network's resolver that lags), and a non-voter
+    /// that never answered costs nothing but a backed-off stream.
+    pub fn alive(&self, id: &NodeId, since: Instant, timeout: Duration) -> bool {
+        let answered = self.last_answer(id);
+        let joined = lock(&self.joined).get(id).copied();
+        match (answered, joined) {
+            (a, Some(j)) if a.is_none_or(|a| a < j) => j.elapsed() < timeout * 4,
+            (a, _) => a.map_or(since, |a| a.max(since)).elapsed() < timeout,
+        }
     }
 
     /// A leader's AppendEntries or snapshot was accepted here.
@@ -679,12 +702,12 @@ impl Cluster {
             .nodes()
             .map(|(id, info)| {
                 let me = *id == self.config.id;
-                let heard = contacts.last_answer(id).map_or(since, |t| t.max(since));
+                let alive = me || contacts.alive(id, since, timeout);
                 MemberView {
                     id: *id,
                     name: info.name.clone(),
                     voter: voters.contains(id),
-                    alive: me || heard.elapsed() < timeout,
+                    alive,
                     domain: info.domain.clone(),
                     matched: if me {
                         m.last_log_index

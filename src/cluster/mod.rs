@@ -648,9 +648,9 @@ impl Cluster {
     /// `--voters`. Must run on the leader.
     async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
         let _one_change = self.change_lock.lock().await;
-        // Counts as heard from: the upkeep must not take a node that has
-        // not answered its first AppendEntries yet for a dead one.
-        self.peers.contacts().answered(id);
+        // The upkeep must not take a node that has not answered its first
+        // AppendEntries yet for a dead one (see `Contacts::joined`).
+        self.peers.contacts().joined(id);
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if let Some(known) = membership.get_node(&id) {
