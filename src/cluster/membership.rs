@@ -842,24 +842,9 @@ pub(super) struct Survey {
 impl Cluster {
     /// Says hello to every address and sums up the answers of initialized peers.
     pub(super) async fn survey(&self, addrs: &[String]) -> Survey {
-        let hello = pb::HelloRequest {
-            node: Some(super::network::node_info_to_pb(&self.config.info)),
-            evicted: false,
-        };
-        let asks = addrs.iter().filter_map(|addr| {
-            let client = self.peers.client(None, addr).ok()?;
-            let mut req = tonic::Request::new(hello.clone());
-            req.set_timeout(Duration::from_secs(2));
-            Some(async move {
-                let mut client = client;
-                super::within(Duration::from_secs(2), client.hello(req))
-                    .await?
-                    .ok()
-                    .map(|r| r.into_inner())
-            })
-        });
+        let targets = addrs.iter().map(|a| ((), None, a.clone()));
         let mut survey = Survey::default();
-        for r in futures_util::future::join_all(asks).await.into_iter().flatten() {
+        for ((), r) in self.peers.hello_each(&self.config.info, targets).await {
             if !r.initialized {
                 continue;
             }
@@ -889,35 +874,19 @@ impl Cluster {
     /// Asks every member its build (`Hello`) and keeps the answers.
     async fn survey_builds(&self) {
         let m = self.metrics();
-        let members: Vec<(NodeId, String)> = m
+        let members: Vec<(NodeId, Option<NodeId>, String)> = m
             .membership_config
             .membership()
             .nodes()
             .filter(|(id, _)| **id != self.config.id)
-            .map(|(id, n)| (*id, n.peer_addr.clone()))
+            .map(|(id, n)| (*id, Some(*id), n.peer_addr.clone()))
             .collect();
-        let hello = pb::HelloRequest {
-            node: Some(super::network::node_info_to_pb(&self.config.info)),
-            evicted: false,
-        };
-        let asks = members.into_iter().filter_map(|(id, addr)| {
-            let client = self.peers.client(Some(&id), &addr).ok()?;
-            let mut req = tonic::Request::new(hello.clone());
-            req.set_timeout(Duration::from_secs(2));
-            Some(async move {
-                let mut client = client;
-                super::within(Duration::from_secs(2), client.hello(req))
-                    .await?
-                    .ok()
-                    .map(|r| (id, r.into_inner()))
-            })
-        });
-        let answers = futures_util::future::join_all(asks).await;
+        let answers = self.peers.hello_each(&self.config.info, members).await;
         // A member that did not answer is not known (counts as protocol 0):
         // it may have come back on an older build.
         let mut builds = lock(&self.builds);
         builds.clear();
-        for (id, r) in answers.into_iter().flatten() {
+        for (id, r) in answers {
             builds.insert(id, (r.version, r.protocol));
         }
     }

@@ -83,27 +83,12 @@ async fn check_same_cluster(config: &ClusterConfig, store: &store::Store, peers:
     let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(3), config.discovery.peers()).await else {
         return Ok(());
     };
-    let hello = pb::HelloRequest {
-        node: Some(network::node_info_to_pb(&config.info)),
-        evicted: false,
-    };
     // Our own address may be listed: we do not answer yet.
-    let asks = addrs
-        .iter()
-        .filter(|a| **a != config.info.peer_addr)
-        .filter_map(|addr| {
-            let client = peers.client(None, addr).ok()?;
-            let mut req = tonic::Request::new(hello.clone());
-            req.set_timeout(Duration::from_secs(2));
-            Some(async move {
-                let mut client = client;
-                within(Duration::from_secs(2), client.hello(req))
-                    .await?
-                    .ok()
-                    .map(|r| r.into_inner())
-            })
-        });
-    for r in futures_util::future::join_all(asks).await.into_iter().flatten() {
+    let targets = addrs
+        .into_iter()
+        .filter(|a| *a != config.info.peer_addr)
+        .map(|a| ((), None, a));
+    for ((), r) in peers.hello_each(&config.info, targets).await {
         let Some(node) = &r.node else { continue };
         if node.id == config.info.name {
             continue;
@@ -959,22 +944,10 @@ impl Cluster {
     /// Says hello to every address: the uninitialized nodes seen (this one
     /// included), and a leader if some reachable node is in a cluster.
     async fn hello_all(&self, addrs: &[String]) -> (BTreeMap<NodeId, NodeInfo>, Option<(NodeId, NodeInfo)>) {
-        let hello = pb::HelloRequest {
-            node: Some(network::node_info_to_pb(&self.config.info)),
-            evicted: false,
-        };
         let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
         let mut leader = None;
-        for addr in addrs {
-            let Ok(mut client) = self.peers.client(None, addr) else {
-                continue;
-            };
-            let mut req = tonic::Request::new(hello.clone());
-            req.set_timeout(Duration::from_secs(2));
-            let Some(Ok(resp)) = within(Duration::from_secs(2), client.hello(req)).await else {
-                continue;
-            };
-            let r = resp.into_inner();
+        let targets = addrs.iter().map(|a| ((), None, a.clone()));
+        for ((), r) in self.peers.hello_each(&self.config.info, targets).await {
             let Some(node) = r.node else { continue };
             let (id, info) = network::node_info_from_pb(node);
             if self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {

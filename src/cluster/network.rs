@@ -68,6 +68,9 @@ impl Partition {
 /// Deadline of a plain RPC (not snapshots).
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Deadline of a `Hello` (forming, joining, surveys).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// HTTP/2 pings on peer connections: sent after this long without a frame
 /// from the peer, and the connection dropped when one goes unanswered for
 /// [`PEER_PING_TIMEOUT`].
@@ -153,6 +156,37 @@ impl Peers {
         Ok(PeerClient::with_interceptor(channel, self.credentials.interceptor())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20))
+    }
+
+    /// Says hello, as `me`, to every target at once: `(key, id if known,
+    /// peer address)`. Returns the answers with their keys, in target
+    /// order; a target that fails or does not answer within
+    /// [`HELLO_TIMEOUT`] is left out. The bound is kept here too: a
+    /// request's deadline only tells the server, and a peer port that
+    /// accepts connections but does not serve yet would hold the call.
+    pub async fn hello_each<K>(
+        &self,
+        me: &NodeInfo,
+        targets: impl IntoIterator<Item = (K, Option<NodeId>, String)>,
+    ) -> Vec<(K, pb::HelloResponse)> {
+        let hello = pb::HelloRequest {
+            node: Some(node_info_to_pb(me)),
+            evicted: false,
+        };
+        let asks = targets.into_iter().filter_map(|(key, id, addr)| {
+            let mut client = self.client(id.as_ref(), &addr).ok()?;
+            let mut req = tonic::Request::new(hello.clone());
+            req.set_timeout(HELLO_TIMEOUT);
+            Some(async move {
+                let answer = super::within(HELLO_TIMEOUT, client.hello(req)).await?.ok()?;
+                Some((key, answer.into_inner()))
+            })
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, PeerError> {
