@@ -4,8 +4,11 @@
 use std::{
     collections::BTreeSet,
     collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -753,43 +756,123 @@ async fn graceful_leave_shrinks_the_membership() {
     c.shutdown().await;
 }
 
+/// Producers writing fresh values through whichever nodes are live, one
+/// attempt at a time each; they record what was acknowledged where, and
+/// the longest time no write at all was acknowledged.
+pub(crate) struct Load {
+    addrs: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    last_ack: Arc<Mutex<(Instant, Duration)>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>,
+}
+
+impl Load {
+    pub(crate) fn start(c: &TestCluster, producers: usize) -> Load {
+        let load = Load {
+            addrs: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            last_ack: Arc::new(Mutex::new((Instant::now(), Duration::ZERO))),
+            tasks: Vec::new(),
+        };
+        load.follow(c);
+        let mut load = load;
+        for p in 0..producers {
+            let (addrs, stop, last_ack) = (load.addrs.clone(), load.stop.clone(), load.last_ack.clone());
+            load.tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut attempt = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    attempt += 1;
+                    let addr = {
+                        let a = addrs.lock().unwrap();
+                        a[(p + attempt) % a.len()].clone()
+                    };
+                    // A fresh value per attempt: a failed one may still be written.
+                    let value = format!("p{p}-{attempt}");
+                    let Ok(client) = Client::connect(&addr).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
+                        record: Some(sidelog::api::pb::Record {
+                            value: Bytes::from(value.clone()),
+                            ..Default::default()
+                        }),
+                    });
+                    req.set_timeout(Duration::from_secs(5));
+                    match client.raw().produce(req).await {
+                        Ok(resp) => {
+                            acked.push((value, resp.into_inner().offset));
+                            let mut l = last_ack.lock().unwrap();
+                            let gap = l.0.elapsed();
+                            l.1 = l.1.max(gap);
+                            l.0 = Instant::now();
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acked
+            }));
+        }
+        load
+    }
+
+    /// Writes go to the cluster's live nodes from now on.
+    pub(crate) fn follow(&self, c: &TestCluster) {
+        *self.addrs.lock().unwrap() = c.live().iter().map(|&i| c.agent(i).client_addr.to_string()).collect();
+    }
+
+    pub(crate) fn acked_since(&self) -> Duration {
+        self.last_ack.lock().unwrap().0.elapsed()
+    }
+
+    /// Stops the producers; returns what was acknowledged and the longest
+    /// stretch without any acknowledgement.
+    pub(crate) async fn stop(self) -> (Vec<(String, u64)>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for t in self.tasks {
+            acked.extend(t.await.unwrap());
+        }
+        let gap = self.last_ack.lock().unwrap().1;
+        (acked, gap)
+    }
+}
+
+/// Every acknowledged record is on every live node once, at its offset,
+/// and the live nodes agree on one order.
+pub(crate) async fn assert_history(c: &TestCluster, acked: &[(String, u64)]) {
+    assert!(!acked.is_empty(), "nothing was acknowledged");
+    let top = acked.iter().map(|a| a.1).max().unwrap() + 1;
+    c.wait_committed(top).await;
+    let live = c.live();
+    let reference = c.records(live[0]);
+    for &i in &live[1..] {
+        let other = c.records(i);
+        let n = reference.len().min(other.len());
+        assert_eq!(reference[..n], other[..n], "node {i} disagrees with node {}", live[0]);
+    }
+    let mut seen = HashSet::new();
+    for (_, v) in &reference {
+        assert!(seen.insert(v.clone()), "{v:?} appears twice");
+    }
+    let at: HashMap<u64, &Bytes> = reference.iter().map(|(o, v)| (*o, v)).collect();
+    for (value, offset) in acked {
+        assert_eq!(
+            at.get(offset).map(|v| &v[..]),
+            Some(value.as_bytes()),
+            "acknowledged {value} at {offset}"
+        );
+    }
+}
+
 /// Many producers through random nodes while nodes are killed and
 /// restarted: every acknowledged record is present exactly once, at the
 /// offset it was acknowledged with, in one order identical on all nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_check_under_kills_and_restarts() {
     let mut c = TestCluster::start(3, no_tweak).await;
-    let addrs: Vec<String> = (0..3).map(|i| c.agent(i).client_addr.to_string()).collect();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for p in 0..6usize {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        producers.push(tokio::spawn(async move {
-            let mut acked: Vec<(String, u64)> = Vec::new();
-            let mut attempt = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                attempt += 1;
-                // A fresh value per attempt: a failed attempt may still have
-                // been written, so retrying the same value could duplicate it.
-                let value = format!("p{p}-{attempt}");
-                let addr = &addrs[(p + attempt as usize) % addrs.len()];
-                let Ok(client) = Client::connect(addr).await else {
-                    continue;
-                };
-                let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
-                    record: Some(sidelog::api::pb::Record {
-                        value: Bytes::from(value.clone()),
-                        ..Default::default()
-                    }),
-                });
-                req.set_timeout(Duration::from_secs(5));
-                if let Ok(resp) = client.raw().produce(req).await {
-                    acked.push((value, resp.into_inner().offset));
-                }
-            }
-            acked
-        }));
-    }
+    let load = Load::start(&c, 6);
     for round in 0..3 {
         let victim = (round * 2) % 3;
         wait_until("some records before the kill", 30, || {
@@ -799,36 +882,15 @@ async fn history_check_under_kills_and_restarts() {
         })
         .await;
         c.kill(victim).await;
+        load.follow(&c);
         c.leader().await;
         c.restart(victim).await;
+        load.follow(&c);
         c.wait_formed().await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked: Vec<(String, u64)> = Vec::new();
-    for p in producers {
-        acked.extend(p.await.unwrap());
-    }
+    let (acked, _) = load.stop().await;
     assert!(acked.len() > 60, "only {} records acknowledged", acked.len());
-    let top = acked.iter().map(|a| a.1).max().unwrap() + 1;
-    c.wait_committed(top).await;
-    let reference = c.records(0);
-    for i in 1..3 {
-        let other = c.records(i);
-        let n = reference.len().min(other.len());
-        assert_eq!(reference[..n], other[..n], "node {i} disagrees with node 0");
-    }
-    let at: HashMap<u64, &Bytes> = reference.iter().map(|(o, v)| (*o, v)).collect();
-    let mut seen = HashSet::new();
-    for (_, v) in &reference {
-        assert!(seen.insert(v.clone()), "{v:?} appears twice");
-    }
-    for (value, offset) in &acked {
-        assert_eq!(
-            at.get(offset).map(|v| &v[..]),
-            Some(value.as_bytes()),
-            "acknowledged {value} at {offset}"
-        );
-    }
+    assert_history(&c, &acked).await;
     c.shutdown().await;
 }
 

@@ -3,11 +3,7 @@
 //! domains, lost-quorum recovery.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
@@ -21,122 +17,12 @@ use sidelog::{
 };
 
 use crate::{
-    cluster::{TestCluster, no_tweak, start_when_unlocked, wait_until},
+    cluster::{Load, TestCluster, assert_history, no_tweak, start_when_unlocked, wait_until},
     common::config_in,
 };
 
 fn fast_dead(config: &mut Config) {
     config.dead_member_timeout = Duration::from_secs(5);
-}
-
-/// Producers writing fresh values through whichever nodes are live, one
-/// attempt at a time each; they record what was acknowledged where, and
-/// the longest time no write at all was acknowledged.
-struct Load {
-    addrs: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    last_ack: Arc<Mutex<(Instant, Duration)>>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>,
-}
-
-impl Load {
-    fn start(c: &TestCluster, producers: usize) -> Load {
-        let load = Load {
-            addrs: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-            last_ack: Arc::new(Mutex::new((Instant::now(), Duration::ZERO))),
-            tasks: Vec::new(),
-        };
-        load.follow(c);
-        let mut load = load;
-        for p in 0..producers {
-            let (addrs, stop, last_ack) = (load.addrs.clone(), load.stop.clone(), load.last_ack.clone());
-            load.tasks.push(tokio::spawn(async move {
-                let mut acked = Vec::new();
-                let mut attempt = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    attempt += 1;
-                    let addr = {
-                        let a = addrs.lock().unwrap();
-                        a[(p + attempt) % a.len()].clone()
-                    };
-                    // A fresh value per attempt: a failed one may still be written.
-                    let value = format!("p{p}-{attempt}");
-                    let Ok(client) = Client::connect(&addr).await else {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    };
-                    let mut req = tonic::Request::new(sidelog::api::pb::ProduceRequest {
-                        record: Some(sidelog::api::pb::Record {
-                            value: Bytes::from(value.clone()),
-                            ..Default::default()
-                        }),
-                    });
-                    req.set_timeout(Duration::from_secs(5));
-                    match client.raw().produce(req).await {
-                        Ok(resp) => {
-                            acked.push((value, resp.into_inner().offset));
-                            let mut l = last_ack.lock().unwrap();
-                            let gap = l.0.elapsed();
-                            l.1 = l.1.max(gap);
-                            l.0 = Instant::now();
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-                acked
-            }));
-        }
-        load
-    }
-
-    /// Writes go to the cluster's live nodes from now on.
-    fn follow(&self, c: &TestCluster) {
-        *self.addrs.lock().unwrap() = c.live().iter().map(|&i| c.agent(i).client_addr.to_string()).collect();
-    }
-
-    fn acked_since(&self) -> Duration {
-        self.last_ack.lock().unwrap().0.elapsed()
-    }
-
-    /// Stops the producers; returns what was acknowledged and the longest
-    /// stretch without any acknowledgement.
-    async fn stop(self) -> (Vec<(String, u64)>, Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Vec::new();
-        for t in self.tasks {
-            acked.extend(t.await.unwrap());
-        }
-        let gap = self.last_ack.lock().unwrap().1;
-        (acked, gap)
-    }
-}
-
-/// Every acknowledged record is on every live node once, at its offset,
-/// and the live nodes agree on one order.
-async fn assert_history(c: &TestCluster, acked: &[(String, u64)]) {
-    assert!(!acked.is_empty(), "nothing was acknowledged");
-    let top = acked.iter().map(|a| a.1).max().unwrap() + 1;
-    c.wait_committed(top).await;
-    let live = c.live();
-    let reference = c.records(live[0]);
-    for &i in &live[1..] {
-        let other = c.records(i);
-        let n = reference.len().min(other.len());
-        assert_eq!(reference[..n], other[..n], "node {i} disagrees with node {}", live[0]);
-    }
-    let mut seen = HashSet::new();
-    for (_, v) in &reference {
-        assert!(seen.insert(v.clone()), "{v:?} appears twice");
-    }
-    let at: HashMap<u64, &Bytes> = reference.iter().map(|(o, v)| (*o, v)).collect();
-    for (value, offset) in acked {
-        assert_eq!(
-            at.get(offset).map(|v| &v[..]),
-            Some(value.as_bytes()),
-            "acknowledged {value} at {offset}"
-        );
-    }
 }
 
 fn ids(c: &TestCluster, nodes: &[usize]) -> BTreeSet<NodeId> {
