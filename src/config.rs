@@ -160,11 +160,18 @@ pub struct AgentArgs {
     /// existing cluster); required with --discovery mdns or dns].
     #[arg(long, env = "SIDELOG_BOOTSTRAP_EXPECT", value_name = "N")]
     pub bootstrap_expect: Option<usize>,
-    /// How many voters the group keeps (1, 3, 5 or 7); every other member
-    /// is a non-voter holding a full replica (fewer voters while fewer
+    /// How many voters the group keeps (1, 3, 5 or 7; fewer while fewer
     /// nodes exist) [default: 3].
     #[arg(long, env = "SIDELOG_VOTERS", value_name = "N")]
     pub voters: Option<usize>,
+    /// How many non-voters hold a full replica, ready to take a dead
+    /// voter's place within seconds (0-16). Sidecars beyond the voters and
+    /// standbys hold no log: they forward their apps' writes to the leader
+    /// and read from a replica, so the leader's replication work stays
+    /// bounded however many pods there are. The leader's setting counts
+    /// [default: 2].
+    #[arg(long, env = "SIDELOG_STANDBYS", value_name = "N")]
+    pub standbys: Option<usize>,
     /// A member no peer has heard from for this long is replaced: a
     /// caught-up non-voter takes a dead voter's place, dead non-voters are
     /// removed [default: 30s].
@@ -308,6 +315,7 @@ pub struct FileConfig {
     pub mdns_interface: Option<Vec<String>>,
     pub bootstrap_expect: Option<usize>,
     pub voters: Option<usize>,
+    pub standbys: Option<usize>,
     pub dead_member_timeout: Option<String>,
     pub failure_domain: Option<String>,
     pub leave_on_terminate: Option<bool>,
@@ -364,6 +372,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub bootstrap_expect: usize,
     pub voters: usize,
+    pub standbys: usize,
     #[serde(with = "humantime_secs")]
     pub dead_member_timeout: Duration,
     pub failure_domain: String,
@@ -468,6 +477,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             bootstrap_expect: 1,
             voters: 3,
+            standbys: crate::cluster::DEFAULT_STANDBYS,
             dead_member_timeout: crate::cluster::DEFAULT_DEAD_MEMBER_TIMEOUT,
             failure_domain: String::new(),
             leave_on_terminate: false,
@@ -631,6 +641,7 @@ impl Config {
             advertise_peer_addr: args.advertise_peer_addr.or(file.advertise_peer_addr),
             bootstrap_expect: bootstrap_expect.unwrap_or(if join.is_empty() { 1 } else { 0 }),
             voters: args.voters.or(file.voters).unwrap_or(d.voters),
+            standbys: args.standbys.or(file.standbys).unwrap_or(d.standbys),
             dead_member_timeout: args
                 .dead_member_timeout
                 .or(duration("dead-member-timeout", file.dead_member_timeout)?)
@@ -760,6 +771,15 @@ impl Config {
                 format!(
                     "{} is not 1, 3, 5 or 7 (an even count tolerates no more failures than the odd count below it)",
                     self.voters
+                ),
+            ));
+        }
+        if self.standbys > 16 {
+            return Err(invalid(
+                "standbys",
+                format!(
+                    "{} is above 16: every standby costs the leader a replication stream",
+                    self.standbys
                 ),
             ));
         }

@@ -180,12 +180,12 @@ impl TestCluster {
         Client::connect(&self.agent(i).client_addr.to_string()).await.unwrap()
     }
 
-    /// The leader every live node agrees on (waits for it).
+    /// The leader every live replica agrees on (waits for it).
     pub(crate) async fn leader(&self) -> usize {
         let mut found = None;
         wait_until("one leader all live nodes agree on", 30, || {
             let leaders: HashSet<Option<NodeId>> = self
-                .live()
+                .replicas()
                 .iter()
                 .map(|&i| self.agent(i).cluster().metrics().current_leader)
                 .collect();
@@ -266,10 +266,18 @@ impl TestCluster {
             .collect()
     }
 
-    /// Waits until every live node has committed `n` data records.
+    /// The live nodes that hold a replica (not attached without a log).
+    pub(crate) fn replicas(&self) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&i| !self.agent(i).cluster().is_attached())
+            .collect()
+    }
+
+    /// Waits until every live replica has committed `n` data records.
     pub(crate) async fn wait_committed(&self, n: u64) {
-        wait_until(&format!("{n} records committed on every live node"), 30, || {
-            self.live().iter().all(|&i| self.agent(i).node().committed() >= n)
+        wait_until(&format!("{n} records committed on every live replica"), 30, || {
+            self.replicas().iter().all(|&i| self.agent(i).node().committed() >= n)
         })
         .await;
     }
@@ -845,7 +853,7 @@ pub(crate) async fn assert_history(c: &TestCluster, acked: &[(String, u64)]) {
     assert!(!acked.is_empty(), "nothing was acknowledged");
     let top = acked.iter().map(|a| a.1).max().unwrap() + 1;
     c.wait_committed(top).await;
-    let live = c.live();
+    let live = c.replicas();
     let reference = c.records(live[0]);
     for &i in &live[1..] {
         let other = c.records(i);

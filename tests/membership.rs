@@ -139,25 +139,70 @@ async fn a_data_dir_of_another_cluster_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twelve_agents_keep_three_voters() {
-    let c = TestCluster::start(12, no_tweak).await;
+async fn twelve_agents_keep_three_voters_two_standbys_and_seven_sidecars_without_a_log() {
+    let mut c = TestCluster::start(12, fast_dead).await;
     let leader = c.leader().await;
-    wait_until("12 members, all ready", 60, || {
-        c.agent(leader)
-            .cluster()
-            .metrics()
-            .membership_config
-            .membership()
-            .nodes()
-            .count()
-            == 12
+    let shape = |c: &TestCluster, leader: usize, replicas: usize, attached: usize| {
+        let cl = c.agent(leader).cluster();
+        cl.is_leader()
+            && cl.metrics().membership_config.membership().nodes().count() == replicas
+            && cl.status().attached.len() == attached
             && c.live().iter().all(|&i| c.agent(i).cluster().is_ready())
+    };
+    wait_until("5 replicas and 7 attached sidecars, all ready", 60, || {
+        shape(&c, leader, 5, 7)
     })
     .await;
     assert_eq!(c.voters(leader).len(), 3);
-    let mut client = c.client(11).await;
-    assert_eq!(client.produce("through a non-voter").await.unwrap(), 0);
-    c.wait_committed(1).await;
+    let attached: Vec<usize> = c
+        .live()
+        .into_iter()
+        .filter(|&i| c.agent(i).cluster().is_attached())
+        .collect();
+    assert_eq!(attached.len(), 7, "sidecars beyond 3 voters and 2 standbys hold no log");
+    // Writes and reads through sidecars without a log: forwarded to the
+    // leader, read from their home replica, streams follow the tail.
+    let (a, b) = (attached[0], attached[1]);
+    let mut client = c.client(a).await;
+    for i in 0..10u64 {
+        assert_eq!(client.produce(format!("r{i}")).await.unwrap(), i);
+    }
+    assert_eq!(&client.consume(3).await.unwrap().value[..], b"r3");
+    let status = client.consume(10).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    let mut stream = client.consume_stream(8).await.unwrap();
+    for i in 8..10u64 {
+        let r = stream.message().await.unwrap().unwrap().record.unwrap();
+        assert_eq!((r.offset, r.value), (i, Bytes::from(format!("r{i}"))));
+    }
+    let mut other = c.client(b).await;
+    assert_eq!(other.produce("from another sidecar").await.unwrap(), 10);
+    let r = stream.message().await.unwrap().unwrap().record.unwrap();
+    assert_eq!((r.offset, &r.value[..]), (10, &b"from another sidecar"[..]));
+    assert_eq!(
+        c.agent(a).node().log().next_offset(),
+        0,
+        "an attached sidecar writes no log"
+    );
+    let servers = client.get_servers().await.unwrap();
+    assert_eq!(servers.len(), 5, "GetServers lists the replicas: {servers:?}");
+    assert_eq!(servers.iter().filter(|s| s.is_leader).count(), 1);
+    // A voter dies: a standby takes its place, and an attached sidecar
+    // becomes a standby, so the group is back to 3 + 2 replicas.
+    let victim = c
+        .voters(leader)
+        .into_iter()
+        .filter_map(|id| c.live().into_iter().find(|&i| TestCluster::id(i) == id))
+        .find(|&i| i != leader)
+        .unwrap();
+    c.kill(victim).await;
+    wait_until("the dead voter replaced, a sidecar a standby", 90, || {
+        let v = c.voters(leader);
+        shape(&c, leader, 5, 6) && v.len() == 3 && !v.contains(&TestCluster::id(victim))
+    })
+    .await;
+    assert_eq!(other.produce("after the loss").await.unwrap(), 11);
+    c.wait_committed(12).await;
     c.shutdown().await;
 }
 

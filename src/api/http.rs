@@ -208,7 +208,7 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Respons
 
 async fn consume_at(s: &HttpState, offset: u64) -> Response {
     tracing::Span::current().record("offset", offset);
-    match s.node.read_off_runtime(offset).await {
+    match s.cluster.read(offset, false).await {
         Ok(r) => {
             s.metrics.records_out.inc();
             s.metrics.bytes_out.inc_by(r.value.len() as u64);

@@ -164,6 +164,77 @@ impl StreamChunk {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// How long a remote read waits for new records before asking again.
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl LogService {
+    /// A ConsumeStream on a sidecar attached without a log: long polls of
+    /// its home replica (`Peer/Read`), in order, one batch at a time.
+    async fn consume_stream_remote(
+        &self,
+        request: pb::ConsumeRequest,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Response<BoxStream<pb::ConsumeResponse>>, Status> {
+        let cluster = self.cluster.clone();
+        // The first read answers out-of-range (and a linearizable read's
+        // barrier) as a status on the call.
+        let (first, _, _) = cluster
+            .read_remote(
+                request.offset,
+                STREAM_BATCH_RECORDS,
+                STREAM_BATCH_BYTES,
+                std::time::Duration::ZERO,
+                request.linearizable,
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
+        let mut next = request.offset;
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics.consume_streams.inc();
+            let _open = scopeguard(|| {
+                metrics.consume_streams.dec();
+            });
+            let mut batch = first;
+            loop {
+                for record in batch {
+                    next = record.offset + 1;
+                    metrics.records_out.inc();
+                    metrics.bytes_out.inc_by(record.value.len() as u64);
+                    let response = Ok(pb::ConsumeResponse {
+                        record: Some(record.into()),
+                    });
+                    tokio::select! {
+                        sent = tx.send(response) => if sent.is_err() { return },
+                        _ = shutdown.cancelled() => {
+                            let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
+                            return;
+                        }
+                    }
+                }
+                let read = cluster.read_remote(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES, REMOTE_POLL, false);
+                batch = tokio::select! {
+                    r = read => match r {
+                        Ok((b, _, _)) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
 #[tonic::async_trait]
 impl LogApi for LogService {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
@@ -193,10 +264,7 @@ impl LogApi for LogService {
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
         let request = request.into_inner();
-        if request.linearizable {
-            self.cluster.read_barrier().await?;
-        }
-        let record = self.node.read_off_runtime(request.offset).await?;
+        let record = self.cluster.read(request.offset, request.linearizable).await?;
         self.metrics.records_out.inc();
         self.metrics.bytes_out.inc_by(record.value.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
@@ -218,6 +286,9 @@ impl LogApi for LogService {
             ))
         })?;
         let request = request.into_inner();
+        if self.cluster.reads_remote().is_some() {
+            return self.consume_stream_remote(request, permit).await;
+        }
         if request.linearizable {
             self.cluster.read_barrier().await?;
         }

@@ -115,7 +115,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 };
                 writeln!(out, "cluster protocol: {}{note}", s.cluster_protocol)?;
             }
-            if s.removed {
+            if s.attached_here {
+                writeln!(
+                    out,
+                    "attached:  this sidecar holds no log; it reads from {} and forwards writes to the leader",
+                    s.home
+                )?;
+            } else if s.removed {
                 writeln!(
                     out,
                     "removed:   this node was removed from the membership and is rejoining"
@@ -150,6 +156,29 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                         format!("{} p{}", m.version, m.protocol)
                     }
                 )?;
+            }
+            if !s.attached.is_empty() {
+                writeln!(
+                    out,
+                    "\n{:<20} {:<22} {:<22} {:<12} {:>13}",
+                    "ATTACHED (NO LOG)", "PEER", "CLIENT", "DOMAIN", "LAST CONTACT"
+                )?;
+                for m in s.attached {
+                    writeln!(
+                        out,
+                        "{:<20} {:<22} {:<22} {:<12} {:>13}",
+                        m.id,
+                        m.peer_addr,
+                        m.client_addr,
+                        if m.failure_domain.is_empty() {
+                            "-"
+                        } else {
+                            &m.failure_domain
+                        },
+                        m.last_contact_ms
+                            .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+                    )?;
+                }
             }
         }
         ClusterAction::Remove { id, .. } => {

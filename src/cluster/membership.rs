@@ -221,6 +221,25 @@ pub struct MemberView {
     pub domain: String,
     /// The member's matched log index (the leader: its own last index).
     pub matched: Option<u64>,
+    /// A Raft member holding a replica; false for a sidecar attached
+    /// without a log (see `attach`), which the upkeep may add as a standby.
+    pub replica: bool,
+    /// Its build can run attached (peer protocol 2 or later), so removing
+    /// it as a spare standby makes it attach rather than rejoin as one.
+    pub attachable: bool,
+}
+
+/// Whether a sidecar in `domain` would spread the voters: the domain holds
+/// no live replica at all while two live voters share another domain.
+pub fn domain_lacks_replica(members: &[MemberView], domain: &str) -> bool {
+    if domain.is_empty() || members.iter().any(|m| m.replica && m.alive && m.domain == domain) {
+        return false;
+    }
+    let mut voters_per_domain: HashMap<&str, usize> = HashMap::new();
+    for m in members.iter().filter(|m| m.voter && m.alive && !m.domain.is_empty()) {
+        *voters_per_domain.entry(m.domain.as_str()).or_default() += 1;
+    }
+    voters_per_domain.values().any(|n| *n > 1)
 }
 
 /// One membership change the leader should make.
@@ -230,6 +249,8 @@ pub enum Step {
     Voters { voters: BTreeSet<NodeId>, retain: bool },
     /// Non-voters to remove.
     RemoveNodes(BTreeSet<NodeId>),
+    /// An attached sidecar to add as a non-voter (a standby).
+    AddLearner(NodeId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,7 +307,8 @@ pub fn odd(n: usize) -> usize {
 
 /// The next membership change, if any (see the module docs for the rules).
 /// `me` is the leader; `last_index` its last log index; `voters_target`
-/// the `--voters` setting.
+/// and `standbys` the `--voters` and `--standbys` settings. `members` also
+/// lists the attached sidecars (`replica: false`).
 ///
 /// Voter counts stay odd: an even count tolerates no more failures than
 /// the odd count below it, and moving through one (3 voters, one dead,
@@ -295,7 +317,9 @@ pub fn odd(n: usize) -> usize {
 /// a dead voter is only ever *replaced*, never dropped alone, promotions go
 /// two at a time (1 to 3, 3 to 5), and an even count left behind (a leave,
 /// an operator's remove, an older build) is made odd again.
-pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: usize) -> Option<Change> {
+pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usize, standbys: usize) -> Option<Change> {
+    let members: Vec<MemberView> = all.iter().filter(|m| m.replica).cloned().collect();
+    let members = members.as_slice();
     let by_id = |id: &NodeId| members.iter().find(|m| m.id == *id);
     let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
     let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
@@ -370,6 +394,29 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
         });
     }
     let live = members.iter().filter(|m| alive(&m.id)).count();
+    // 2b. Fewer live replicas than voters plus standbys, or a failure
+    //     domain without any replica while voters share one: an attached
+    //     sidecar becomes a standby (it catches up, then may be promoted).
+    let spread = all
+        .iter()
+        .filter(|m| !m.replica && m.alive && domain_lacks_replica(all, &m.domain))
+        .min_by(|a, b| a.name.cmp(&b.name));
+    let refill = if live < voters_target.max(voters.len()) + standbys {
+        spread.or_else(|| {
+            all.iter()
+                .filter(|m| !m.replica && m.alive)
+                .min_by(|a, b| a.name.cmp(&b.name))
+        })
+    } else {
+        spread
+    };
+    if let Some(m) = refill {
+        return Some(Change {
+            step: Step::AddLearner(m.id),
+            reason: "add_standby",
+            detail: format!("{live} live replicas: {} becomes a standby non-voter", m.name),
+        });
+    }
     let target = odd(voters_target.min(live));
     // 3. Fewer voters than wanted: promote, to the next odd count.
     if voters.len() < target {
@@ -468,6 +515,31 @@ pub fn plan(me: NodeId, members: &[MemberView], last_index: u64, voters_target: 
             }
         }
     }
+    // 6. More live replicas than voters plus standbys (after a demotion, a
+    //    swap, or from builds before standbys had a bound): a spare
+    //    non-voter goes and attaches without a log. Never one that alone
+    //    holds a domain the voters could move to, nor an older build
+    //    (it would rejoin as a non-voter at once).
+    let spare_ok = |m: &MemberView| {
+        let others = members.iter().filter(|o| o.id != m.id).cloned().collect::<Vec<_>>();
+        !domain_lacks_replica(&others, &m.domain)
+    };
+    if live > voters_target.max(voters.len()) + standbys
+        && let Some(m) = members
+            .iter()
+            .filter(|m| !m.voter && m.alive && m.attachable && m.id != me && spare_ok(m))
+            .min_by(|a, b| a.matched.cmp(&b.matched).then(b.name.cmp(&a.name)))
+    {
+        return Some(Change {
+            step: Step::RemoveNodes(BTreeSet::from([m.id])),
+            reason: "shed_standby",
+            detail: format!(
+                "{live} live replicas, {} wanted: {} holds no log from now on",
+                voters_target.max(voters.len()) + standbys,
+                m.name
+            ),
+        });
+    }
     None
 }
 
@@ -542,11 +614,25 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
             continue;
         }
         let views = c.member_views_since(since);
-        let Some(change) = plan(c.config.id, &views, m.last_log_index.unwrap_or(0), c.config.voters) else {
+        let Some(change) = plan(
+            c.config.id,
+            &views,
+            m.last_log_index.unwrap_or(0),
+            c.config.voters,
+            c.config.standbys,
+        ) else {
             continue;
         };
         tracing::warn!(reason = change.reason, detail = %change.detail, "changing the membership");
         c.count_change(change.reason);
+        // A shed standby is told at once, so it attaches without waiting
+        // to notice.
+        let told: Vec<super::NodeInfo> = match &change.step {
+            Step::RemoveNodes(ids) if change.reason == "shed_standby" => {
+                ids.iter().filter_map(|id| membership.get_node(id).cloned()).collect()
+            }
+            _ => Vec::new(),
+        };
         // A long deadline (the change lock is held meanwhile): openraft
         // makes a change in two steps, and a call dropped between them
         // leaves the joint configuration, which a later pass finishes.
@@ -555,7 +641,12 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
             _ = token.cancelled() => return,
         };
         match result {
-            Ok(Ok(())) => tracing::info!(reason = change.reason, "membership changed"),
+            Ok(Ok(())) => {
+                tracing::info!(reason = change.reason, "membership changed");
+                for info in &told {
+                    c.tell_removed(info).await;
+                }
+            }
             Ok(Err(e)) => tracing::warn!(reason = change.reason, cause = %e, "membership change failed"),
             Err(_) => tracing::warn!(
                 reason = change.reason,
@@ -698,7 +789,8 @@ impl Cluster {
         let replication = m.replication.clone().unwrap_or_default();
         let contacts = self.peers.contacts();
         let timeout = self.config.dead_member_timeout;
-        membership
+        let builds = lock(&self.builds).clone();
+        let mut views: Vec<MemberView> = membership
             .nodes()
             .map(|(id, info)| {
                 let me = *id == self.config.id;
@@ -714,9 +806,26 @@ impl Cluster {
                     } else {
                         replication.get(id).and_then(|l| l.map(|l| l.index))
                     },
+                    replica: true,
+                    attachable: builds.get(id).is_some_and(|b| b.1 >= 2),
                 }
             })
-            .collect()
+            .collect();
+        views.extend(
+            self.attached_sidecars(timeout)
+                .into_iter()
+                .map(|(id, info, _)| MemberView {
+                    id,
+                    name: info.name,
+                    voter: false,
+                    alive: true,
+                    domain: info.domain,
+                    matched: None,
+                    replica: false,
+                    attachable: true,
+                }),
+        );
+        views
     }
 
     /// Makes one planned change.
@@ -724,6 +833,20 @@ impl Cluster {
         let change = match step {
             Step::Voters { voters, .. } => ChangeMembers::ReplaceAllVoters(voters.clone()),
             Step::RemoveNodes(ids) => ChangeMembers::RemoveNodes(ids.clone()),
+            Step::AddLearner(id) => {
+                let info = lock(&self.attached)
+                    .get(id)
+                    .map(|(info, _)| info.clone())
+                    .ok_or("the attached sidecar is gone")?;
+                self.peers.contacts().joined(*id);
+                // Not blocking: the upkeep promotes it once caught up.
+                return self
+                    .raft
+                    .add_learner(*id, info, false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
         };
         let retain = matches!(step, Step::Voters { retain: true, .. });
         self.raft
@@ -753,6 +876,15 @@ impl Cluster {
         let quiet = !leads && self.peers.contacts().since_leader() > 3 * max;
         let removed_flag = self.removed.load(Ordering::Acquire);
         if member && !quiet && !removed_flag && self.store.cluster_id().is_some() {
+            return;
+        }
+        // Attached without a log (after a removal): the heartbeat through
+        // the leader it knows is enough while it answers.
+        if (!member || removed_flag)
+            && self.attachment().is_some()
+            && self.heartbeat().await
+            && self.attachment().is_some()
+        {
             return;
         }
         // Ask around: the members we know and whatever discovery finds.
@@ -924,7 +1056,98 @@ mod tests {
             alive,
             domain: domain.into(),
             matched: Some(matched),
+            replica: true,
+            attachable: true,
         }
+    }
+
+    fn attached(id: u64, domain: &str) -> MemberView {
+        MemberView {
+            matched: None,
+            replica: false,
+            ..view(id, false, true, domain, 0)
+        }
+    }
+
+    #[test]
+    fn an_attached_sidecar_becomes_a_standby_only_while_replicas_are_missing() {
+        // 3 voters, 1 standby, 2 attached; 2 standbys wanted: one is added.
+        let mut members = vec![
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, true, "", 100),
+            view(4, false, true, "", 100),
+            attached(6, ""),
+            attached(5, ""),
+        ];
+        let c = plan(1, &members, 100, 3, 2).expect("a change");
+        assert_eq!(c.reason, "add_standby");
+        assert_eq!(c.step, Step::AddLearner(5));
+        // With both standbys there: nothing to do.
+        members[4] = view(6, false, true, "", 100);
+        assert_eq!(plan(1, &members, 100, 3, 2), None);
+        // A dead voter with nobody caught up to replace it: an attached
+        // sidecar is added first (it catches up, then takes the place).
+        let members = [
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, false, "", 100),
+            attached(4, ""),
+        ];
+        assert_eq!(plan(1, &members, 100, 3, 0).unwrap().step, Step::AddLearner(4));
+    }
+
+    #[test]
+    fn spare_standbys_are_shed_but_never_an_older_build_or_the_only_replica_of_a_needed_domain() {
+        let mut members = vec![
+            view(1, true, true, "", 100),
+            view(2, true, true, "", 100),
+            view(3, true, true, "", 100),
+            view(4, false, true, "", 100),
+            view(5, false, true, "", 90),
+            view(6, false, true, "", 100),
+        ];
+        // 6 replicas, 3 + 2 wanted: the least caught up goes.
+        let c = plan(1, &members, 100, 3, 2).expect("a change");
+        assert_eq!(c.reason, "shed_standby");
+        assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([5])));
+        // An older build would only rejoin as a non-voter: it stays.
+        // (then, among equals, the last by name).
+        members[4].attachable = false;
+        assert_eq!(
+            plan(1, &members, 100, 3, 2).unwrap().step,
+            Step::RemoveNodes(BTreeSet::from([6]))
+        );
+        // Voters share domain a; 6 alone holds domain b: it is not shed
+        // (the swap rule wants it), and once it is caught up it swaps in.
+        let members = [
+            view(1, true, true, "a", 100),
+            view(2, true, true, "a", 100),
+            view(3, true, true, "c", 100),
+            view(4, false, true, "a", 100),
+            view(5, false, true, "c", 100),
+            view(6, false, true, "b", 100),
+        ];
+        let c = plan(1, &members, 100, 3, 2).unwrap();
+        assert_eq!(c.reason, "spread_domains");
+        assert!(voters(&c).contains(&6));
+    }
+
+    #[test]
+    fn an_attached_sidecar_in_a_domain_without_replicas_is_added_while_voters_share_one() {
+        let mut members = vec![
+            view(1, true, true, "a", 100),
+            view(2, true, true, "a", 100),
+            view(3, true, true, "c", 100),
+            view(4, false, true, "a", 100),
+            view(5, false, true, "c", 100),
+            attached(6, "b"),
+        ];
+        // At the cap, but domain b has no replica and two voters share a.
+        assert_eq!(plan(1, &members, 100, 3, 2).unwrap().step, Step::AddLearner(6));
+        // Voters spread already: domain b gets nothing beyond the cap.
+        members[1].domain = "d".into();
+        assert_eq!(plan(1, &members, 100, 3, 2), None);
     }
 
     fn voters(change: &Change) -> BTreeSet<NodeId> {
@@ -944,7 +1167,7 @@ mod tests {
             view(5, false, true, "", 99),
             view(6, false, false, "", 100),
         ];
-        let c = plan(1, &members, 100, 3).expect("a change");
+        let c = plan(1, &members, 100, 3, 16).expect("a change");
         assert_eq!(c.reason, "replace_dead_voter");
         assert_eq!(voters(&c), BTreeSet::from([1, 2, 5]));
         assert!(matches!(c.step, Step::Voters { retain: false, .. }));
@@ -959,10 +1182,10 @@ mod tests {
             view(3, true, false, "", 100),
             view(4, false, true, "", 100),
         ];
-        assert_eq!(plan(1, &members, 100, 3), None);
+        assert_eq!(plan(1, &members, 100, 3, 16), None);
         // Two voters, one dead: dropping it would need the dead one's vote.
         let members = [view(1, true, true, "", 100), view(2, true, false, "", 100)];
-        assert_eq!(plan(1, &members, 100, 3), None);
+        assert_eq!(plan(1, &members, 100, 3, 16), None);
     }
 
     #[test]
@@ -972,18 +1195,18 @@ mod tests {
             view(2, false, false, "", 100),
             view(3, false, true, "", 100),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.step, Step::RemoveNodes(BTreeSet::from([2])));
         // One voter and one non-voter: promoting it would make two voters.
         let members = [view(1, true, true, "", 100), view(3, false, true, "", 100)];
-        assert_eq!(plan(1, &members, 100, 3), None);
+        assert_eq!(plan(1, &members, 100, 3, 16), None);
         // Two caught-up non-voters: both at once, one to three.
         let members = [
             view(1, true, true, "", 100),
             view(3, false, true, "", 100),
             view(4, false, true, "", 95),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.reason, "promote");
         assert_eq!(voters(&c), BTreeSet::from([1, 3, 4]));
     }
@@ -997,11 +1220,11 @@ mod tests {
             view(2, true, true, "", 100),
             view(3, true, false, "", 100),
         ];
-        assert_eq!(plan(1, &members, 100, 3), None);
+        assert_eq!(plan(1, &members, 100, 3, 16), None);
         // Two voters left behind (a leave, an operator's remove): one
         // becomes a non-voter, never the leader.
         let members = [view(1, true, true, "", 100), view(2, true, true, "", 100)];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.reason, "demote");
         assert_eq!(voters(&c), BTreeSet::from([1]));
         // Two voters and a caught-up non-voter: promote it instead.
@@ -1010,7 +1233,7 @@ mod tests {
             view(2, true, true, "", 100),
             view(3, false, true, "", 100),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.reason, "promote");
         assert_eq!(voters(&c), BTreeSet::from([1, 2, 3]));
     }
@@ -1043,7 +1266,7 @@ mod tests {
     #[test]
     fn a_learner_far_behind_is_not_promoted() {
         let members = [view(1, true, true, "", 5000), view(3, false, true, "", 10)];
-        assert_eq!(plan(1, &members, 5000, 3), None);
+        assert_eq!(plan(1, &members, 5000, 3, 16), None);
     }
 
     #[test]
@@ -1055,7 +1278,7 @@ mod tests {
             view(4, true, true, "", 100),
             view(5, true, true, "", 100),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.reason, "demote");
         let v = voters(&c);
         assert_eq!(v.len(), 3, "two at once: never an even count");
@@ -1071,7 +1294,7 @@ mod tests {
             view(4, false, true, "c", 100),
             view(5, false, true, "a", 100),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(c.reason, "spread_domains");
         assert_eq!(voters(&c), BTreeSet::from([1, 3, 4]));
         // Once spread, nothing more to do.
@@ -1081,7 +1304,7 @@ mod tests {
             view(3, true, true, "b", 100),
             view(4, true, true, "c", 100),
         ];
-        assert_eq!(plan(1, &members, 100, 3), None);
+        assert_eq!(plan(1, &members, 100, 3, 16), None);
     }
 
     #[test]
@@ -1093,7 +1316,7 @@ mod tests {
             view(4, false, true, "a", 100),
             view(5, false, true, "c", 90),
         ];
-        let c = plan(1, &members, 100, 3).unwrap();
+        let c = plan(1, &members, 100, 3, 16).unwrap();
         assert_eq!(voters(&c), BTreeSet::from([1, 2, 5]));
     }
 

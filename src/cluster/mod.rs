@@ -10,6 +10,7 @@
 //! leader writes as one entry, so followers keep per-producer order and
 //! batch under load.
 
+mod attach;
 mod forwarder;
 pub mod log_store;
 pub mod membership;
@@ -126,6 +127,9 @@ pub struct ClusterConfig {
     pub partition: Option<Arc<Partition>>,
     /// `--voters`: how many voters the leader keeps (the rest are non-voters).
     pub voters: usize,
+    /// `--standbys`: how many non-voters the leader keeps with a full
+    /// replica; sidecars beyond those are attached without a log.
+    pub standbys: usize,
     /// `--dead-member-timeout`: a member unheard of this long is replaced.
     pub dead_member_timeout: Duration,
     /// `--force-new-cluster`: before starting, make this node the only
@@ -159,10 +163,17 @@ impl std::ops::Deref for ChangeCounter {
 /// its serf failure detection, typically 30-60 s; so do we).
 pub const DEFAULT_DEAD_MEMBER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default `--standbys`: two non-voters with a full replica, so a dead
+/// voter is replaced by a caught-up standby at once, and a second death
+/// soon after still finds one. More cost the leader a replication stream
+/// each; sidecars beyond voters and standbys hold no log (see `attach`).
+pub const DEFAULT_STANDBYS: usize = 2;
+
 /// The peer protocol level this build speaks (`HelloResponse.protocol`):
-/// 1 = pre-vote, membership upkeep, cluster ids. Builds before it answer 0
-/// and know none of it.
-pub const PEER_PROTOCOL: u32 = 1;
+/// 1 = pre-vote, membership upkeep, cluster ids; 2 = sidecars attached
+/// without a log (`Read`, `JoinRequest.may_attach`). Builds before 1 answer
+/// 0 and know none of it.
+pub const PEER_PROTOCOL: u32 = 2;
 
 /// `fut` if it finishes within `d`. A request's `set_timeout` only tells
 /// the server (grpc-timeout): a peer whose port accepts connections but
@@ -205,6 +216,7 @@ impl ClusterConfig {
             peer_credentials: Default::default(),
             partition: None,
             voters: 3,
+            standbys: DEFAULT_STANDBYS,
             dead_member_timeout: DEFAULT_DEAD_MEMBER_TIMEOUT,
             force_new_cluster: false,
             membership_changes: None,
@@ -248,6 +260,10 @@ pub struct Cluster {
     change_lock: tokio::sync::Mutex<()>,
     /// The leader's view of each member's (version, peer protocol).
     builds: std::sync::Mutex<std::collections::HashMap<NodeId, (String, u32)>>,
+    /// This node is attached without a log: what the leader last said.
+    attachment: std::sync::Mutex<Option<attach::Attachment>>,
+    /// The leader's table of attached sidecars: info and last heartbeat.
+    attached: std::sync::Mutex<std::collections::HashMap<NodeId, (NodeInfo, std::time::Instant)>>,
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -323,6 +339,8 @@ impl Cluster {
             loops: Default::default(),
             change_lock: Default::default(),
             builds: Default::default(),
+            attachment: Default::default(),
+            attached: Default::default(),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -356,6 +374,9 @@ impl Cluster {
     }
 
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        if let Some(l) = self.attached_leader() {
+            return Some(l);
+        }
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
@@ -380,7 +401,14 @@ impl Cluster {
             if let Some(l) = self.leader() {
                 return Some(l);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            // An attached sidecar learns its leader from heartbeats, not
+            // from Raft: look again now and then too.
+            let poll = tokio::time::Instant::now() + Duration::from_millis(100);
+            let changed = tokio::time::timeout_at(deadline.min(poll), rx.changed()).await;
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            if matches!(changed, Ok(Err(_))) {
                 return None;
             }
         }
@@ -520,6 +548,9 @@ impl Cluster {
 
     /// Every member, with its advertised client address.
     pub fn servers(&self) -> Vec<ServerInfo> {
+        if let Some(list) = self.attached_servers() {
+            return list;
+        }
         let m = self.metrics();
         m.membership_config
             .membership()
@@ -536,6 +567,9 @@ impl Cluster {
     /// leader that it heard from lately, or a leader that reaches a quorum;
     /// applied state not far behind the log; storage healthy.
     pub fn is_ready(&self) -> bool {
+        if self.attached_leader().is_some() {
+            return self.attached_ready() && self.node.is_ready();
+        }
         let m = self.metrics();
         let member = m.membership_config.membership().get_node(&self.config.id).is_some();
         let lag = m
@@ -633,6 +667,11 @@ impl Cluster {
     /// `--voters`. Must run on the leader.
     async fn add_member(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
         let _one_change = self.change_lock.lock().await;
+        self.add_member_locked(id, info).await
+    }
+
+    /// [`Self::add_member`], with the change lock held by the caller.
+    async fn add_member_locked(&self, id: NodeId, info: NodeInfo) -> Result<(), NodeError> {
         // The upkeep must not take a node that has not answered its first
         // AppendEntries yet for a dead one (see `Contacts::joined`).
         self.peers.contacts().joined(id);
@@ -851,6 +890,10 @@ impl Cluster {
                 Ok(false) => {}
                 Err(e) => tracing::info!(cause = %e, "cluster not formed yet"),
             }
+            if self.attachment().is_some() {
+                // Attached without a log: the joins go on as heartbeats.
+                delay = attach::HEARTBEAT;
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
@@ -867,6 +910,9 @@ impl Cluster {
             .is_some();
         if initialized && is_member {
             return Ok(true);
+        }
+        if self.heartbeat().await {
+            return Ok(self.attachment().is_none());
         }
         let discovery = &self.config.discovery;
         if !discovery.may_find_peers() {
@@ -889,7 +935,8 @@ impl Cluster {
                 return Ok(true);
             }
             self.join_via(lid, &linfo).await?;
-            return Ok(true);
+            // Attached: not done, the joins go on as heartbeats.
+            return Ok(self.attachment().is_none());
         }
         if initialized || self.config.bootstrap_expect == 0 {
             return Err("no reachable member knows a leader".into());
@@ -919,7 +966,9 @@ impl Cluster {
     /// Asks the leader `lid` to add this node (as a non-voter), and records
     /// the cluster id it answers with.
     async fn join_via(&self, lid: NodeId, linfo: &NodeInfo) -> Result<(), String> {
-        tracing::info!(leader = %linfo.name, "joining the cluster");
+        if self.attachment().is_none() {
+            tracing::info!(leader = %linfo.name, "joining the cluster");
+        }
         let mut client = self
             .peers
             .client(Some(&lid), &linfo.peer_addr)
@@ -927,6 +976,7 @@ impl Cluster {
         let mut req = tonic::Request::new(pb::JoinRequest {
             node: Some(network::node_info_to_pb(&self.config.info)),
             cluster_id: self.store.cluster_id().unwrap_or_default(),
+            may_attach: true,
         });
         req.set_timeout(Duration::from_secs(120));
         let resp = within(Duration::from_secs(120), client.join(req))
@@ -937,7 +987,10 @@ impl Cluster {
         if !resp.cluster_id.is_empty() && self.store.cluster_id().is_none() {
             self.adopt_cluster_id(&resp.cluster_id);
         }
-        tracing::info!("joined the cluster");
+        if !resp.attached && self.attachment().is_none() {
+            tracing::info!("joined the cluster");
+        }
+        self.set_attachment(&resp);
         Ok(())
     }
 
@@ -1041,6 +1094,13 @@ impl Cluster {
             version: crate::version().to_owned(),
             protocol: PEER_PROTOCOL,
             cluster_protocol: if leads { self.cluster_protocol() } else { 0 },
+            attached: self.attached_status(),
+            attached_here: self.attached_leader().is_some(),
+            home: self
+                .attached_leader()
+                .and_then(|_| self.attachment())
+                .map(|a| a.home.1.name)
+                .unwrap_or_default(),
         }
     }
 

@@ -191,12 +191,30 @@ impl pb::peer_server::Peer for PeerService {
                 .join(pb::JoinRequest {
                     node: Some(node),
                     cluster_id: request.cluster_id,
+                    may_attach: request.may_attach,
                 })
                 .await;
         }
         let (id, info) = network::node_info_from_pb(node);
-        c.add_member(id, info).await?;
-        Ok(Response::new(pb::JoinResponse { cluster_id: ours }))
+        match c.admit(id, info, request.may_attach).await? {
+            super::attach::Admitted::Attached(resp) => Ok(Response::new(*resp)),
+            super::attach::Admitted::Member => Ok(Response::new(pb::JoinResponse {
+                cluster_id: ours,
+                ..Default::default()
+            })),
+        }
+    }
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
+        let span = if request.metadata().get("traceparent").is_some() {
+            let span = tracing::info_span!("peer", otel.name = "sidelog.v1.Peer/Read", otel.kind = "server");
+            crate::trace_context::adopt(request.metadata(), &span);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let resp = self.cluster.serve_read(request.into_inner()).instrument(span).await?;
+        Ok(Response::new(resp))
     }
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {

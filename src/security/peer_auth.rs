@@ -1,9 +1,10 @@
 //! Who may use the peer port, and how a node proves it is one of the peers.
 //!
 //! Trust boundary: the peer port (`sidelog.v1.Peer`: AppendEntries, Vote,
-//! InstallSnapshot, Forward, Hello, Join, Leave, ReadIndex) must only ever
-//! be reached by other members of the cluster. Each of these RPCs can write
-//! around the client ACL (Forward), wipe the log (InstallSnapshot), depose
+//! InstallSnapshot, Forward, Hello, Join, Leave, ReadIndex, PreVote, Read)
+//! must only ever be reached by other members of the cluster. Each of these
+//! RPCs can write around the client ACL (Forward), read around it (Read:
+//! an attached sidecar checks its own callers), wipe the log (InstallSnapshot), depose
 //! the leader (AppendEntries/Vote with a higher term) or change who receives
 //! every record (Join). So every call is checked here, before it reaches
 //! the service:
