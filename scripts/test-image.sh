@@ -125,5 +125,48 @@ engine stop -t 30 "$NAME" >/dev/null || die "$ENGINE stop failed"
 code="$(engine inspect --format '{{.State.ExitCode}}' "$NAME")"
 [ "$code" = 0 ] || die "container exited with code $code after SIGTERM (want 0)"
 
+# --- a short --dns-name through the search list (bridge only) -----------------
+# Three containers share one --network-alias, as a headless Service's pods
+# share its name; podman's DNS answers the alias, and a short name is
+# resolved through the resolver's search list (the network's domain), as
+# every other tool does (issue 18).
+ALIAS_NODES=()
+alias_cleanup() {
+    for c in "${ALIAS_NODES[@]}"; do
+        if [ "$ok" != 1 ]; then
+            log "container logs ($c):"
+            engine logs "$c" 2>&1 | tail -20 >&2 || true
+        fi
+        engine rm -f "$c" >/dev/null 2>&1 || true
+    done
+    cleanup
+}
+if [ "$NETWORK" = bridge ]; then
+    trap alias_cleanup EXIT
+    for i in 0 1 2; do
+        c="sidelog-alias-$i"
+        ALIAS_NODES+=("$c")
+        engine rm -f "$c" >/dev/null 2>&1 || true
+        engine run -d --name "$c" --hostname "$c" --network "$TEST_NET" --network-alias sidelog-peers \
+            -e SIDELOG_NODE_ID="alias-$i" -e SIDELOG_DISCOVERY=dns -e SIDELOG_DNS_NAME=sidelog-peers \
+            -e SIDELOG_BOOTSTRAP_EXPECT=3 -e SIDELOG_PEER_ADDR=0.0.0.0:8401 \
+            -e SIDELOG_ADVERTISE_PEER_ADDR="$c:8401" -e SIDELOG_INSECURE=true "$IMAGE" >/dev/null \
+            || die "$ENGINE run $c failed"
+    done
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    while :; do
+        out="$(engine exec sidelog-alias-0 /sidelog cluster status --addr 127.0.0.1:8400 2>&1 || true)"
+        if [ "$(grep -cE '^alias-[012] +voter ' <<<"$out")" = 3 ]; then
+            break
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || die "the short --dns-name sidelog-peers formed no 3-voter cluster within ${READY_TIMEOUT}s: $out"
+        sleep 0.5
+    done
+    log "short --dns-name: three containers found each other through the search list and formed one cluster"
+    resp="$(engine exec sidelog-alias-2 /sidelog produce --addr 127.0.0.1:8400 --value 'through the alias' 2>&1)" \
+        || die "produce through alias-2 failed: $resp"
+    log "produce through alias-2 -> $resp"
+fi
+
 ok=1
 echo "image test passed: $IMAGE"

@@ -652,6 +652,10 @@ impl Agent {
             .await;
         if leave {
             self.cluster.leave(self.grace / 2).await;
+        } else {
+            // A sidecar attached without a log has no place to keep: it
+            // tells the leader it is going either way.
+            self.cluster.detach_on_stop().await;
         }
         self.shutdown.cancel();
         for (what, handle) in self.servers {

@@ -218,11 +218,28 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                 .map(|_| Code::Ok),
         ),
     ));
+    // Reads around the client ACL: an attached sidecar's path to records.
+    out.push((
+        "Read",
+        code(
+            client
+                .read(req(
+                    pb::ReadRequest {
+                        max_records: 1,
+                        max_bytes: 1 << 20,
+                        ..Default::default()
+                    },
+                    secret,
+                ))
+                .await
+                .map(|_| Code::Ok),
+        ),
+    ));
     out
 }
 
 fn assert_all_refused(who: &str, codes: &[(&str, Code)]) {
-    assert_eq!(codes.len(), 9);
+    assert_eq!(codes.len(), 10);
     for (rpc, code) in codes {
         assert!(
             matches!(code, Code::Unauthenticated | Code::PermissionDenied),

@@ -12,6 +12,7 @@ use super::pb::{self, log_server::Log as LogApi};
 use crate::{
     cluster::Cluster,
     node::LogNode,
+    node::NodeError,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
     telemetry::Metrics,
 };
@@ -167,9 +168,16 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// How long a remote read waits for new records before asking again.
 const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The pause before asking a replica again after an empty or failed read.
+const REMOTE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl LogService {
     /// A ConsumeStream on a sidecar attached without a log: long polls of
-    /// its home replica (`Peer/Read`), in order, one batch at a time.
+    /// its home replica (`Peer/Read`), in order, one batch at a time. A
+    /// home that is behind the stream (a new home after a membership
+    /// change) is waited for; an unavailable one is retried for up to the
+    /// write timeout; once this sidecar holds a caught-up replica itself,
+    /// the polls read it instead.
     async fn consume_stream_remote(
         &self,
         request: pb::ConsumeRequest,
@@ -179,7 +187,7 @@ impl LogService {
         // The first read answers out-of-range (and a linearizable read's
         // barrier) as a status on the call.
         let (first, _, _) = cluster
-            .read_remote(
+            .read_records(
                 request.offset,
                 STREAM_BATCH_RECORDS,
                 STREAM_BATCH_BYTES,
@@ -190,6 +198,7 @@ impl LogService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
+        let patience = cluster.write_timeout();
         let mut next = request.offset;
         tokio::spawn(async move {
             let _permit = permit;
@@ -198,6 +207,7 @@ impl LogService {
                 metrics.consume_streams.dec();
             });
             let mut batch = first;
+            let mut failing_since: Option<std::time::Instant> = None;
             loop {
                 for record in batch {
                     next = record.offset + 1;
@@ -214,21 +224,42 @@ impl LogService {
                         }
                     }
                 }
-                let read = cluster.read_remote(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES, REMOTE_POLL, false);
-                batch = tokio::select! {
-                    r = read => match r {
-                        Ok((b, _, _)) => b,
-                        Err(e) => {
-                            let _ = tx.send(Err(Status::from(e))).await;
-                            return;
-                        }
-                    },
+                let read = cluster.read_records(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES, REMOTE_POLL, false);
+                let result = tokio::select! {
+                    r = read => r,
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {
                         let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
                         return;
                     }
                 };
+                batch = match result {
+                    Ok((b, _, _)) => {
+                        failing_since = None;
+                        b
+                    }
+                    // Behind us, not past us: that replica has not
+                    // committed `next` yet.
+                    Err(NodeError::OutOfRange { first, .. }) if next >= first => Vec::new(),
+                    Err(e @ NodeError::Unavailable(_))
+                        if failing_since.get_or_insert_with(std::time::Instant::now).elapsed() < patience =>
+                    {
+                        tracing::debug!(cause = %e, "remote read failed; retrying");
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    // Nothing new: the long poll already waited, unless the
+                    // answer came early (a lagging or failing replica).
+                    tokio::select! {
+                        _ = tokio::time::sleep(REMOTE_RETRY) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

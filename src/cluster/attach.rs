@@ -32,6 +32,14 @@ use crate::{
 /// How often an attached sidecar joins again (its heartbeat).
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// How long a heartbeat waits for the leader's answer.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the leader counts an attached sidecar alive after a heartbeat
+/// (for picking standbys; `cluster status` lists it until the dead-member
+/// timeout).
+pub const ATTACHED_ALIVE: Duration = Duration::from_secs(3);
+
 /// The longest a `Read` waits for a record to be committed.
 const MAX_READ_WAIT: Duration = Duration::from_secs(10);
 
@@ -43,6 +51,9 @@ pub struct Attachment {
     pub home: (NodeId, NodeInfo),
     pub members: Vec<NodeInfo>,
     pub at: Instant,
+    /// Made a member: reads stay with the home until this node's own
+    /// replica has committed up to here (the leader's watermark then).
+    pub catching_up: Option<u64>,
 }
 
 /// How a join was answered.
@@ -64,16 +75,27 @@ impl Cluster {
         lock(&self.attachment).clone()
     }
 
+    /// This node is in its own view of the membership and not found removed.
+    pub(super) fn is_current_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&self.config.id).is_some() && !self.is_removed()
+    }
+
     /// Reads go to a replica elsewhere: this node holds no log (attached),
-    /// or what it holds may be stale (removed, rejoining) and it knows a
-    /// home to read from.
+    /// what it holds may be stale (removed, rejoining), or it was just made
+    /// a member and has not caught up yet, and it knows a home to read from.
     pub fn reads_remote(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics().borrow().clone();
-        let member = m.membership_config.membership().get_node(&self.config.id).is_some();
-        if member && !self.is_removed() {
+        let member = self.is_current_member();
+        let mut slot = lock(&self.attachment);
+        let a = slot.as_ref()?;
+        if member && a.catching_up.is_none_or(|t| self.node.committed() >= t) {
+            // A member with its own replica now: what the attachment said
+            // (leader, home, members) is history.
+            *slot = None;
             return None;
         }
-        self.attachment().map(|a| a.home)
+        Some(a.home.clone())
     }
 
     /// This sidecar runs without a current replica of its own: it reads
@@ -90,11 +112,10 @@ impl Cluster {
 
     /// The leader this attached sidecar forwards to (when not a member).
     pub(super) fn attached_leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.membership_config.membership().get_node(&self.config.id).is_some() && !self.is_removed() {
+        if self.is_current_member() {
             return None;
         }
-        self.attachment().map(|a| a.leader)
+        self.attachment().filter(|a| a.catching_up.is_none()).map(|a| a.leader)
     }
 
     /// `GetServers` on an attached sidecar: the members the leader named.
@@ -118,8 +139,15 @@ impl Cluster {
     pub(super) fn set_attachment(&self, resp: &pb::JoinResponse) {
         let mut slot = lock(&self.attachment);
         if !resp.attached {
-            if slot.take().is_some() {
-                tracing::info!("this sidecar now holds a replica of the log");
+            if let Some(a) = slot.as_mut()
+                && a.catching_up.is_none()
+            {
+                tracing::info!(
+                    catch_up_to = resp.next_offset,
+                    "this sidecar is a member now: it keeps a replica of the log (reads stay with its home until it \
+                     has caught up)"
+                );
+                a.catching_up = Some(resp.next_offset);
             }
             return;
         }
@@ -145,6 +173,7 @@ impl Cluster {
                 .map(|n| network::node_info_from_pb(n).1)
                 .collect(),
             at: Instant::now(),
+            catching_up: None,
         });
     }
 
@@ -152,16 +181,15 @@ impl Cluster {
     /// Attached when it may be (`may_attach`), it is not a member yet, and
     /// the group has all the replicas it wants (see [`Self::wants_replica`]).
     pub(super) async fn admit(&self, id: NodeId, info: NodeInfo, may_attach: bool) -> Result<Admitted, NodeError> {
-        if may_attach {
-            // A heartbeat of a sidecar already attached: no lock, no change.
-            let known = lock(&self.attached).contains_key(&id);
-            let member = self.metrics().membership_config.membership().get_node(&id).is_some();
-            if known && !member {
+        let is_member = |c: &Self| c.metrics().membership_config.membership().get_node(&id).is_some();
+        if may_attach && !is_member(self) {
+            // A heartbeat, or a join while the group has its replicas: no
+            // lock, no change (the upkeep may hold the lock for long).
+            if lock(&self.attached).contains_key(&id) || !self.wants_replica(&info) {
                 return Ok(Admitted::Attached(Box::new(self.attach(id, info))));
             }
             let _one_change = self.change_lock.lock().await;
-            let m = self.metrics();
-            if m.membership_config.membership().get_node(&id).is_none() && !self.wants_replica(&info) {
+            if !is_member(self) && !self.wants_replica(&info) {
                 return Ok(Admitted::Attached(Box::new(self.attach(id, info))));
             }
             self.add_member_locked(id, info).await?;
@@ -172,14 +200,20 @@ impl Cluster {
         Ok(Admitted::Member)
     }
 
+    /// On the leader: an attached sidecar is going away (its shutdown).
+    pub(super) fn detach(&self, name: &str) -> bool {
+        lock(&self.attached).remove(&super::types::node_id(name)).is_some()
+    }
+
     /// Whether the group wants one more replica (a joining `info` becomes
     /// a non-voter rather than attached): fewer live replicas than
     /// `--voters` plus `--standbys`, or `info`'s failure domain holds no
     /// replica at all while voters share one.
     fn wants_replica(&self, info: &NodeInfo) -> bool {
         let views = self.member_views_now();
-        let live: Vec<_> = views.iter().filter(|m| m.replica && m.alive).collect();
-        if live.len() < self.config.voters + self.config.standbys {
+        let live = views.iter().filter(|m| m.replica && m.alive).count();
+        let voters = views.iter().filter(|m| m.voter).count();
+        if live < self.config.voters.max(voters) + self.config.standbys {
             return true;
         }
         super::membership::domain_lacks_replica(&views, &info.domain)
@@ -189,21 +223,27 @@ impl Cluster {
     fn attach(&self, id: NodeId, info: NodeInfo) -> pb::JoinResponse {
         let m = self.metrics();
         let membership = m.membership_config.membership();
-        // Its home: a live non-leader replica, spread by the sidecar's
-        // name; the leader itself when it is alone.
+        // Its home: a live, caught-up non-leader replica whose build serves
+        // `Read`, chosen by rendezvous hashing of the two names (a sidecar
+        // keeps its home while that replica stays); the leader when there
+        // is none.
         let views = self.member_views_now();
-        let homes: Vec<NodeInfo> = views
+        let last = m.last_log_index.unwrap_or(0);
+        let home = views
             .iter()
-            .filter(|v| v.replica && v.alive && v.id != self.config.id)
-            .filter_map(|v| membership.get_node(&v.id).cloned())
-            .collect();
-        let home = if homes.is_empty() {
-            self.config.info.clone()
-        } else {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            info.name.hash(&mut h);
-            homes[(h.finish() % homes.len() as u64) as usize].clone()
-        };
+            .filter(|v| v.replica && v.alive && v.attachable && v.id != self.config.id)
+            .filter(|v| {
+                v.matched
+                    .is_some_and(|i| i + super::membership::PROMOTE_MAX_LAG >= last)
+            })
+            .filter_map(|v| membership.get_node(&v.id))
+            .max_by_key(|n| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (info.name.as_str(), n.name.as_str()).hash(&mut h);
+                h.finish()
+            })
+            .cloned()
+            .unwrap_or_else(|| self.config.info.clone());
         lock(&self.attached).insert(id, (info, Instant::now()));
         pb::JoinResponse {
             cluster_id: self.store.cluster_id().unwrap_or_default(),
@@ -211,6 +251,7 @@ impl Cluster {
             leader: Some(network::node_info_to_pb(&self.config.info)),
             home: Some(network::node_info_to_pb(&home)),
             members: membership.nodes().map(|(_, n)| network::node_info_to_pb(n)).collect(),
+            next_offset: self.node.committed(),
         }
     }
 
@@ -227,14 +268,7 @@ impl Cluster {
     /// Serves a `Read` from an attached sidecar: committed records from
     /// this replica, waiting up to `wait_ms` for the first one.
     pub(super) async fn serve_read(&self, r: pb::ReadRequest) -> Result<pb::ReadResponse, NodeError> {
-        if self
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&self.config.id)
-            .is_none()
-            || self.is_removed()
-        {
+        if !self.is_current_member() {
             return Err(unavailable(format!(
                 "{} holds no current replica to read from",
                 self.config.info.name
@@ -243,47 +277,63 @@ impl Cluster {
         if r.linearizable {
             self.read_barrier().await?;
         }
-        let max_records = (r.max_records as usize).clamp(1, 4096);
-        let max_bytes = (r.max_bytes as usize).clamp(1, 8 << 20);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms.into()).min(MAX_READ_WAIT);
+        let wait = Duration::from_millis(r.wait_ms.into()).min(MAX_READ_WAIT);
+        let (records, first, next) = match self
+            .read_local(r.offset, r.max_records as usize, r.max_bytes as usize, wait)
+            .await
+        {
+            Ok(batch) => batch,
+            Err(NodeError::OutOfRange { first, next, .. }) => {
+                return Ok(pb::ReadResponse {
+                    records: Vec::new(),
+                    out_of_range: true,
+                    first,
+                    next,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(pb::ReadResponse {
+            records: records
+                .into_iter()
+                .map(|rec| pb::ReadRecord {
+                    offset: rec.offset,
+                    value: rec.value,
+                    term: rec.term,
+                })
+                .collect(),
+            out_of_range: false,
+            first,
+            next,
+        })
+    }
+
+    /// Committed records of this node's own log from `offset`, waiting up
+    /// to `wait` for the first; with the log's first and next offsets.
+    async fn read_local(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<(Vec<Record>, u64, u64), NodeError> {
+        let max_records = max_records.clamp(1, 4096);
+        let max_bytes = max_bytes.clamp(1, 8 << 20);
+        let deadline = tokio::time::Instant::now() + wait;
         let mut commit = self.node.subscribe_commit();
         loop {
             commit.borrow_and_update();
-            match self.node.read_batch_off_runtime(r.offset, max_records, max_bytes).await {
-                Ok(batch) if batch.is_empty() && tokio::time::Instant::now() < deadline => {
-                    if self.node.committed() > r.offset {
-                        continue;
-                    }
-                    tokio::select! {
-                        changed = commit.changed() => if changed.is_err() { return Err(unavailable("shutting down")) },
-                        _ = tokio::time::sleep_until(deadline) => {}
-                        _ = self.shutdown.cancelled() => return Err(unavailable("the node is shutting down")),
-                    }
-                }
-                Ok(batch) => {
-                    return Ok(pb::ReadResponse {
-                        first: self.node.log().first_offset(),
-                        next: self.node.committed(),
-                        records: batch
-                            .into_iter()
-                            .map(|rec| pb::ReadRecord {
-                                offset: rec.offset,
-                                value: rec.value,
-                                term: rec.term,
-                            })
-                            .collect(),
-                        out_of_range: false,
-                    });
-                }
-                Err(NodeError::OutOfRange { first, next, .. }) => {
-                    return Ok(pb::ReadResponse {
-                        records: Vec::new(),
-                        out_of_range: true,
-                        first,
-                        next,
-                    });
-                }
-                Err(e) => return Err(e),
+            let batch = self.node.read_batch_off_runtime(offset, max_records, max_bytes).await?;
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok((batch, self.node.log().first_offset(), self.node.committed()));
+            }
+            if self.node.committed() > offset {
+                continue;
+            }
+            tokio::select! {
+                changed = commit.changed() => if changed.is_err() { return Err(unavailable("the node is shutting down")) },
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.shutdown.cancelled() => return Err(unavailable("the node is shutting down")),
             }
         }
     }
@@ -291,23 +341,27 @@ impl Cluster {
     /// The committed record at `offset`: from this node's log, or from its
     /// home replica when it reads remotely (see [`Self::reads_remote`]).
     pub async fn read(&self, offset: u64, linearizable: bool) -> Result<Record, NodeError> {
-        if self.reads_remote().is_none() {
+        let Some(home) = self.reads_remote() else {
             if linearizable {
                 self.read_barrier().await?;
             }
             return self.node.read_off_runtime(offset).await;
-        }
-        let (records, first, next) = self.read_remote(offset, 1, 1, Duration::ZERO, linearizable).await?;
+        };
+        let (records, first, next) = self
+            .read_remote_via(home, offset, 1, 1, Duration::ZERO, linearizable)
+            .await?;
         records
             .into_iter()
             .next()
             .ok_or(NodeError::OutOfRange { offset, first, next })
     }
 
-    /// Committed records from `offset`, read from this node's home replica
-    /// (see [`Self::reads_remote`]); waits up to `wait` for the first.
-    /// Also answers the home's first and next offsets.
-    pub async fn read_remote(
+    /// Committed records from `offset` (at most `max_records`, roughly
+    /// `max_bytes`), waiting up to `wait` for the first, with the first and
+    /// next offsets of the log they came from: this node's own log, or its
+    /// home replica's when it reads remotely (decided per call, so a
+    /// stream moves to the local replica once it has caught up).
+    pub async fn read_records(
         &self,
         offset: u64,
         max_records: usize,
@@ -315,12 +369,56 @@ impl Cluster {
         wait: Duration,
         linearizable: bool,
     ) -> Result<(Vec<Record>, u64, u64), NodeError> {
-        let (home, info) = self
-            .reads_remote()
-            .ok_or_else(|| unavailable("this node holds no log and knows no replica to read from yet: retry"))?;
+        match self.reads_remote() {
+            Some(home) => {
+                self.read_remote_via(home, offset, max_records, max_bytes, wait, linearizable)
+                    .await
+            }
+            None => {
+                if linearizable {
+                    self.read_barrier().await?;
+                }
+                self.read_local(offset, max_records, max_bytes, wait).await
+            }
+        }
+    }
+
+    /// [`Self::read_records`] from `home`; when the home cannot answer,
+    /// once more from the leader.
+    async fn read_remote_via(
+        &self,
+        home: (NodeId, NodeInfo),
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linearizable: bool,
+    ) -> Result<(Vec<Record>, u64, u64), NodeError> {
+        let first_try = self
+            .read_from(&home, offset, max_records, max_bytes, wait, linearizable)
+            .await;
+        match (first_try, self.attachment().map(|a| a.leader)) {
+            (Err(NodeError::Unavailable(e)), Some(leader)) if leader.0 != home.0 => {
+                tracing::debug!(cause = %e, leader = %leader.1.name, "home replica unavailable: reading from the leader");
+                self.read_from(&leader, offset, max_records, max_bytes, wait, linearizable)
+                    .await
+            }
+            (r, _) => r,
+        }
+    }
+
+    async fn read_from(
+        &self,
+        (home, info): &(NodeId, NodeInfo),
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+        linearizable: bool,
+    ) -> Result<(Vec<Record>, u64, u64), NodeError> {
         let mut client = self
             .peers
-            .client(Some(&home), &info.peer_addr)
+            .client(Some(home), &info.peer_addr)
             .map_err(|e| unavailable(format!("reading from {}: {e}", info.name)))?;
         let mut req = tonic::Request::new(pb::ReadRequest {
             offset,
@@ -385,13 +483,36 @@ impl Cluster {
     /// An attached sidecar's heartbeat: joins through the leader it knows.
     /// False when that failed (the caller looks for the group again).
     pub(super) async fn heartbeat(&self) -> bool {
-        let Some(a) = self.attachment() else { return false };
-        match self.join_via(a.leader.0, &a.leader.1).await {
+        // Also while told "member" but not one yet (no AppendEntries
+        // arrived): the leader may shed it again before it does.
+        if self.is_current_member() {
+            return false;
+        }
+        let Some(a) = self.attachment() else {
+            return false;
+        };
+        match self.join_via(a.leader.0, &a.leader.1, HEARTBEAT_TIMEOUT).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::info!(cause = %e, "the leader did not answer the heartbeat; looking for the group");
                 false
             }
         }
+    }
+
+    /// On shutdown: an attached sidecar tells the leader it is going, so
+    /// the upkeep does not pick it as a standby.
+    pub async fn detach_on_stop(&self) {
+        let Some((lid, linfo)) = self.attached_leader() else {
+            return;
+        };
+        let Ok(mut client) = self.peers.client(Some(&lid), &linfo.peer_addr) else {
+            return;
+        };
+        let mut req = tonic::Request::new(pb::LeaveRequest {
+            id: self.config.info.name.clone(),
+        });
+        req.set_timeout(HEARTBEAT_TIMEOUT);
+        let _ = within(HEARTBEAT_TIMEOUT, client.leave(req)).await;
     }
 }

@@ -527,7 +527,7 @@ pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usiz
     if live > voters_target.max(voters.len()) + standbys
         && let Some(m) = members
             .iter()
-            .filter(|m| !m.voter && m.alive && m.attachable && m.id != me && spare_ok(m))
+            .filter(|m| !m.voter && m.alive && m.attachable && m.matched.is_some() && m.id != me && spare_ok(m))
             .min_by(|a, b| a.matched.cmp(&b.matched).then(b.name.cmp(&a.name)))
     {
         return Some(Change {
@@ -814,11 +814,13 @@ impl Cluster {
         views.extend(
             self.attached_sidecars(timeout)
                 .into_iter()
-                .map(|(id, info, _)| MemberView {
+                .map(|(id, info, at)| MemberView {
                     id,
                     name: info.name,
                     voter: false,
-                    alive: true,
+                    // Heartbeats come every second: one missing for a few
+                    // means it is gone (a stopped pod); not a standby pick.
+                    alive: at.elapsed() < super::attach::ATTACHED_ALIVE,
                     domain: info.domain,
                     matched: None,
                     replica: false,
@@ -880,11 +882,7 @@ impl Cluster {
         }
         // Attached without a log (after a removal): the heartbeat through
         // the leader it knows is enough while it answers.
-        if (!member || removed_flag)
-            && self.attachment().is_some()
-            && self.heartbeat().await
-            && self.attachment().is_some()
-        {
+        if (!member || removed_flag) && self.is_attached() && self.heartbeat().await && self.is_attached() {
             return;
         }
         // Ask around: the members we know and whatever discovery finds.
@@ -945,7 +943,7 @@ impl Cluster {
             return;
         }
         if let Some((lid, linfo)) = view.leader {
-            if let Err(e) = self.join_via(lid, &linfo).await {
+            if let Err(e) = self.join_via(lid, &linfo, super::JOIN_TIMEOUT).await {
                 tracing::info!(cause = %e, "rejoin not done yet");
             }
         }

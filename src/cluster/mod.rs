@@ -163,6 +163,10 @@ impl std::ops::Deref for ChangeCounter {
 /// its serf failure detection, typically 30-60 s; so do we).
 pub const DEFAULT_DEAD_MEMBER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a join may wait for the leader (adding a non-voter commits a
+/// membership change).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The default `--standbys`: two non-voters with a full replica, so a dead
 /// voter is replaced by a caught-up standby at once, and a second death
 /// soon after still finds one. More cost the leader a replication stream
@@ -351,6 +355,11 @@ impl Cluster {
             cluster.shutdown.clone(),
         ));
         Ok(cluster)
+    }
+
+    /// How long a write may wait to be committed.
+    pub fn write_timeout(&self) -> Duration {
+        self.config.write_timeout
     }
 
     pub fn id(&self) -> &NodeId {
@@ -783,6 +792,11 @@ impl Cluster {
     pub async fn remove(&self, name: &str) -> Result<(), NodeError> {
         let id = types::node_id(name);
         if self.is_leader() {
+            if self.detach(name) {
+                // An attached sidecar (no log, not a member): forgotten
+                // until its next heartbeat.
+                return Ok(());
+            }
             return self.remove_member(id).await;
         }
         let (leader, info) = self
@@ -812,6 +826,10 @@ impl Cluster {
     /// membership, however that is learned (the leader's answer may be
     /// lost when the leader itself is the one leaving).
     pub async fn leave(&self, timeout: Duration) {
+        if self.is_attached() {
+            self.detach_on_stop().await;
+            return;
+        }
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&self.config.id).is_none() {
@@ -890,7 +908,7 @@ impl Cluster {
                 Ok(false) => {}
                 Err(e) => tracing::info!(cause = %e, "cluster not formed yet"),
             }
-            if self.attachment().is_some() {
+            if self.is_attached() {
                 // Attached without a log: the joins go on as heartbeats.
                 delay = attach::HEARTBEAT;
             }
@@ -912,7 +930,9 @@ impl Cluster {
             return Ok(true);
         }
         if self.heartbeat().await {
-            return Ok(self.attachment().is_none());
+            // Attached (the joins go on as heartbeats), or told it is a
+            // member: done once Raft has it (the first check above).
+            return Ok(false);
         }
         let discovery = &self.config.discovery;
         if !discovery.may_find_peers() {
@@ -934,11 +954,18 @@ impl Cluster {
             if lid == self.config.id {
                 return Ok(true);
             }
-            self.join_via(lid, &linfo).await?;
-            // Attached: not done, the joins go on as heartbeats.
-            return Ok(self.attachment().is_none());
+            self.join_via(lid, &linfo, JOIN_TIMEOUT).await?;
+            // Done once Raft has this node as a member (the first check);
+            // attached, the joins go on as heartbeats.
+            return Ok(false);
         }
-        if initialized || self.config.bootstrap_expect == 0 {
+        // A node that belonged to a cluster (it holds its id, or was
+        // attached to it) never bootstraps another one.
+        if initialized
+            || self.config.bootstrap_expect == 0
+            || self.store.cluster_id().is_some()
+            || self.attachment().is_some()
+        {
             return Err("no reachable member knows a leader".into());
         }
         if seen.len() < self.config.bootstrap_expect {
@@ -965,8 +992,8 @@ impl Cluster {
 
     /// Asks the leader `lid` to add this node (as a non-voter), and records
     /// the cluster id it answers with.
-    async fn join_via(&self, lid: NodeId, linfo: &NodeInfo) -> Result<(), String> {
-        if self.attachment().is_none() {
+    async fn join_via(&self, lid: NodeId, linfo: &NodeInfo, timeout: Duration) -> Result<(), String> {
+        if !self.is_attached() {
             tracing::info!(leader = %linfo.name, "joining the cluster");
         }
         let mut client = self
@@ -978,16 +1005,16 @@ impl Cluster {
             cluster_id: self.store.cluster_id().unwrap_or_default(),
             may_attach: true,
         });
-        req.set_timeout(Duration::from_secs(120));
-        let resp = within(Duration::from_secs(120), client.join(req))
+        req.set_timeout(timeout);
+        let resp = within(timeout, client.join(req))
             .await
-            .ok_or_else(|| format!("join via {}: no answer within 120 s", linfo.name))?
+            .ok_or_else(|| format!("join via {}: no answer within {timeout:?}", linfo.name))?
             .map_err(|s| format!("join via {}: {}", linfo.name, s.message()))?
             .into_inner();
         if !resp.cluster_id.is_empty() && self.store.cluster_id().is_none() {
             self.adopt_cluster_id(&resp.cluster_id);
         }
-        if !resp.attached && self.attachment().is_none() {
+        if !resp.attached && !self.is_attached() {
             tracing::info!("joined the cluster");
         }
         self.set_attachment(&resp);

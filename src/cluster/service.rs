@@ -140,7 +140,9 @@ impl pb::peer_server::Peer for PeerService {
             tracing::warn!("the leader removed this node: it stops serving reads and rejoins as a non-voter");
             c.set_removed(true);
         }
-        let initialized = c.raft.is_initialized().await.map_err(raft_status)?;
+        // An attached sidecar belongs to a cluster though its Raft is
+        // empty: it must not be counted for bootstrapping another one.
+        let initialized = c.raft.is_initialized().await.map_err(raft_status)? || c.attachment().is_some();
         let membership = m.membership_config.membership();
         Ok(Response::new(pb::HelloResponse {
             node: Some(network::node_info_to_pb(&c.config.info)),
@@ -200,6 +202,7 @@ impl pb::peer_server::Peer for PeerService {
             super::attach::Admitted::Attached(resp) => Ok(Response::new(*resp)),
             super::attach::Admitted::Member => Ok(Response::new(pb::JoinResponse {
                 cluster_id: ours,
+                next_offset: c.node.committed(),
                 ..Default::default()
             })),
         }

@@ -217,6 +217,7 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 {{- end }}
 - --bootstrap-expect={{ $expect }}
 - --voters={{ $V.agent.voters }}
+- --standbys={{ $V.agent.standbys }}
 - --dead-member-timeout={{ $V.agent.deadMemberTimeout }}
 {{- $fd := include "sidelog.failureDomainSource" . }}
 {{- if eq $fd "value" }}
