@@ -359,6 +359,7 @@ impl Agent {
             domain: config.failure_domain.clone(),
         });
         cluster_config.voters = config.voters;
+        cluster_config.standbys = config.standbys;
         cluster_config.dead_member_timeout = config.dead_member_timeout;
         cluster_config.force_new_cluster = config.force_new_cluster;
         cluster_config.membership_changes = Some(metrics.membership_change_counter());

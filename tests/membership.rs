@@ -206,6 +206,64 @@ async fn twelve_agents_keep_three_voters_two_standbys_and_seven_sidecars_without
     c.shutdown().await;
 }
 
+fn no_standbys(config: &mut Config) {
+    config.standbys = 0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attached_sidecars_stream_survives_its_home_and_a_stopped_sidecar_detaches() {
+    // 3 voters, no standbys: the other two sidecars attach at once.
+    let mut c = TestCluster::start(5, no_standbys).await;
+    let leader = c.leader().await;
+    let attached: Vec<usize> = c.live().into_iter().filter(|&i| c.agent(i).cluster().is_attached()).collect();
+    assert_eq!(attached.len(), 2);
+    let (a, b) = (attached[0], attached[1]);
+    let mut client = c.client(a).await;
+    let mut stream = client.consume_stream(0).await.unwrap();
+    let mut writer = c.client(b).await;
+    for i in 0..5u64 {
+        assert_eq!(writer.produce(format!("before {i}")).await.unwrap(), i);
+    }
+    for i in 0..5u64 {
+        let r = stream.message().await.unwrap().unwrap().record.unwrap();
+        assert_eq!((r.offset, r.value), (i, Bytes::from(format!("before {i}"))));
+    }
+    // Kill the replica the stream reads from: the stream goes on (the
+    // leader answers until the next heartbeat names another home).
+    // (The leader itself until it has heard which builds the others run.)
+    wait_until("a non-leader replica as the home", 30, || {
+        c.agent(a).cluster().status().home != TestCluster::name(leader)
+    })
+    .await;
+    let home = c.agent(a).cluster().status().home;
+    let home = c.live().into_iter().find(|&i| TestCluster::name(i) == home).expect("the home runs");
+    c.kill(home).await;
+    let mut writer = c.client(leader).await;
+    for i in 5..10u64 {
+        assert_eq!(writer.produce(format!("after {i}")).await.unwrap(), i);
+    }
+    for i in 5..10u64 {
+        let r = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream goes on after its home died")
+            .unwrap()
+            .unwrap()
+            .record
+            .unwrap();
+        assert_eq!((r.offset, r.value), (i, Bytes::from(format!("after {i}"))));
+    }
+    // A stopped sidecar tells the leader: it is no longer listed, long
+    // before the dead-member timeout (30 s) would drop it.
+    let stopped_at = Instant::now();
+    c.kill(b).await;
+    wait_until("the stopped sidecar is no longer attached", 10, || {
+        c.agent(leader).cluster().status().attached.len() == 1
+    })
+    .await;
+    assert!(stopped_at.elapsed() < Duration::from_secs(30));
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn churn_replaces_dead_voters_and_loses_nothing() {
     let mut c = TestCluster::start(3, fast_dead).await;
