@@ -396,17 +396,38 @@ impl Agent {
             health.set_service_status(service, ServingStatus::Serving).await;
         }
         // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
+        // It lists only what this port serves (not the peer service, whose
+        // messages share a file), and asks for the port's credentials.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("log.v1.Log")
+                .with_service_name("sidelog.v1.Cluster")
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| AgentError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| AgentError::Reflection(e.to_string()))?;
+        let authenticated = {
+            let auth = auth.clone();
+            move |req: tonic::Request<()>| {
+                auth.authenticate(req.extensions().get::<crate::security::PeerInfo>())
+                    .map_err(tonic::Status::from)?;
+                Ok(req)
+            }
+        };
+        let reflection_v1 = tonic::service::interceptor::InterceptedService::new(
+            reflection()
+                .build_v1()
+                .map_err(|e| AgentError::Reflection(e.to_string()))?,
+            authenticated.clone(),
+        );
+        let reflection_v1alpha = tonic::service::interceptor::InterceptedService::new(
+            reflection()
+                .build_v1alpha()
+                .map_err(|e| AgentError::Reflection(e.to_string()))?,
+            authenticated,
+        );
         let log_service = LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone())
             .with_max_consume_streams(limits.max_consume_streams);
         let routes = tonic::service::Routes::new(reflection_v1)

@@ -93,22 +93,22 @@ pub struct AgentArgs {
     #[arg(long, env = "SIDELOG_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
     /// Client API (gRPC log.v1, health, reflection) [default: 127.0.0.1:8400].
-    #[arg(long, env = "SIDELOG_CLIENT_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "SIDELOG_CLIENT_ADDR", value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub client_addr: Option<SocketAddr>,
     /// HTTP: JSON produce/consume, /metrics, /healthz, /readyz [default: 127.0.0.1:8080].
-    #[arg(long, env = "SIDELOG_HTTP_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "SIDELOG_HTTP_ADDR", value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub http_addr: Option<SocketAddr>,
     /// A plaintext health-only listener: gRPC health (services "", log.v1.Log,
     /// sidelog.started, sidelog.live) and HTTP /healthz, /readyz, /metrics,
     /// nothing else. For Kubernetes probes and scrapes on the pod IP while the
     /// data APIs stay on localhost or behind TLS [default: none].
-    #[arg(long, env = "SIDELOG_HEALTH_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "SIDELOG_HEALTH_ADDR", value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub health_addr: Option<SocketAddr>,
     /// The client address other nodes and clients should dial [default: the bound client address; for a wildcard bind such as 0.0.0.0, this host's first non-loopback interface address].
     #[arg(long, env = "SIDELOG_ADVERTISE_CLIENT_ADDR", value_name = "HOST:PORT")]
     pub advertise_client_addr: Option<String>,
     /// Peer API: Raft replication, join/leave, write forwarding [default: 127.0.0.1:8401].
-    #[arg(long, env = "SIDELOG_PEER_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "SIDELOG_PEER_ADDR", value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub peer_addr: Option<SocketAddr>,
     /// The peer address other nodes should dial [default: the bound peer address; for a wildcard bind such as 0.0.0.0, this host's first non-loopback interface address].
     #[arg(long, env = "SIDELOG_ADVERTISE_PEER_ADDR", value_name = "HOST:PORT")]
@@ -522,7 +522,7 @@ impl Config {
         };
         let d = Config::default();
         let addr = |key: &'static str, v: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
-            v.map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}"))))
+            v.map(|s| parse_listen_addr(&s).map_err(|e| invalid(key, e)))
                 .transpose()
         };
         let size = |key: &'static str, v: Option<SizeValue>| -> Result<Option<u64>, ConfigError> {
@@ -774,6 +774,12 @@ impl Config {
                 ),
             ));
         }
+        if self.data_dir.exists() && !self.data_dir.is_dir() {
+            return Err(invalid(
+                "data-dir",
+                format!("{} is a file, not a directory", self.data_dir.display()),
+            ));
+        }
         if self.standbys > 16 {
             return Err(invalid(
                 "standbys",
@@ -790,6 +796,13 @@ impl Config {
             ));
         }
         self.validate_discovery()?;
+        if self.join.is_empty() && self.bootstrap_expect == 0 && self.discovery.mode == DiscoveryMode::Static {
+            return Err(invalid(
+                "bootstrap-expect",
+                "0 means \"only join an existing cluster\", but no --join peers are given to join through \
+                 (leave it out for a lone node)",
+            ));
+        }
         if self.join.is_empty() && self.bootstrap_expect > 1 && self.discovery.mode == DiscoveryMode::Static {
             return Err(invalid(
                 "bootstrap-expect",
@@ -979,6 +992,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses "30s", "12h", "7d", "1h 30m".
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a host name that
+/// resolves (`localhost:8400`; its first address is used).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} is not HOST:PORT"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{s:?}: the port {port:?} is not a number from 0 to 65535"));
+    }
+    if host.is_empty() {
+        return Err(format!("{s:?}: no host (use 0.0.0.0:{port} for every interface)"));
+    }
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut found) => found.next().ok_or_else(|| format!("{host:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration ({e}; try 30s, 12h or 7d)"))
 }
@@ -1010,6 +1045,42 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert!(parse_size("12 parsecs").unwrap_err().contains("parsecs"));
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn openraft_state_dumps_stay_out_of_the_default_logs() {
+        let info = crate::telemetry::log_filter("info").unwrap();
+        assert!(!info.would_enable("openraft::engine", &tracing::Level::INFO));
+        assert!(info.would_enable("openraft::engine", &tracing::Level::WARN));
+        assert!(info.would_enable("sidelog::cluster", &tracing::Level::INFO));
+        let asked = crate::telemetry::log_filter("info,openraft=info").unwrap();
+        assert!(asked.would_enable("openraft::engine", &tracing::Level::INFO));
+        let debug = crate::telemetry::log_filter("debug").unwrap();
+        assert!(debug.would_enable("openraft::engine", &tracing::Level::DEBUG));
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names_and_bootstrap_expect_0_needs_peers() {
+        assert_eq!(
+            parse_listen_addr("localhost:8440").unwrap().port(),
+            8440,
+            "a host name resolves"
+        );
+        assert!(parse_listen_addr("localhost:8440").unwrap().ip().is_loopback());
+        for bad in ["localhost", "localhost:99999", ":8400", "no-such-host.invalid:1"] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad:?} accepted");
+        }
+        let args = AgentArgs {
+            client_addr: Some(parse_listen_addr("localhost:8440").unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(args).is_ok());
+        let args = AgentArgs {
+            bootstrap_expect: Some(0),
+            ..Default::default()
+        };
+        let err = Config::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("bootstrap-expect") && err.contains("only join"), "{err}");
     }
 
     #[test]

@@ -52,10 +52,42 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`sidelog consume | head -1`): done, as
+        // every other command-line tool is.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            tracing::error!(cause = %format!("{e:#}"), "exiting");
-            eprintln!("sidelog: {e:#}");
+            let cause = describe(&e);
+            tracing::error!(cause = %cause, "exiting");
+            eprintln!("sidelog: {cause}");
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, each said once: an error whose text already
+/// holds its source's (as most do) does not repeat it. A gRPC status is
+/// told in the user's terms.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) => sidelog::client::describe_status(status),
+            None => cause.to_string(),
+        };
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -317,6 +317,14 @@ pub fn log_filter(spec: &str) -> Result<Targets, String> {
             None => d.to_owned(),
         });
     }
+    // openraft logs its whole state at INFO on every change: only its
+    // warnings and errors unless asked for by name or with a debug level.
+    let default_verbose = clean
+        .iter()
+        .any(|d| !d.contains('=') && matches!(d.to_ascii_lowercase().as_str(), "debug" | "trace"));
+    if !default_verbose && !clean.iter().any(|d| d.starts_with("openraft")) {
+        clean.push("openraft=warn".to_owned());
+    }
     clean.join(",").parse::<Targets>().map_err(|e| e.to_string())
 }
 
@@ -347,7 +355,11 @@ pub fn subscriber(
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Text => fmt::layer().boxed(),
+        // Colours only for a terminal: never escape codes in a file or a
+        // log collector.
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     }
     .with_filter(filter);
     let (otel, provider) = match otlp {

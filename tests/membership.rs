@@ -215,7 +215,11 @@ async fn an_attached_sidecars_stream_survives_its_home_and_a_stopped_sidecar_det
     // 3 voters, no standbys: the other two sidecars attach at once.
     let mut c = TestCluster::start(5, no_standbys).await;
     let leader = c.leader().await;
-    let attached: Vec<usize> = c.live().into_iter().filter(|&i| c.agent(i).cluster().is_attached()).collect();
+    let attached: Vec<usize> = c
+        .live()
+        .into_iter()
+        .filter(|&i| c.agent(i).cluster().is_attached())
+        .collect();
     assert_eq!(attached.len(), 2);
     let (a, b) = (attached[0], attached[1]);
     let mut client = c.client(a).await;
@@ -236,7 +240,11 @@ async fn an_attached_sidecars_stream_survives_its_home_and_a_stopped_sidecar_det
     })
     .await;
     let home = c.agent(a).cluster().status().home;
-    let home = c.live().into_iter().find(|&i| TestCluster::name(i) == home).expect("the home runs");
+    let home = c
+        .live()
+        .into_iter()
+        .find(|&i| TestCluster::name(i) == home)
+        .expect("the home runs");
     c.kill(home).await;
     let mut writer = c.client(leader).await;
     for i in 5..10u64 {

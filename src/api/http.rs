@@ -92,6 +92,12 @@ pub fn router(state: HttpState) -> Router {
             super::observe::http_observe,
         ))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route (records: POST / and GET /; see the README)",
+            )
+        })
         .with_state(state)
 }
 
@@ -116,19 +122,16 @@ struct ConsumeBody {
     offset: u64,
 }
 
-/// Protobuf JSON writes uint64 as a string; accept both forms.
+/// Protobuf JSON writes uint64 as a string; accept both forms, and say in
+/// the API's terms what is wrong with anything else.
 fn offset_from_number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        Num(u64),
-        Str(String),
-    }
-    match N::deserialize(d)? {
-        N::Num(n) => Ok(n),
-        N::Str(s) => s
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("offset {s:?} is not a number"))),
+    use serde::de::Error;
+    let bad = |what: &str| D::Error::custom(format!("offset must be a whole number from 0 up, not {what}"));
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| bad(&n.to_string())),
+        serde_json::Value::String(s) => s.trim().parse().map_err(|_| bad(&format!("{s:?}"))),
+        serde_json::Value::Null => Err(bad("null")),
+        other => Err(bad(&other.to_string())),
     }
 }
 

@@ -227,13 +227,16 @@ pub struct ConnectArgs {
     )]
     pub addr: Vec<String>,
     /// CA (PEM) that signed the agent's certificate: connect over TLS.
-    #[arg(long, env = "SIDELOG_TLS_CA", value_name = "FILE")]
+    /// (The client's variables are SIDELOG_CLIENT_TLS_*; the agent's own
+    /// SIDELOG_TLS_* are never read by the client, so a command run in the
+    /// agent's pod does not present the server's certificate.)
+    #[arg(long, env = "SIDELOG_CLIENT_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, env = "SIDELOG_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(long, env = "SIDELOG_CLIENT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// Key (PEM) of --tls-cert.
-    #[arg(long, env = "SIDELOG_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = "SIDELOG_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 }
 
@@ -272,7 +275,7 @@ impl ConnectArgs {
 pub struct ProduceArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The record's value; without it, each line of standard input is a record.
+    /// The record's value; without it, each non-empty line of standard input is a record.
     #[arg(long, value_name = "S")]
     pub value: Option<String>,
 }
@@ -304,7 +307,9 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     loop {
         let line = lines.next().transpose()?;
         let done = line.is_none();
-        if let Some(l) = line {
+        // Empty lines (a trailing newline, blank lines) are no records;
+        // `--value ''` writes an empty one.
+        if let Some(l) = line.filter(|l| !l.is_empty()) {
             batch.push(Bytes::from(l));
         }
         if batch.len() == STDIN_BATCH || (done && !batch.is_empty()) {

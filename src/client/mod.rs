@@ -47,14 +47,51 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no server answered GetServers (tried {tried})")]
-    NoServers { tried: String },
+    #[error("no agent answered (tried {tried}): {cause}")]
+    NoServers { tried: String, cause: String },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// A failed call in the user's terms: what went wrong, with the cause
+/// behind a transport error (a TLS handshake, a refused connection), each
+/// said once.
+pub fn describe_status(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut parts: Vec<String> = Vec::new();
+    let mut push = |p: String| {
+        let p = p.trim().to_owned();
+        if !p.is_empty() && !parts.iter().any(|q| q.contains(&p)) {
+            parts.retain(|q| !p.contains(q.as_str()));
+            parts.push(p);
+        }
+    };
+    push(status.message().to_owned());
+    let mut source = status.source();
+    while let Some(e) = source {
+        push(e.to_string());
+        source = e.source();
+    }
+    let text = parts.join(": ");
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => " (the agent wants a client certificate: --tls-cert and --tls-key)",
+        tonic::Code::PermissionDenied => " (the ACL does not allow this subject)",
+        _ if text.contains("certificate") || text.contains("InvalidCertificate") => {
+            " (a TLS problem: check --tls-ca, --tls-cert, --tls-key and the server name)"
+        }
+        _ if text.contains("broken pipe") || text.contains("reset by peer") => {
+            " (the agent closed the connection: does its --tls-ca trust this client certificate?)"
+        }
+        _ if text.contains("http2") || text.contains("frame") || text.contains("connection closed") => {
+            " (is the agent's port TLS? then give --tls-ca)"
+        }
+        _ => "",
+    };
+    format!("{:?}: {text}{hint}", status.code())
 }
 
 /// TLS settings for a client: the CA that signed the server's certificate

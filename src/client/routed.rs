@@ -88,6 +88,8 @@ struct State {
     /// avoid them for `DOWN_FOR` rather than hitting the same dead follower
     /// after every refresh.
     down: HashMap<String, Instant>,
+    /// Why the last refresh found no server, in the user's terms.
+    last_error: Option<String>,
 }
 
 /// How long reads avoid a server that failed.
@@ -150,7 +152,15 @@ impl RoutedClient {
             client.conn(s)?;
         }
         if !client.refresh().await {
-            return Err(ClientError::NoServers { tried: seeds.join(",") });
+            let cause = client
+                .state()
+                .last_error
+                .take()
+                .unwrap_or_else(|| "no address answered".into());
+            return Err(ClientError::NoServers {
+                tried: seeds.join(","),
+                cause,
+            });
         }
         Ok(client)
     }
@@ -193,15 +203,29 @@ impl RoutedClient {
         let mut candidates = self.state().servers.all();
         candidates.extend(self.resolved_seeds().await);
         candidates.dedup();
+        let mut last_error = None;
         for addr in candidates {
-            let Ok(c) = self.conn(&addr) else { continue };
+            let c = match self.conn(&addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = Some(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
             let mut req = Request::new(pb::GetServersRequest {});
             req.set_timeout(Duration::from_secs(2));
-            let Ok(resp) = c.raw().get_servers(req).await else {
-                continue;
+            let resp = match c.raw().get_servers(req).await {
+                Ok(r) => r,
+                Err(status) => {
+                    last_error = Some(format!("{addr}: {}", super::describe_status(&status)));
+                    continue;
+                }
             };
             let set = ServerSet::from_servers(&resp.into_inner().servers);
             if set.is_empty() {
+                last_error = Some(format!(
+                    "{addr}: the agent is not in a cluster yet (still forming or joining: see its log)"
+                ));
                 continue;
             }
             let mut st = self.state();
@@ -212,7 +236,9 @@ impl RoutedClient {
             st.stale = false;
             return true;
         }
-        self.state().stale = true;
+        let mut st = self.state();
+        st.stale = true;
+        st.last_error = last_error;
         false
     }
 

@@ -919,8 +919,9 @@ impl Cluster {
         if let (Some(a), Some(b)) = (&ours, &view.cluster_id)
             && a != b
         {
-            tracing::error!(ours = %a, theirs = %b, "the peers found belong to another cluster; not rejoining");
+            // Said once, not on every look (once a second).
             if !removed_flag {
+                tracing::error!(ours = %a, theirs = %b, "the peers found belong to another cluster; not rejoining");
                 self.set_removed(true);
             }
             return;

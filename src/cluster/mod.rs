@@ -268,6 +268,12 @@ pub struct Cluster {
     attachment: std::sync::Mutex<Option<attach::Attachment>>,
     /// The leader's table of attached sidecars: info and last heartbeat.
     attached: std::sync::Mutex<std::collections::HashMap<NodeId, (NodeInfo, std::time::Instant)>>,
+    /// Another node answered with this node's name (its peer address).
+    name_clash: std::sync::Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unavailable(msg: impl Into<String>) -> NodeError {
@@ -345,6 +351,7 @@ impl Cluster {
             builds: Default::default(),
             attachment: Default::default(),
             attached: Default::default(),
+            name_clash: Default::default(),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -720,24 +727,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// The name of member `id` (its id if unknown).
-    fn name_of(&self, id: NodeId) -> String {
-        let m = self.metrics();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map_or_else(|| id.to_string(), |n| n.name.clone())
-    }
-
     /// Removes a member (voter or learner). A voter is replaced by the
     /// best caught-up non-voter in the same change when there is one, so
     /// the group keeps its fault tolerance. Must run on the leader.
-    async fn remove_member(&self, id: NodeId) -> Result<(), NodeError> {
+    async fn remove_member(&self, id: NodeId, name: &str) -> Result<(), NodeError> {
         let _one_change = self.change_lock.lock().await;
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let Some(info) = membership.get_node(&id).cloned() else {
-            return Err(NodeError::NotFound(format!("no member named {}", self.name_of(id))));
+            return Err(NodeError::NotFound(format!("no member named {name}")));
         };
         // The configuration being moved to (the last of a joint one).
         let voters: BTreeSet<NodeId> = membership.get_joint_config().last().cloned().unwrap_or_default();
@@ -797,7 +795,7 @@ impl Cluster {
                 // until its next heartbeat.
                 return Ok(());
             }
-            return self.remove_member(id).await;
+            return self.remove_member(id, name).await;
         }
         let (leader, info) = self
             .wait_leader(self.config.write_timeout)
@@ -969,8 +967,14 @@ impl Cluster {
             return Err("no reachable member knows a leader".into());
         }
         if seen.len() < self.config.bootstrap_expect {
+            let clash = lock(&self.name_clash).clone().map_or_else(String::new, |addr| {
+                format!(
+                    " (the node at {addr} has this node's name {}: give every node its own --node-id)",
+                    self.config.info.name
+                )
+            });
             return Err(format!(
-                "waiting for {} nodes to bootstrap, seen {}",
+                "waiting for {} nodes to bootstrap, seen {}{clash}",
                 self.config.bootstrap_expect,
                 seen.len()
             ));
@@ -1032,6 +1036,13 @@ impl Cluster {
             let (id, info) = network::node_info_from_pb(node);
             if self.peers.partition().is_some_and(|p| p.is_cut(&self.config.id, &id)) {
                 continue;
+            }
+            if id == self.config.id && info.peer_addr != self.config.info.peer_addr {
+                // Not ourselves: a second node with our name, which no
+                // count of nodes would ever include.
+                tracing::warn!(other = %info.peer_addr, name = %info.name,
+                    "another node answers with this node's name: give every node its own --node-id");
+                *lock(&self.name_clash) = Some(info.peer_addr.clone());
             }
             if r.initialized {
                 if let Some(l) = r.leader {

@@ -216,11 +216,10 @@ impl PeerGuard {
                 return Err(Status::unauthenticated("the peer port needs a peer certificate"));
             };
             if !names.matches(subject) {
-                tracing::warn!(peer = %remote, subject, "peer call from a certificate that is not a peer refused");
-                return Err(Status::permission_denied(format!(
-                    "{subject} is not a cluster peer (allowed peer names: {})",
-                    names.patterns().join(",")
-                )));
+                // The allowed names are for the operator's log, not for the caller.
+                tracing::warn!(peer = %remote, subject, allowed = %names.patterns().join(","),
+                    "peer call from a certificate that is not a peer refused");
+                return Err(Status::permission_denied(format!("{subject} is not a cluster peer")));
             }
         }
         if let Some(secret) = &self.inner.secret {
