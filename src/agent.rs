@@ -177,6 +177,7 @@ fn serve_grpc<L>(
     listener: TcpListener,
     tls: Option<Arc<ReloadableTls>>,
     limits: &crate::config::Limits,
+    limit: api::conn_limit::ListenerLimit,
     token: CancellationToken,
 ) -> JoinHandle<Result<(), String>>
 where
@@ -191,7 +192,8 @@ where
 {
     match tls {
         None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let conns = api::http::tcp_accept_loop(listener, limit, token.clone());
+            let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
             tokio::spawn(async move {
                 server
                     .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
@@ -200,7 +202,7 @@ where
             })
         }
         Some(tls) => {
-            let conns = tls::accept_loop(listener, tls, limits.max_tls_handshakes, token.clone());
+            let conns = tls::accept_loop(listener, tls, limits.max_tls_handshakes, limit, token.clone());
             let incoming = ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
             tokio::spawn(async move {
                 server
@@ -332,6 +334,8 @@ impl Agent {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let limits = config.limits.clone();
+        // Connections per port, from the descriptor limit (see `conn_limit`).
+        let budget = api::conn_limit::ConnBudget::from_rlimit();
 
         // Security first: a bad certificate, secret or policy must stop the start.
         let client_tls = match &config.tls {
@@ -386,6 +390,7 @@ impl Agent {
                 peer_listener,
                 peers.server_tls.clone(),
                 &limits,
+                budget.listener("peer"),
                 shutdown.clone(),
             )
         };
@@ -446,11 +451,19 @@ impl Agent {
                 .max_concurrent_streams(Some(limits.max_streams_per_connection))
                 .layer(api::observe::GrpcObserveLayer::new(metrics.clone()))
                 .add_routes(routes);
-            serve_grpc(server, client_listener, client_tls.clone(), &limits, shutdown.clone())
+            serve_grpc(
+                server,
+                client_listener,
+                client_tls.clone(),
+                &limits,
+                budget.listener("client"),
+                shutdown.clone(),
+            )
         };
 
         let liveness = Liveness::default();
         let http_state = HttpState {
+            body_timeout: limits.http_header_timeout,
             cluster: cluster.clone(),
             node: node.clone(),
             auth: auth.clone(),
@@ -462,11 +475,17 @@ impl Agent {
             let app = api::http::router(http_state.clone());
             match &http_tls {
                 None => {
-                    let conns = api::http::tcp_accept_loop(http_listener, token.clone());
+                    let conns = api::http::tcp_accept_loop(http_listener, budget.listener("http"), token.clone());
                     tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
                 }
                 Some(tls) => {
-                    let conns = tls::accept_loop(http_listener, tls.clone(), limits.max_tls_handshakes, token.clone());
+                    let conns = tls::accept_loop(
+                        http_listener,
+                        tls.clone(),
+                        limits.max_tls_handshakes,
+                        budget.listener("http"),
+                        token.clone(),
+                    );
                     tokio::spawn(api::http::serve(conns, api::http::tls_info, app, limits.clone(), token))
                 }
             }
@@ -483,7 +502,7 @@ impl Agent {
             let app = api::http::health_router(http_state.clone())
                 .merge(tonic::service::Routes::new(health_service).into_axum_router())
                 .fallback(api::http::health_port_not_found);
-            let conns = api::http::tcp_accept_loop(listener, token.clone());
+            let conns = api::http::tcp_accept_loop(listener, budget.listener("health"), token.clone());
             servers.push((
                 "health",
                 tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token)),

@@ -260,7 +260,8 @@ pub struct AgentArgs {
     /// Delete sealed segments older than this, e.g. 7d or 12h [default: unlimited].
     #[arg(long, env = "SIDELOG_RETENTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
-    /// Largest record value accepted, e.g. 1MiB [default: 1MiB].
+    /// Largest record value accepted, e.g. 1MiB; at most 16MiB. Every API refuses a larger one
+    /// the same way: gRPC INVALID_ARGUMENT, HTTP 413 [default: 1MiB].
     #[arg(long, env = "SIDELOG_MAX_RECORD_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub max_record_bytes: Option<u64>,
     /// Concurrent HTTP/2 streams (calls) per connection on every port [default: 256].

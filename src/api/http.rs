@@ -43,6 +43,41 @@ pub struct HttpState {
     pub auth: Arc<Authorizer>,
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
+    /// A request body must arrive within this (a trickled body is cut off).
+    pub body_timeout: std::time::Duration,
+}
+
+impl HttpState {
+    /// The largest produce body: the record limit in base64 plus the JSON
+    /// around it; the record limit itself is checked on the decoded value,
+    /// as on every API.
+    fn max_body(&self) -> usize {
+        (self.node.max_record_bytes() as usize).div_ceil(3) * 4 + 4096
+    }
+}
+
+/// Reads a request body within the body timeout and the size limit;
+/// answers 408 or 413 (JSON, as every error here) otherwise.
+async fn read_body(s: &HttpState, body: axum::body::Body) -> Result<Bytes, Response> {
+    let max = s.max_body();
+    match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {:?}", s.body_timeout),
+        )),
+        // (http-body-util's LengthLimitError, told by its text: one crate less.)
+        Ok(Err(e)) if format!("{e} {:?}", std::error::Error::source(&e)).contains("length limit exceeded") => {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over {max} bytes: a record may be at most {} bytes (--max-record-bytes)",
+                    s.node.max_record_bytes()
+                ),
+            ))
+        }
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+        Ok(Ok(b)) => Ok(b),
+    }
 }
 
 /// Health and metrics only, for the `--health-addr` listener: the routes a
@@ -189,10 +224,14 @@ fn authorize(s: &HttpState, peer: &Peer, action: &'static str) -> Result<(), Res
         .map_err(|e| error(http_auth_status(&e), e))
 }
 
-async fn produce(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Response {
+async fn produce(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
     if let Err(r) = authorize(&s, &peer, ACT_PRODUCE) {
         return r;
     }
+    let body = match read_body(&s, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let value = match parse_produce_body(&body) {
         Ok(v) => v,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -227,10 +266,14 @@ async fn consume_at(s: &HttpState, offset: u64) -> Response {
     }
 }
 
-async fn consume_body(State(s): State<HttpState>, peer: Peer, body: Bytes) -> Response {
+async fn consume_body(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
     if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
         return r;
     }
+    let body = match read_body(&s, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     match parse_consume_body(&body) {
         Ok(offset) => consume_at(&s, offset).await,
         Err(message) => error(StatusCode::BAD_REQUEST, message),
@@ -334,34 +377,40 @@ pub fn tls_info(conn: &TlsConn) -> PeerInfo {
 }
 
 /// Who a plaintext connection comes from (no certificate subject).
-pub fn tcp_info(conn: &tokio::net::TcpStream) -> PeerInfo {
+pub fn tcp_info(conn: &super::conn_limit::Limited<tokio::net::TcpStream>) -> PeerInfo {
     PeerInfo {
-        remote: conn.peer_addr().ok(),
+        remote: conn.get_ref().peer_addr().ok(),
         subject: None,
     }
 }
 
-/// Accepts plaintext TCP connections (nodelay set) until `shutdown`.
+/// Accepts plaintext TCP connections (nodelay set) until `shutdown`, at
+/// most `limit`'s bound at once (see `conn_limit`).
 pub fn tcp_accept_loop(
     listener: tokio::net::TcpListener,
+    mut limit: super::conn_limit::ListenerLimit,
     shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::sync::mpsc::Receiver<tokio::net::TcpStream> {
+) -> tokio::sync::mpsc::Receiver<super::conn_limit::Limited<tokio::net::TcpStream>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
+        let mut last_warned = None;
         loop {
-            let tcp = tokio::select! {
+            let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((tcp, _)) => tcp,
+                    Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        super::conn_limit::accept_failed(&e, &mut last_warned).await;
                         continue;
                     }
                 },
                 _ = shutdown.cancelled() => return,
             };
+            let Some(permit) = limit.admit(remote) else {
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            if tx.send(tcp).await.is_err() {
+            if tx.send(super::conn_limit::Limited::new(tcp, permit)).await.is_err() {
                 return;
             }
         }

@@ -157,6 +157,15 @@ impl StreamChunk {
             // A message tonic could not decode (too large, malformed) or a
             // broken transport: answered after the records before it, like a
             // bad record, so their acknowledgements are not lost.
+            Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
+                // tonic's "decoded message length too large": a bad request,
+                // not a read past the end.
+                self.stop = Some(StreamStop::Invalid(Status::invalid_argument(format!(
+                    "{}: a record may be at most {} bytes (--max-record-bytes)",
+                    status.message(),
+                    node.max_record_bytes()
+                ))))
+            }
             Some(Err(status)) => self.stop = Some(StreamStop::Invalid(status)),
             None => self.stop = Some(StreamStop::End),
         }
@@ -309,6 +318,63 @@ impl LogApi for LogService {
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let resp = self.open_consume_stream(request).await?;
+        Ok(resp.map(|s| revocable(s, self.auth.clone(), peer, ACT_CONSUME)))
+    }
+
+    type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let resp = self.open_produce_stream(request).await?;
+        Ok(resp.map(|s| revocable(s, self.auth.clone(), peer, ACT_PRODUCE)))
+    }
+
+    async fn get_servers(
+        &self,
+        request: Request<pb::GetServersRequest>,
+    ) -> Result<Response<pb::GetServersResponse>, Status> {
+        // Membership is no secret to any authenticated client (the book's
+        // resolver needs it before it can produce or consume).
+        self.auth
+            .authenticate(request.extensions().get::<PeerInfo>())
+            .map_err(Status::from)?;
+        let servers = self
+            .cluster
+            .servers()
+            .into_iter()
+            .map(|s| pb::Server {
+                id: s.id,
+                rpc_addr: s.rpc_addr,
+                is_leader: s.is_leader,
+            })
+            .collect();
+        Ok(Response::new(pb::GetServersResponse { servers }))
+    }
+}
+
+/// Runs `f` when dropped (however the task ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+impl LogService {
+    async fn open_consume_stream(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<BoxStream<pb::ConsumeResponse>>, Status> {
         self.authorize(&request, ACT_CONSUME)?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -390,12 +456,10 @@ impl LogApi for LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
-
-    async fn produce_stream(
+    async fn open_produce_stream(
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
-    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+    ) -> Result<Response<BoxStream<pb::ProduceResponse>>, Status> {
         self.authorize(&request, ACT_PRODUCE)?;
         // Checked once, when the stream opens: a leader-aware client
         // reopens its stream elsewhere when leadership moves.
@@ -482,39 +546,38 @@ impl LogApi for LogService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-
-    async fn get_servers(
-        &self,
-        request: Request<pb::GetServersRequest>,
-    ) -> Result<Response<pb::GetServersResponse>, Status> {
-        // Membership is no secret to any authenticated client (the book's
-        // resolver needs it before it can produce or consume).
-        self.auth
-            .authenticate(request.extensions().get::<PeerInfo>())
-            .map_err(Status::from)?;
-        let servers = self
-            .cluster
-            .servers()
-            .into_iter()
-            .map(|s| pb::Server {
-                id: s.id,
-                rpc_addr: s.rpc_addr,
-                is_leader: s.is_leader,
-            })
-            .collect();
-        Ok(Response::new(pb::GetServersResponse { servers }))
-    }
 }
 
-/// Runs `f` when dropped (however the task ends).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
+/// Ends a stream with PERMISSION_DENIED once a policy reload takes the
+/// caller's right to `action` away (checked again on every reload).
+fn revocable<T: Send + 'static>(
+    inner: BoxStream<T>,
+    auth: Arc<Authorizer>,
+    peer: Option<PeerInfo>,
+    action: &'static str,
+) -> BoxStream<T> {
+    let changes = auth.changes();
+    Box::pin(futures_util::stream::unfold(
+        (inner, changes, auth, peer, false),
+        move |(mut inner, mut changes, auth, peer, ended)| async move {
+            if ended {
+                return None;
             }
-        }
-    }
-    Guard(Some(f))
+            loop {
+                tokio::select! {
+                    item = inner.next() => return item.map(|i| (i, (inner, changes, auth, peer, false))),
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // The policy can no longer change: just the stream.
+                            return inner.next().await.map(|i| (i, (inner, changes, auth, peer, false)));
+                        }
+                        if let Err(e) = auth.check(peer.as_ref(), action) {
+                            tracing::info!(cause = %e, "a policy reload revoked an open stream's right");
+                            return Some((Err(Status::from(e)), (inner, changes, auth, peer, true)));
+                        }
+                    }
+                }
+            }
+        },
+    ))
 }

@@ -2,6 +2,7 @@
 //! reflection, and the HTTP/JSON routes. These translate and delegate to a
 //! [`LogNode`](crate::node::LogNode); they know nothing of disk formats.
 
+pub mod conn_limit;
 pub mod convert;
 pub mod http;
 pub mod idle_timeout;

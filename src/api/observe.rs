@@ -204,7 +204,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = inner.call(req);
         Box::pin(async move {
-            let result = fut.instrument(span.clone()).await;
+            let mut result = fut.instrument(span.clone()).await;
+            if let Ok(resp) = &mut result {
+                too_large_is_invalid_argument(resp.headers_mut());
+            }
             let took = started.elapsed();
             // Errors travel as trailers-only responses (grpc-status in the
             // headers); a successful call's OK arrives in the trailers.
@@ -225,6 +228,26 @@ where
             tracing::debug!(parent: &span, method = %method, status = name, duration_ms = took.as_secs_f64() * 1e3, "request finished");
             result
         })
+    }
+}
+
+/// tonic refuses a request over the port's message limit before any of our
+/// code runs, with OUT_OF_RANGE (which log.v1 uses for "no record at this
+/// offset"): said as INVALID_ARGUMENT here, as our own size check says it.
+/// (A ProduceStream's oversize message is mapped where the stream reads it.)
+pub fn too_large_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let is_too_large = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).contains("message length too large"));
+    if is_too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "the request is larger than this port accepts: a record may be at most --max-record-bytes",
+            ),
+        );
     }
 }
 

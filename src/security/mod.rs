@@ -31,6 +31,8 @@ pub struct Authorizer {
     /// Client certificates are verified (a CA is configured): calls need a subject.
     require_subject: bool,
     acl: Option<AclSource>,
+    /// Bumped on every policy reload: open streams check their caller again.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 struct AclSource {
@@ -47,6 +49,7 @@ impl Authorizer {
         Authorizer {
             require_subject: false,
             acl: None,
+            generation: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -64,7 +67,11 @@ impl Authorizer {
             }
             None => None,
         };
-        Ok(Authorizer { require_subject, acl })
+        Ok(Authorizer {
+            require_subject,
+            acl,
+            generation: tokio::sync::watch::Sender::new(0),
+        })
     }
 
     /// Checks that the peer is authenticated when certificates are required.
@@ -95,6 +102,12 @@ impl Authorizer {
         Ok(())
     }
 
+    /// Changes whenever the policy is reloaded: a long-lived call (a
+    /// stream) checks its caller again then, so a revoked right ends it.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// Reloads the policy if its files changed; a bad file keeps the old one.
     pub fn reload_if_changed(&self) -> bool {
         let Some(src) = &self.acl else { return false };
@@ -110,6 +123,7 @@ impl Authorizer {
             Ok(acl) => {
                 *src.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(acl);
                 tracing::info!(policy = %src.policy.display(), "reloaded ACL policy");
+                self.generation.send_modify(|g| *g += 1);
                 true
             }
             Err(e) => {

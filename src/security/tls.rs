@@ -247,6 +247,8 @@ pub struct PeerInfo {
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// The listener's connection permit, given back on close.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl TlsConn {
@@ -312,23 +314,28 @@ pub fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadableTls>,
     max_handshakes: usize,
+    mut limit: crate::api::conn_limit::ListenerLimit,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<TlsConn> {
     let (tx, rx) = mpsc::channel(128);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     let mut last_warned: Option<tokio::time::Instant> = None;
+    let mut last_accept_warned: Option<tokio::time::Instant> = None;
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::api::conn_limit::accept_failed(&e, &mut last_accept_warned).await;
                         continue;
                     }
                 },
                 _ = shutdown.cancelled() => return,
+            };
+            let Some(connection) = limit.admit(remote) else {
+                drop(tcp);
+                continue;
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -359,7 +366,13 @@ pub fn accept_loop(
                             remote: Some(remote),
                             subject,
                         };
-                        let _ = tx.send(TlsConn { stream, info }).await;
+                        let _ = tx
+                            .send(TlsConn {
+                                stream,
+                                info,
+                                _permit: connection,
+                            })
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(peer = %remote, cause = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(peer = %remote, "TLS handshake timed out"),
