@@ -78,7 +78,7 @@ fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = match cause.downcast_ref::<tonic::Status>() {
-            Some(status) => sidelog::client::describe_status(status),
+            Some(status) => sidelog::client::describe_status(status, None),
             None => cause.to_string(),
         };
         if text.is_empty() || out.contains(&text) {

@@ -381,3 +381,46 @@ async fn peer_port_config_requires_a_client_certificate() {
     assert!(results[0].is_err(), "an anonymous peer was accepted");
     assert_eq!(results[1].as_ref().unwrap().as_deref(), Some("server"));
 }
+
+/// Issue 23: a policy reload that takes a subject's right away ends its open
+/// streams, not only its next calls.
+#[tokio::test]
+async fn a_revoked_subjects_open_stream_ends_with_permission_denied() {
+    let pki = Pki::new();
+    let policy = pki.path("policy.csv");
+    let granted = "p, root, *, produce\np, root, *, consume\np, nobody, *, consume\n";
+    std::fs::write(&policy, granted).unwrap();
+    let node = pki.start_node().await;
+    let mut root = connect(&node, &pki.client(Some("root"))).await.unwrap();
+    root.produce(Bytes::from_static(b"first")).await.unwrap();
+    let mut nobody = connect(&node, &pki.client(Some("nobody"))).await.unwrap();
+    let mut stream = nobody.consume_stream(0).await.unwrap();
+    assert_eq!(
+        &stream.message().await.unwrap().unwrap().record.unwrap().value[..],
+        b"first"
+    );
+    // Revoke (the file's mtime must move for the watcher to see it).
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&policy, "p, root, *, produce\np, root, *, consume\n").unwrap();
+    let ended = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            match stream.message().await {
+                Err(status) => return status,
+                Ok(Some(_)) => panic!("a revoked subject's stream delivered a record"),
+                Ok(None) => panic!("the stream ended without saying why"),
+            }
+        }
+    });
+    // A record written after the reload must not reach it either.
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        root.produce(Bytes::from_static(b"after the reload")).await.unwrap();
+    };
+    let (status, ()) = tokio::join!(ended, write);
+    let status = status.expect("the stream ends promptly");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // New calls are refused too, and root's stream is unaffected.
+    assert_eq!(nobody.consume(0).await.unwrap_err().code(), Code::PermissionDenied);
+    let mut stream = root.consume_stream(0).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().record.unwrap().offset, 0);
+}

@@ -237,9 +237,11 @@ where
 /// (A ProduceStream's oversize message is mapped where the stream reads it.)
 pub fn too_large_is_invalid_argument(headers: &mut http::HeaderMap) {
     let is_too_large = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
-        && headers
-            .get("grpc-message")
-            .is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).contains("message length too large"));
+        && headers.get("grpc-message").is_some_and(|m| {
+            // Percent-encoded on the wire (spaces as %20).
+            let m = String::from_utf8_lossy(m.as_bytes()).replace("%20", " ");
+            m.contains("message length too large")
+        });
     if is_too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
         headers.insert(

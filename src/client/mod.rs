@@ -59,8 +59,8 @@ pub enum ClientError {
 
 /// A failed call in the user's terms: what went wrong, with the cause
 /// behind a transport error (a TLS handshake, a refused connection), each
-/// said once.
-pub fn describe_status(status: &tonic::Status) -> String {
+/// said once, and a hint at the likely fix. `tls` is what the client used.
+pub fn describe_status(status: &tonic::Status, tls: Option<&ClientTls>) -> String {
     use std::error::Error;
     let mut parts: Vec<String> = Vec::new();
     let mut push = |p: String| {
@@ -77,17 +77,26 @@ pub fn describe_status(status: &tonic::Status) -> String {
         source = e.source();
     }
     let text = parts.join(": ");
+    let lower = text.to_ascii_lowercase();
+    let dropped = [
+        "broken pipe",
+        "reset by peer",
+        "connection closed",
+        "frame",
+        "http2",
+        "h2 protocol",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
     let hint = match status.code() {
         tonic::Code::Unauthenticated => " (the agent wants a client certificate: --tls-cert and --tls-key)",
-        tonic::Code::PermissionDenied => " (the ACL does not allow this subject)",
-        _ if text.contains("certificate") || text.contains("InvalidCertificate") => {
+        tonic::Code::PermissionDenied => " (the agent's ACL does not allow this)",
+        _ if lower.contains("certificate") => {
             " (a TLS problem: check --tls-ca, --tls-cert, --tls-key and the server name)"
         }
-        _ if text.contains("broken pipe") || text.contains("reset by peer") => {
+        _ if dropped && tls.is_none() => " (the agent's port may use TLS: give --tls-ca)",
+        _ if dropped && tls.is_some_and(|t| t.cert.is_some()) => {
             " (the agent closed the connection: does its --tls-ca trust this client certificate?)"
-        }
-        _ if text.contains("http2") || text.contains("frame") || text.contains("connection closed") => {
-            " (is the agent's port TLS? then give --tls-ca)"
         }
         _ => "",
     };

@@ -217,7 +217,10 @@ impl RoutedClient {
             let resp = match c.raw().get_servers(req).await {
                 Ok(r) => r,
                 Err(status) => {
-                    last_error = Some(format!("{addr}: {}", super::describe_status(&status)));
+                    last_error = Some(format!(
+                        "{addr}: {}",
+                        super::describe_status(&status, self.inner.tls.as_ref())
+                    ));
                     continue;
                 }
             };

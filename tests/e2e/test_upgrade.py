@@ -154,14 +154,18 @@ def test_a_rolling_upgrade_from_the_first_release_under_load_keeps_every_record(
             before = len(load.acked)
             wait_for("writes after upgrading a node", lambda: len(load.acked) > before + 20)
         # Every member runs this build: the leader reports it (its survey of
-        # builds runs every 10 s) and the cluster protocol reaches 1.
+        # builds runs every 10 s) and the cluster protocol reaches this
+        # build's peer protocol ("build: ... (peer protocol N)").
+        import re
+        protocol = re.search(r"peer protocol (\d+)", status(nodes[0].addr)).group(1)
+
         def all_new():
             for n in nodes:
                 text = status(n.addr)
                 if "node-0 (leader)" in text or "node-1 (leader)" in text or "node-2 (leader)" in text:
-                    return "cluster protocol: 1" in text and text.count(" p1") == 3
+                    return f"cluster protocol: {protocol}" in text and text.count(f" p{protocol}") == 3
             return False
-        wait_for("every member on this build (cluster protocol 1)", all_new, timeout=90)
+        wait_for(f"every member on this build (cluster protocol {protocol})", all_new, timeout=90)
         # A feature of this build: a fourth member joins as a non-voter.
         fourth = Node(tmp_path, 3, join, ports[3])
         fourth.start(new, "new", ["--bootstrap-expect", "0"])
