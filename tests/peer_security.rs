@@ -320,6 +320,11 @@ async fn allowed_peer_names_are_glob_patterns() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("root"), "{e}");
+    // The allowed names are the operator's business, not the caller's.
+    assert!(
+        !e.message().contains("sidelog-"),
+        "the denial lists the allowed peer names: {e}"
+    );
 }
 
 const SECRET: &str = "8d3e5f0c2b7a4e19a1c6d0f3b5e7a9c1";

@@ -76,12 +76,11 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let connect = match &args.action {
         ClusterAction::Status { connect } | ClusterAction::Remove { connect, .. } => connect,
     };
-    let routed = connect.routed().await?;
-    // Status describes the node asked (the first that answers); removal
-    // goes to the leader.
+    // Status describes the node asked (the first address), even while it
+    // is still forming a cluster; removal goes to the leader.
     let client = match &args.action {
-        ClusterAction::Status { .. } => routed.any().await?,
-        ClusterAction::Remove { .. } => routed.leader().await?,
+        ClusterAction::Status { .. } => connect.connect().await?,
+        ClusterAction::Remove { .. } => connect.routed().await?.leader().await?,
     };
     let mut admin = client.cluster();
     match args.action {

@@ -714,7 +714,7 @@ impl Cluster {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| unavailable(format!("replacing non-voter {}: {e}", info.name)))?;
+                .map_err(|e| unavailable(self.in_names(format!("replacing non-voter {}: {e}", info.name))))?;
         }
         tracing::info!(node = %info, "adding a non-voter");
         self.raft
@@ -723,8 +723,18 @@ impl Cluster {
             // once it is caught up, and it is ready only then.
             .add_learner(id, info.clone(), false)
             .await
-            .map_err(|e| unavailable(format!("adding non-voter {}: {e}", info.name)))?;
+            .map_err(|e| unavailable(self.in_names(format!("adding non-voter {}: {e}", info.name))))?;
         Ok(())
+    }
+
+    /// `text` (an openraft error, which names nodes by their numeric Raft
+    /// ids) with every member's id replaced by its name: users know names.
+    fn in_names(&self, text: String) -> String {
+        let m = self.metrics();
+        m.membership_config
+            .membership()
+            .nodes()
+            .fold(text, |t, (id, info)| t.replace(&id.to_string(), &info.name))
     }
 
     /// Removes a member (voter or learner). A voter is replaced by the
@@ -759,7 +769,7 @@ impl Cluster {
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| unavailable(format!("removing {}: {e}", info.name)))?;
+            .map_err(|e| unavailable(self.in_names(format!("removing {}: {e}", info.name))))?;
         self.tell_removed(&info).await;
         Ok(())
     }

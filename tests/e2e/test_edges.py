@@ -431,3 +431,21 @@ def test_the_readme_cluster_example_runs_beside_the_lone_agent(tmp_path):
     lines = out.stdout.splitlines()
     assert any(l.startswith("leader:") and "node-" in l for l in lines), out.stdout[-3000:]
     assert "0" in lines, out.stdout[-3000:]
+
+
+def test_cluster_status_answers_for_a_node_still_forming(tmp_path, procs):
+    # It waits for two peers that never come.
+    a = Proc(tmp_path, "--join", "127.0.0.1:9,127.0.0.1:10", "--bootstrap-expect", "3")
+    procs.append(a)
+    deadline = time.monotonic() + 30
+    while True:
+        out = cli("cluster", "status", "--addr", a.client_addr)
+        if out.returncode == 0:
+            break
+        assert time.monotonic() < deadline, out.stderr
+        time.sleep(0.2)
+    assert b"node:      edge" in out.stdout and b"leader:    unknown" in out.stdout, out.stdout
+    # A produce says why nothing happens instead of naming an RPC.
+    produce = cli("produce", "--addr", a.client_addr, "--value", "x", timeout=60)
+    assert produce.returncode == 1 and b"GetServers" not in produce.stderr, produce.stderr
+    assert b"forming" in produce.stderr, produce.stderr
