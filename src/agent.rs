@@ -390,7 +390,7 @@ impl Agent {
                 peer_listener,
                 peers.server_tls.clone(),
                 &limits,
-                budget.listener("peer"),
+                budget.listener("peer", 4),
                 shutdown.clone(),
             )
         };
@@ -456,7 +456,7 @@ impl Agent {
                 client_listener,
                 client_tls.clone(),
                 &limits,
-                budget.listener("client"),
+                budget.listener("client", 2),
                 shutdown.clone(),
             )
         };
@@ -475,7 +475,7 @@ impl Agent {
             let app = api::http::router(http_state.clone());
             match &http_tls {
                 None => {
-                    let conns = api::http::tcp_accept_loop(http_listener, budget.listener("http"), token.clone());
+                    let conns = api::http::tcp_accept_loop(http_listener, budget.listener("http", 2), token.clone());
                     tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
                 }
                 Some(tls) => {
@@ -483,7 +483,7 @@ impl Agent {
                         http_listener,
                         tls.clone(),
                         limits.max_tls_handshakes,
-                        budget.listener("http"),
+                        budget.listener("http", 2),
                         token.clone(),
                     );
                     tokio::spawn(api::http::serve(conns, api::http::tls_info, app, limits.clone(), token))
@@ -502,7 +502,7 @@ impl Agent {
             let app = api::http::health_router(http_state.clone())
                 .merge(tonic::service::Routes::new(health_service).into_axum_router())
                 .fallback(api::http::health_port_not_found);
-            let conns = api::http::tcp_accept_loop(listener, budget.listener("health"), token.clone());
+            let conns = api::http::tcp_accept_loop(listener, budget.listener("health", 1), token.clone());
             servers.push((
                 "health",
                 tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token)),

@@ -319,10 +319,13 @@ pub fn log_filter(spec: &str) -> Result<Targets, String> {
     }
     // openraft logs its whole state at INFO on every change: only its
     // warnings and errors unless asked for by name or with a debug level.
-    let default_verbose = clean
+    // Only under the default `info` (a quieter default quiets openraft too;
+    // a louder one shows its state).
+    let default_info = clean
         .iter()
-        .any(|d| !d.contains('=') && matches!(d.to_ascii_lowercase().as_str(), "debug" | "trace"));
-    if !default_verbose && !clean.iter().any(|d| d.starts_with("openraft")) {
+        .find(|d| !d.contains('='))
+        .is_none_or(|d| d.eq_ignore_ascii_case("info"));
+    if default_info && !clean.iter().any(|d| d.starts_with("openraft")) {
         clean.push("openraft=warn".to_owned());
     }
     clean.join(",").parse::<Targets>().map_err(|e| e.to_string())

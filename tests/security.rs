@@ -424,3 +424,72 @@ async fn a_revoked_subjects_open_stream_ends_with_permission_denied() {
     let mut stream = root.consume_stream(0).await.unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().record.unwrap().offset, 0);
 }
+
+/// A revoked producer's open ProduceStream appends nothing more: what it
+/// sent before the reload is answered, then PERMISSION_DENIED.
+#[tokio::test]
+async fn a_revoked_producers_stream_appends_nothing_more() {
+    use sidelog::api::pb;
+    let pki = Pki::new();
+    let policy = pki.path("policy.csv");
+    std::fs::write(&policy, "p, root, *, consume\np, nobody, *, produce\n").unwrap();
+    let node = pki.start_node().await;
+    let nobody = connect(&node, &pki.client(Some("nobody"))).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ProduceRequest>(16);
+    let record = |v: &'static [u8]| pb::ProduceRequest {
+        record: Some(pb::Record {
+            value: Bytes::from_static(v),
+            ..Default::default()
+        }),
+    };
+    let mut acks = nobody
+        .raw()
+        .produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(record(b"before")).await.unwrap();
+    assert_eq!(acks.message().await.unwrap().unwrap().offset, 0);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&policy, "p, root, *, consume\n").unwrap();
+    let mut acked = 1;
+    let status = tokio::time::timeout(PROMPTLY, async {
+        // Keep sending: none of it may be appended once the reload is seen.
+        let mut n = 0;
+        loop {
+            if n < 50 {
+                let _ = tx.send(record(b"after")).await;
+                n += 1;
+            }
+            tokio::select! {
+                m = acks.message() => match m {
+                    Err(status) => return status,
+                    Ok(Some(_)) => acked += 1,
+                    Ok(None) => panic!("the stream ended without saying why"),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the stream ends promptly");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Whatever was acknowledged before the denial is all there is: the
+    // log's end does not move any more.
+    let mut root = connect(&node, &pki.client(Some("root"))).await.unwrap();
+    let end = |e: tonic::Status| sidelog::api::convert::next_offset_of(&e);
+    let mut at = 0;
+    let next = loop {
+        match root.consume(at).await {
+            Ok(_) => at += 1,
+            Err(e) => break end(e).expect("out of range names the end"),
+        }
+    };
+    assert_eq!(next, acked, "the log holds exactly the acknowledged records");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        end(root.consume(next).await.unwrap_err()),
+        Some(next),
+        "records were appended after the denial"
+    );
+}

@@ -4,9 +4,10 @@
 //! connections can take the last ones, and the next segment roll then
 //! fails with EMFILE, which the storage must treat as fatal. So each
 //! listener accepts at most its share of the descriptors left after a
-//! reserve for the log, Raft and outgoing peer connections; a connection
-//! beyond it is closed at once (said in the log at most once a second),
-//! never queued. The soft descriptor limit is raised to the hard one at
+//! reserve for the log, Raft and outgoing peer connections, and never one
+//! that would eat into the reserve (the log's own descriptors grow with
+//! it); a connection beyond is closed at once (said in the log at most
+//! once a second), never queued. The soft descriptor limit is raised to the hard one at
 //! start, as Go's runtime does, so a generous hard limit is used.
 
 use std::{
@@ -22,48 +23,51 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
-/// Descriptors kept for everything but accepted connections: at least
-/// this many, or a quarter of the limit.
-const RESERVED_FDS: u64 = 64;
-
-/// The listeners that share the budget (client, HTTP, peer, health).
-const LISTENERS: u64 = 4;
+/// Descriptors kept free beyond what is open (the log's next segments, a
+/// snapshot, outgoing peer connections): at least this many, or an eighth
+/// of the limit.
+const RESERVED_FDS: u64 = 16;
 
 /// Per-listener connection bounds, from the process's descriptor limit.
 #[derive(Clone, Debug)]
 pub struct ConnBudget {
-    per_listener: usize,
+    /// The soft descriptor limit, and what is kept for the rest.
+    limit: u64,
+    reserve: u64,
 }
 
 impl ConnBudget {
-    /// Raises the soft descriptor limit to the hard one and splits what is
-    /// left after the reserve between the listeners.
+    /// Raises the soft descriptor limit to the hard one, keeps a reserve
+    /// for the log, Raft and outgoing peer connections, and shares the rest
+    /// between the listeners.
     pub fn from_rlimit() -> ConnBudget {
         let limit = raise_nofile();
-        let reserve = RESERVED_FDS.max(limit / 4);
-        let per_listener = (limit.saturating_sub(reserve) / LISTENERS).clamp(8, 1 << 20) as usize;
-        tracing::debug!(nofile = limit, per_listener, "connection bounds");
-        ConnBudget { per_listener }
+        let reserve = RESERVED_FDS.max(limit / 8);
+        tracing::debug!(nofile = limit, reserve, "connection bounds");
+        ConnBudget { limit, reserve }
     }
 
-    /// A bound for tests and callers that know better.
-    pub fn fixed(per_listener: usize) -> ConnBudget {
-        ConnBudget { per_listener }
-    }
-
-    pub fn per_listener(&self) -> usize {
-        self.per_listener
-    }
-
-    /// One listener's share.
-    pub fn listener(&self, name: &'static str) -> ListenerLimit {
+    /// One listener's share of what is left after the reserve, in
+    /// eighths: the client and HTTP ports 2 each, the health port 1, the
+    /// peer port 4 (every other member keeps a connection to it). Shares
+    /// add up to more than the whole on purpose: every admission also
+    /// checks that the reserve is still free (see [`ListenerLimit::admit`]).
+    pub fn listener(&self, name: &'static str, eighths: u64) -> ListenerLimit {
+        let max = (self.limit.saturating_sub(self.reserve) * eighths / 8).clamp(4, 1 << 20) as usize;
         ListenerLimit {
             name,
-            permits: Arc::new(Semaphore::new(self.per_listener)),
-            max: self.per_listener,
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            limit: self.limit,
+            reserve: self.reserve,
             last_warned: None,
         }
     }
+}
+
+/// Descriptors this process has open (Linux; `None` elsewhere).
+fn fds_in_use() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64)
 }
 
 /// The soft RLIMIT_NOFILE after raising it to the hard limit (where the
@@ -105,13 +109,21 @@ pub struct ListenerLimit {
     name: &'static str,
     permits: Arc<Semaphore>,
     max: usize,
+    limit: u64,
+    reserve: u64,
     last_warned: Option<tokio::time::Instant>,
 }
 
 impl ListenerLimit {
     /// A permit for one more connection, or `None` (then close it).
     pub fn admit(&mut self, remote: std::net::SocketAddr) -> Option<OwnedSemaphorePermit> {
-        let permit = self.permits.clone().try_acquire_owned().ok();
+        let mut permit = self.permits.clone().try_acquire_owned().ok();
+        // The log's own descriptors grow with it (two per segment): the
+        // reserve must still be free, whatever the shares say. Counted only
+        // where running out is plausible (a /proc read per connection).
+        if permit.is_some() && self.limit <= 1 << 16 && fds_in_use().is_some_and(|n| n + self.reserve > self.limit) {
+            permit = None;
+        }
         if permit.is_none() && self.last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             self.last_warned = Some(tokio::time::Instant::now());
             tracing::warn!(

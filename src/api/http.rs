@@ -52,18 +52,27 @@ impl HttpState {
     /// around it; the record limit itself is checked on the decoded value,
     /// as on every API.
     fn max_body(&self) -> usize {
-        (self.node.max_record_bytes() as usize).div_ceil(3) * 4 + 4096
+        let b64 = (self.node.max_record_bytes() as usize).div_ceil(3) * 4;
+        // Slack for the JSON around it and encoders that escape '/' as '\/'.
+        b64 + b64 / 16 + 4096
     }
 }
+
+/// The slowest upload a body may take: a trickle below this rate (after
+/// the header timeout's grace) is cut off, a slow but real link is not.
+const MIN_BODY_RATE: usize = 64 << 10;
 
 /// Reads a request body within the body timeout and the size limit;
 /// answers 408 or 413 (JSON, as every error here) otherwise.
 async fn read_body(s: &HttpState, body: axum::body::Body) -> Result<Bytes, Response> {
+    use axum::body::HttpBody as _;
     let max = s.max_body();
-    match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, max)).await {
+    let expected = body.size_hint().exact().map_or(max, |n| (n as usize).min(max));
+    let deadline = s.body_timeout + std::time::Duration::from_secs((expected / MIN_BODY_RATE) as u64);
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
-            format!("the request body did not arrive within {:?}", s.body_timeout),
+            format!("the request body did not arrive within {deadline:?}"),
         )),
         // (http-body-util's LengthLimitError, told by its text: one crate less.)
         Ok(Err(e)) if format!("{e} {:?}", std::error::Error::source(&e)).contains("length limit exceeded") => {

@@ -318,9 +318,12 @@ impl LogApi for LogService {
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        // Subscribed before the right is checked: a reload while the
+        // stream opens (a read barrier may wait) is not missed.
+        let changes = self.auth.changes();
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let resp = self.open_consume_stream(request).await?;
-        Ok(resp.map(|s| revocable(s, self.auth.clone(), peer, ACT_CONSUME)))
+        Ok(resp.map(|s| revocable(s, changes, self.auth.clone(), peer, ACT_CONSUME)))
     }
 
     type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
@@ -329,9 +332,9 @@ impl LogApi for LogService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let peer = request.extensions().get::<PeerInfo>().cloned();
-        let resp = self.open_produce_stream(request).await?;
-        Ok(resp.map(|s| revocable(s, self.auth.clone(), peer, ACT_PRODUCE)))
+        // The producer task checks the right again on every policy reload
+        // (see `open_produce_stream`).
+        self.open_produce_stream(request).await
     }
 
     async fn get_servers(
@@ -460,6 +463,9 @@ impl LogService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<BoxStream<pb::ProduceResponse>>, Status> {
+        let mut changes = self.auth.changes();
+        let auth = self.auth.clone();
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         self.authorize(&request, ACT_PRODUCE)?;
         // Checked once, when the stream opens: a leader-aware client
         // reopens its stream elsewhere when leadership moves.
@@ -477,8 +483,25 @@ impl LogService {
             let mut waiting = FuturesOrdered::new();
             let mut in_flight = 0usize;
             let mut inbound_open = true;
+            let mut policy_live = true;
             loop {
                 tokio::select! {
+                    biased;
+                    // A policy reload that took the right away: nothing more
+                    // is read or appended; what was submitted is answered,
+                    // then PERMISSION_DENIED in the next record's place.
+                    changed = changes.changed(), if inbound_open && policy_live => {
+                        if changed.is_err() {
+                            policy_live = false;
+                        } else if let Err(e) = auth.check(peer.as_ref(), ACT_PRODUCE) {
+                            tracing::info!(cause = %e, "a policy reload revoked an open ProduceStream's right");
+                            inbound_open = false;
+                            let status = Status::from(e);
+                            waiting.push_back(Box::pin(async move { (1usize, Err::<u64, Status>(status)) })
+                                as Pin<Box<dyn Future<Output = (usize, Result<u64, Status>)> + Send>>);
+                            in_flight += 1;
+                        }
+                    },
                     req = inbound.next(), if inbound_open && in_flight < PRODUCE_STREAM_WINDOW => {
                         let mut chunk = StreamChunk::default();
                         chunk.take(req, cluster.node());
@@ -552,11 +575,11 @@ impl LogService {
 /// caller's right to `action` away (checked again on every reload).
 fn revocable<T: Send + 'static>(
     inner: BoxStream<T>,
+    changes: tokio::sync::watch::Receiver<u64>,
     auth: Arc<Authorizer>,
     peer: Option<PeerInfo>,
     action: &'static str,
 ) -> BoxStream<T> {
-    let changes = auth.changes();
     Box::pin(futures_util::stream::unfold(
         (inner, changes, auth, peer, false),
         move |(mut inner, mut changes, auth, peer, ended)| async move {

@@ -88,13 +88,13 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             let s = admin.status(crate::cluster::pb::StatusRequest {}).await?.into_inner();
             let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
             let mut out = std::io::stdout().lock();
-            writeln!(out, "node:      {} ({})", s.id, s.state)?;
-            writeln!(out, "leader:    {}", s.leader.as_deref().unwrap_or("unknown"))?;
-            writeln!(out, "term:      {}", s.term)?;
-            writeln!(out, "last log:  {}", opt(s.last_log_index))?;
-            writeln!(out, "commit:    {}", opt(s.commit_index))?;
-            writeln!(out, "applied:   {}", opt(s.applied_index))?;
-            writeln!(out, "offsets:   [{}, {})", s.first_offset, s.next_offset)?;
+            writeln!(out, "node:      {} ({})", s.id, s.state).map_err(stdout_err)?;
+            writeln!(out, "leader:    {}", s.leader.as_deref().unwrap_or("unknown")).map_err(stdout_err)?;
+            writeln!(out, "term:      {}", s.term).map_err(stdout_err)?;
+            writeln!(out, "last log:  {}", opt(s.last_log_index)).map_err(stdout_err)?;
+            writeln!(out, "commit:    {}", opt(s.commit_index)).map_err(stdout_err)?;
+            writeln!(out, "applied:   {}", opt(s.applied_index)).map_err(stdout_err)?;
+            writeln!(out, "offsets:   [{}, {})", s.first_offset, s.next_offset).map_err(stdout_err)?;
             writeln!(
                 out,
                 "cluster:   {}",
@@ -103,34 +103,38 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 } else {
                     &s.cluster_id
                 }
-            )?;
-            writeln!(out, "voters:    {} wanted (--voters)", s.voters_target)?;
-            writeln!(out, "build:     {} (peer protocol {})", s.version, s.protocol)?;
+            )
+            .map_err(stdout_err)?;
+            writeln!(out, "voters:    {} wanted (--voters)", s.voters_target).map_err(stdout_err)?;
+            writeln!(out, "build:     {} (peer protocol {})", s.version, s.protocol).map_err(stdout_err)?;
             if s.state == "leader" {
                 let note = if s.cluster_protocol < s.protocol {
                     " (a member runs an older build, or is not known yet)"
                 } else {
                     ""
                 };
-                writeln!(out, "cluster protocol: {}{note}", s.cluster_protocol)?;
+                writeln!(out, "cluster protocol: {}{note}", s.cluster_protocol).map_err(stdout_err)?;
             }
             if s.attached_here {
                 writeln!(
                     out,
                     "attached:  this sidecar holds no log; it reads from {} and forwards writes to the leader",
                     s.home
-                )?;
+                )
+                .map_err(stdout_err)?;
             } else if s.removed {
                 writeln!(
                     out,
                     "removed:   this node was removed from the membership and is rejoining"
-                )?;
+                )
+                .map_err(stdout_err)?;
             }
             writeln!(
                 out,
                 "\n{:<20} {:<9} {:<7} {:<22} {:<22} {:<12} {:>10} {:>8} {:>13}  {}",
                 "MEMBER", "ROLE", "LEADER", "PEER", "CLIENT", "DOMAIN", "MATCHED", "LAG", "LAST CONTACT", "BUILD"
-            )?;
+            )
+            .map_err(stdout_err)?;
             for m in s.members {
                 writeln!(
                     out,
@@ -154,14 +158,16 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                     } else {
                         format!("{} p{}", m.version, m.protocol)
                     }
-                )?;
+                )
+                .map_err(stdout_err)?;
             }
             if !s.attached.is_empty() {
                 writeln!(
                     out,
                     "\n{:<20} {:<22} {:<22} {:<12} {:>13}",
                     "ATTACHED (NO LOG)", "PEER", "CLIENT", "DOMAIN", "LAST CONTACT"
-                )?;
+                )
+                .map_err(stdout_err)?;
                 for m in s.attached {
                     writeln!(
                         out,
@@ -176,7 +182,8 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                         },
                         m.last_contact_ms
                             .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
-                    )?;
+                    )
+                    .map_err(stdout_err)?;
                 }
             }
         }
@@ -241,6 +248,22 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     fn tls(&self) -> Option<ClientTls> {
+        // The agent's variables are not the client's (see `tls_ca`); say so
+        // once when they are set and the client's own are not.
+        if self.tls_ca.is_none()
+            && self.tls_cert.is_none()
+            && ["SIDELOG_TLS_CA", "SIDELOG_TLS_CERT"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some())
+        {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "sidelog: note: SIDELOG_TLS_* configure the agent; client commands read SIDELOG_CLIENT_TLS_* \
+                     (or --tls-ca, --tls-cert, --tls-key)"
+                )
+            });
+        }
         (self.tls_ca.is_some() || self.tls_cert.is_some()).then(|| ClientTls {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
@@ -249,9 +272,16 @@ impl ConnectArgs {
         })
     }
 
-    /// A connection to the first address only.
+    /// A connection to the first address that answers, in the order given.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect_with(&self.addr[0], self.tls().as_ref()).await?)
+        let mut last = None;
+        for addr in &self.addr {
+            match Client::connect_with(addr, self.tls().as_ref()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("no --addr given"), Into::into))
     }
 
     /// The leader-aware client over every server the addresses lead to.
@@ -298,7 +328,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let client = args.connect.routed().await?;
     let mut out = std::io::stdout().lock();
     if let Some(v) = args.value {
-        writeln!(out, "{}", client.produce(v).await?)?;
+        writeln!(out, "{}", client.produce(v).await?).map_err(stdout_err)?;
         return Ok(());
     }
     let mut batch: Vec<Bytes> = Vec::with_capacity(STDIN_BATCH);
@@ -313,12 +343,28 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         if batch.len() == STDIN_BATCH || (done && !batch.is_empty()) {
             for offset in client.produce_batch(std::mem::take(&mut batch)).await? {
-                writeln!(out, "{offset}")?;
+                writeln!(out, "{offset}").map_err(stdout_err)?;
             }
         }
         if done {
             return Ok(());
         }
+    }
+}
+
+/// Standard output was closed by its reader (`sidelog consume | head -1`):
+/// the command ends quietly with 0, as every other command-line tool does.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// A failed write to standard output: [`StdoutClosed`] when the reader
+/// went away, else the error.
+fn stdout_err(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        e.into()
     }
 }
 
@@ -334,14 +380,14 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         let mut stream = client.follow(args.offset);
         while let Some(r) = stream.next().await {
             let r = r?;
-            print_record(&mut stdout.lock(), r.offset, &r.value)?;
+            print_record(&mut stdout.lock(), r.offset, &r.value).map_err(stdout_err)?;
         }
         return Ok(());
     }
     let mut offset = args.offset;
     loop {
         match client.consume(offset).await {
-            Ok(r) => print_record(&mut stdout.lock(), r.offset, &r.value)?,
+            Ok(r) => print_record(&mut stdout.lock(), r.offset, &r.value).map_err(stdout_err)?,
             // Reaching the end of the log ends a read that does not follow;
             // an offset before the first retained record is an error.
             Err(s)

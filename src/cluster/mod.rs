@@ -1040,6 +1040,8 @@ impl Cluster {
     async fn hello_all(&self, addrs: &[String]) -> (BTreeMap<NodeId, NodeInfo>, Option<(NodeId, NodeInfo)>) {
         let mut seen = BTreeMap::from([(self.config.id.clone(), self.config.info.clone())]);
         let mut leader = None;
+        // Found again below while it lasts; warned about once.
+        let clashed_before = lock(&self.name_clash).take().is_some();
         let targets = addrs.iter().map(|a| ((), None, a.clone()));
         for ((), r) in self.peers.hello_each(&self.config.info, targets).await {
             let Some(node) = r.node else { continue };
@@ -1050,8 +1052,10 @@ impl Cluster {
             if id == self.config.id && info.peer_addr != self.config.info.peer_addr {
                 // Not ourselves: a second node with our name, which no
                 // count of nodes would ever include.
-                tracing::warn!(other = %info.peer_addr, name = %info.name,
-                    "another node answers with this node's name: give every node its own --node-id");
+                if !clashed_before {
+                    tracing::warn!(other = %info.peer_addr, name = %info.name,
+                        "another node answers with this node's name: give every node its own --node-id");
+                }
                 *lock(&self.name_clash) = Some(info.peer_addr.clone());
             }
             if r.initialized {
