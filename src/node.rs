@@ -20,8 +20,18 @@ pub enum NodeError {
     TooLarge { len: usize, max: u64 },
     #[error("{0}")]
     InvalidArgument(String),
+    /// Refused before anything was written (no leader, a full queue, a
+    /// read that cannot be served here): safe to retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A write whose outcome is not known: it may be committed or not (the
+    /// leader changed or stopped after taking it, no quorum answered in
+    /// time). Retry only a write that is idempotent.
+    #[error("{0}")]
+    Unknown(String),
+    /// This node is stopping and took nothing: safe to retry elsewhere.
+    #[error("the node is shutting down; nothing was written")]
+    ShuttingDown,
     /// The caller asked not to be forwarded and this node does not lead:
     /// `leader` is the leader's client address, if one is known.
     #[error("not the leader{}", leader.as_ref().map_or(" (no leader known yet)".to_owned(), |l| format!("; the leader is at {l}")))]
@@ -30,6 +40,52 @@ pub enum NodeError {
     NotFound(String),
     #[error(transparent)]
     Storage(#[from] storage::Error),
+}
+
+impl NodeError {
+    /// The same error for another caller of one failed write (each
+    /// proposal of a batch gets one): same message, same outcome.
+    pub fn same_outcome(&self) -> NodeError {
+        match self {
+            NodeError::ShuttingDown => NodeError::ShuttingDown,
+            NodeError::NotLeader { leader } => NodeError::NotLeader { leader: leader.clone() },
+            NodeError::TooLarge { len, max } => NodeError::TooLarge { len: *len, max: *max },
+            NodeError::InvalidArgument(m) => NodeError::InvalidArgument(m.clone()),
+            e => match e.outcome() {
+                Outcome::Unknown => NodeError::Unknown(e.to_string()),
+                Outcome::NotWritten => NodeError::Unavailable(e.to_string()),
+            },
+        }
+    }
+
+    /// Whether a failed write may have been written after all.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            NodeError::Unknown(_) => Outcome::Unknown,
+            // A storage failure mid-append: the batch may be on disk.
+            NodeError::Storage(_) => Outcome::Unknown,
+            _ => Outcome::NotWritten,
+        }
+    }
+}
+
+/// What a failed write left behind, as a client must know it to decide on
+/// a retry (carried in gRPC metadata and the HTTP JSON error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was written: retrying cannot duplicate.
+    NotWritten,
+    /// It may have been written: a retry may duplicate it.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotWritten => "not-written",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;

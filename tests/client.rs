@@ -246,3 +246,140 @@ async fn the_client_moves_on_when_the_leader_dies_mid_stream_and_every_acknowled
     assert_eq!(client.consume(seen[0].0).await.unwrap().value, seen[0].1);
     trio.stop().await;
 }
+
+/// A scripted log.v1 server: it leads a one-server cluster at its own
+/// address, and fails the first calls with the statuses given.
+mod scripted {
+    use std::{
+        collections::VecDeque,
+        pin::Pin,
+        sync::{Arc, Mutex},
+    };
+
+    use sidelog::api::pb::{self, log_server::Log};
+    use tonic::{Request, Response, Status, Streaming};
+
+    #[derive(Clone, Default)]
+    pub struct Script {
+        pub addr: String,
+        pub failures: Arc<Mutex<VecDeque<Status>>>,
+        pub calls: Arc<Mutex<u32>>,
+    }
+
+    impl Script {
+        fn next(&self) -> Result<(), Status> {
+            *self.calls.lock().unwrap() += 1;
+            match self.failures.lock().unwrap().pop_front() {
+                Some(s) => Err(s),
+                None => Ok(()),
+            }
+        }
+
+        pub fn calls(&self) -> u32 {
+            *self.calls.lock().unwrap()
+        }
+    }
+
+    type Stream<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Log for Script {
+        async fn produce(&self, _: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+            self.next()?;
+            Ok(Response::new(pb::ProduceResponse { offset: 7 }))
+        }
+        async fn produce_batch(
+            &self,
+            _: Request<pb::ProduceBatchRequest>,
+        ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
+            self.next()?;
+            Ok(Response::new(pb::ProduceBatchResponse { offsets: vec![7] }))
+        }
+        async fn consume(&self, r: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+            self.next()?;
+            Ok(Response::new(pb::ConsumeResponse {
+                record: Some(pb::Record {
+                    offset: r.into_inner().offset,
+                    value: "v".into(),
+                    ..Default::default()
+                }),
+            }))
+        }
+        type ConsumeStreamStream = Stream<pb::ConsumeResponse>;
+        async fn consume_stream(
+            &self,
+            _: Request<pb::ConsumeRequest>,
+        ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+            Err(Status::unimplemented("scripted"))
+        }
+        type ProduceStreamStream = Stream<pb::ProduceResponse>;
+        async fn produce_stream(
+            &self,
+            _: Request<Streaming<pb::ProduceRequest>>,
+        ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+            Err(Status::unimplemented("scripted"))
+        }
+        async fn get_servers(
+            &self,
+            _: Request<pb::GetServersRequest>,
+        ) -> Result<Response<pb::GetServersResponse>, Status> {
+            Ok(Response::new(pb::GetServersResponse {
+                servers: vec![pb::Server {
+                    id: "scripted".into(),
+                    rpc_addr: self.addr.clone(),
+                    is_leader: true,
+                }],
+            }))
+        }
+    }
+
+    pub async fn serve(failures: Vec<Status>) -> Script {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let script = Script {
+            addr: listener.local_addr().unwrap().to_string(),
+            failures: Arc::new(Mutex::new(failures.into())),
+            calls: Default::default(),
+        };
+        let server = tonic::transport::Server::builder().add_service(pb::log_server::LogServer::new(script.clone()));
+        tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        script
+    }
+}
+
+fn failed(outcome: sidelog::node::Outcome) -> tonic::Status {
+    sidelog::api::convert::with_outcome(tonic::Status::unavailable("scripted failure"), outcome)
+}
+
+/// Issue 22: the routed client decides its retries from the typed outcome.
+#[tokio::test]
+async fn the_routed_client_retries_a_write_that_wrote_nothing() {
+    use sidelog::node::Outcome;
+    let script = scripted::serve(vec![failed(Outcome::NotWritten), failed(Outcome::NotWritten)]).await;
+    let client = RoutedClient::connect(&[script.addr.clone()], None).await.unwrap();
+    assert_eq!(client.produce("x").await.unwrap(), 7);
+    assert_eq!(script.calls(), 3, "two refusals, then the write");
+}
+
+#[tokio::test]
+async fn the_routed_client_does_not_retry_a_write_of_unknown_outcome() {
+    use sidelog::node::Outcome;
+    let script = scripted::serve(vec![failed(Outcome::Unknown)]).await;
+    let client = RoutedClient::connect(&[script.addr.clone()], None).await.unwrap();
+    let e = client.produce("x").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert_eq!(sidelog::api::convert::outcome_of(&e), Some(Outcome::Unknown), "{e:?}");
+    assert_eq!(
+        script.calls(),
+        1,
+        "an unknown outcome is not retried without idempotence"
+    );
+    // The same for a batch; a read of unknown outcome is retried (no side effect).
+    let script = scripted::serve(vec![failed(Outcome::Unknown)]).await;
+    let client = RoutedClient::connect(&[script.addr.clone()], None).await.unwrap();
+    assert!(client.produce_batch(vec![Bytes::from_static(b"x")]).await.is_err());
+    assert_eq!(script.calls(), 1);
+    let script = scripted::serve(vec![failed(Outcome::Unknown)]).await;
+    let client = RoutedClient::connect(&[script.addr.clone()], None).await.unwrap();
+    assert_eq!(client.consume(3).await.unwrap().offset, 3);
+    assert_eq!(script.calls(), 2);
+}

@@ -34,9 +34,11 @@ impl From<NodeError> for Status {
                 status
             }
             NodeError::TooLarge { .. } | NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
-            NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+            NodeError::Unavailable(_) | NodeError::ShuttingDown | NodeError::Unknown(_) => {
+                with_outcome(Status::unavailable(e.to_string()), e.outcome())
+            }
             NodeError::NotLeader { leader } => {
-                let mut status = Status::unavailable(e.to_string());
+                let mut status = with_outcome(Status::unavailable(e.to_string()), e.outcome());
                 if let Some(addr) = leader.as_deref().and_then(|l| l.parse().ok()) {
                     status.metadata_mut().insert(LEADER_KEY, addr);
                 }
@@ -66,6 +68,48 @@ pub const LEADER_KEY: &str = "x-sidelog-leader";
 /// clients, like the book's, are forwarded).
 pub const ROUTE_KEY: &str = "x-sidelog-route";
 
+/// Metadata on an UNAVAILABLE status: what a failed write left behind,
+/// `not-written` (safe to retry) or `unknown` (it may be committed: retry
+/// only an idempotent write). See `node::Outcome`.
+pub const OUTCOME_KEY: &str = "x-sidelog-write-outcome";
+
+/// The write outcome a status carries (`None` from servers that predate it).
+pub fn outcome_of(status: &Status) -> Option<crate::node::Outcome> {
+    match status.metadata().get(OUTCOME_KEY)?.to_str().ok()? {
+        "not-written" => Some(crate::node::Outcome::NotWritten),
+        "unknown" => Some(crate::node::Outcome::Unknown),
+        _ => None,
+    }
+}
+
+/// A status made here from a write outcome (forwarding, the routed client).
+pub fn with_outcome(mut status: Status, outcome: crate::node::Outcome) -> Status {
+    status.metadata_mut().insert(
+        OUTCOME_KEY,
+        tonic::metadata::MetadataValue::from_static(outcome.as_str()),
+    );
+    status
+}
+
+/// Whether a failed call never reached a server: the connection could not
+/// be opened (refused, unresolvable), so nothing was sent.
+pub fn never_sent(status: &Status) -> bool {
+    let mut text = status.message().to_ascii_lowercase();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(&e.to_string().to_ascii_lowercase());
+        cause = e.source();
+    }
+    [
+        "tcp connect error",
+        "connection refused",
+        "dns error",
+        "failed to lookup address",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
 /// The leader's client address carried by a not-the-leader status.
 pub fn leader_of(status: &Status) -> Option<String> {
     Some(status.metadata().get(LEADER_KEY)?.to_str().ok()?.to_owned())
@@ -84,6 +128,8 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
         NodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         NodeError::Unavailable(_)
+        | NodeError::Unknown(_)
+        | NodeError::ShuttingDown
         | NodeError::NotLeader { .. }
         | NodeError::Storage(crate::storage::Error::Failed(_)) => StatusCode::SERVICE_UNAVAILABLE,
         NodeError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -99,5 +145,37 @@ impl From<Record> for pb::Record {
             term: r.term,
             r#type: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Outcome;
+
+    #[test]
+    fn every_failed_write_says_in_one_place_whether_it_may_be_written() {
+        let cases = [
+            (NodeError::Unavailable("no leader".into()), Outcome::NotWritten, 503),
+            (NodeError::ShuttingDown, Outcome::NotWritten, 503),
+            (
+                NodeError::NotLeader {
+                    leader: Some("127.0.0.1:8400".into()),
+                },
+                Outcome::NotWritten,
+                503,
+            ),
+            (NodeError::Unknown("timed out".into()), Outcome::Unknown, 503),
+        ];
+        for (e, outcome, http) in cases {
+            assert_eq!(e.outcome(), outcome, "{e}");
+            assert_eq!(http_status(&e).as_u16(), http, "{e}");
+            assert_eq!(e.same_outcome().outcome(), outcome, "copies keep it: {e}");
+            let status = Status::from(e);
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(outcome_of(&status), Some(outcome), "{status:?}");
+        }
+        let too_large = Status::from(NodeError::TooLarge { len: 2, max: 1 });
+        assert_eq!(too_large.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -253,7 +253,13 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: axum::body::Body)
             tracing::Span::current().record("offset", offset);
             axum::Json(serde_json::json!({ "offset": offset })).into_response()
         }
-        Err(e) => error(http_status(&e), e),
+        // A failed write says whether it may have been written after all
+        // ("not-written": safe to retry; "unknown": it may be committed).
+        Err(e) => (
+            http_status(&e),
+            axum::Json(serde_json::json!({ "error": e.to_string(), "outcome": e.outcome().as_str() })),
+        )
+            .into_response(),
     }
 }
 

@@ -13,9 +13,14 @@
 //! lately (names only the cluster can resolve, seen through a
 //! port-forward), calls go through a seed.
 //!
-//! A write retried after a timeout or a lost connection may already have
-//! been committed: delivery is at least once, as with any log client
-//! without idempotent producers.
+//! Retries follow the typed outcome a failed write carries
+//! (`x-sidelog-write-outcome`, see `node::Outcome`), never its text: a
+//! write refused with nothing written (no leader yet, not the leader, a
+//! full queue, a node shutting down, a connection that never opened) is
+//! retried; a write whose outcome is unknown (the leader changed or died
+//! after taking it, no answer in time) is not, since it may be committed
+//! and this client has no idempotent producer yet: the caller gets the
+//! error and decides. Reads are always retried.
 
 use std::{
     collections::HashMap,
@@ -30,9 +35,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Status};
 
 use super::{Backoff, Client, ClientError, ClientTls, ServerSet};
-use crate::api::{
-    convert::{ROUTE_KEY, leader_of, next_offset_of},
-    pb,
+use crate::{
+    api::{
+        convert::{ROUTE_KEY, leader_of, never_sent, next_offset_of, outcome_of, with_outcome},
+        pb,
+    },
+    node::Outcome,
 };
 
 #[derive(Clone, Debug)]
@@ -94,6 +102,15 @@ struct State {
 
 /// How long reads avoid a server that failed.
 const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// Whether a failed call surely wrote nothing: the server says so, or an
+/// older server's not-the-leader answer, or the connection never opened.
+fn nothing_written(s: &Status) -> bool {
+    match outcome_of(s) {
+        Some(o) => o == Outcome::NotWritten,
+        None => leader_of(s).is_some() || never_sent(s),
+    }
+}
 
 /// Retrying may help: the node is down, overloaded, electing, or not the
 /// leader.
@@ -265,6 +282,18 @@ impl RoutedClient {
         F: Fn(Client, bool) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        // Only a produce has side effects; anything routed to the leader
+        // for another reason (a linearizable read) is safe to repeat.
+        self.call_with(write, !write, op).await
+    }
+
+    /// [`Self::call`]; `idempotent` says whether an unknown outcome may be
+    /// retried.
+    async fn call_with<T, F, Fut>(&self, write: bool, idempotent: bool, op: F) -> Result<T, Status>
+    where
+        F: Fn(Client, bool) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let opts = &self.inner.options;
         let deadline = Instant::now() + opts.retry_for;
         let mut backoff = Backoff::new(opts.backoff.0, opts.backoff.1);
@@ -298,7 +327,10 @@ impl RoutedClient {
                         .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer from {a} in time")))),
                     Err(e) => return Err(Status::invalid_argument(e.to_string())),
                 },
-                None => Err(Status::unavailable("no servers known")),
+                None => Err(with_outcome(
+                    Status::unavailable("no servers known"),
+                    Outcome::NotWritten,
+                )),
             };
             let status = match result {
                 Ok(v) => {
@@ -307,7 +339,7 @@ impl RoutedClient {
                     }
                     return Ok(v);
                 }
-                Err(s) if retryable(&s) => s,
+                Err(s) if retryable(&s) && (idempotent || nothing_written(&s)) => s,
                 Err(s) => return Err(s),
             };
             if let Some(a) = &addr
@@ -405,7 +437,7 @@ impl RoutedClient {
                     && offset < self.state().acked
                     && next_offset_of(&s).is_some_and(|n| offset >= n) =>
             {
-                self.call(true, |c: Client, _| async move {
+                self.call_with(true, true, |c: Client, _| async move {
                     let c = c;
                     let req = pb::ConsumeRequest {
                         offset,
@@ -475,7 +507,7 @@ impl RoutedClient {
     /// A connection to the leader (refreshing until one is known), for
     /// calls this type does not wrap.
     pub async fn leader(&self) -> Result<Client, Status> {
-        self.call(true, |c, to_leader| async move {
+        self.call_with(true, true, |c, to_leader| async move {
             if to_leader {
                 Ok(c)
             } else {

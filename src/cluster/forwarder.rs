@@ -53,11 +53,16 @@ pub async fn forward(cluster: &Cluster, batch: Vec<Proposal>) -> Result<(), Vec<
                 at += p.values.len();
             }
         }
-        Err(e) => reply_err(batch, &e.to_string()),
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(e.same_outcome()));
+            }
+        }
     }
     Ok(())
 }
 
+/// Nothing was sent: each proposal is refused, safe to retry.
 fn reply_err(batch: Vec<Proposal>, msg: &str) {
     for p in batch {
         let _ = p.reply.send(Err(unavailable(msg)));
@@ -84,12 +89,21 @@ impl Cluster {
         let offsets = client
             .forward(req)
             .await
-            .map_err(|s| unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
+            .map_err(|s| {
+                // The leader's own answer says what it wrote; a connection
+                // that never opened wrote nothing; anything else may have.
+                let msg = format!("forwarding to leader {leader}: {}", s.message());
+                match crate::api::convert::outcome_of(&s) {
+                    Some(crate::node::Outcome::NotWritten) => unavailable(msg),
+                    None if crate::api::convert::never_sent(&s) => unavailable(msg),
+                    _ => NodeError::Unknown(msg),
+                }
+            })?
             .into_inner()
             .offsets;
         let consecutive = offsets.windows(2).all(|w| w[1] == w[0] + 1);
         if offsets.len() != n || !consecutive {
-            return Err(unavailable(format!(
+            return Err(NodeError::Unknown(format!(
                 "leader {leader} answered {} offsets for {n} records",
                 offsets.len()
             )));

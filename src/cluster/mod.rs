@@ -509,7 +509,7 @@ impl Cluster {
         let queued = self.proposals.send(proposal).instrument(span("raft.propose"));
         match tokio::time::timeout_at(deadline, queued).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(unavailable("the node is shutting down")),
+            Ok(Err(_)) => return Err(NodeError::ShuttingDown),
             Err(_) => {
                 return Err(unavailable(format!(
                     "the write queue stayed full for {timeout:?} (the node is overloaded or has no leader): retry \
@@ -520,8 +520,10 @@ impl Cluster {
         Ok(async move {
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(unavailable("the node shut down before the records were committed")),
-                Err(_) => Err(unavailable(format!(
+                Ok(Err(_)) => Err(NodeError::Unknown(
+                    "the node shut down before the records were committed; they may still be".into(),
+                )),
+                Err(_) => Err(NodeError::Unknown(format!(
                     "the records were not committed within {timeout:?} (no quorum?); they may still be"
                 ))),
             }

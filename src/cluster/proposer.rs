@@ -77,10 +77,6 @@ impl Proposal {
     }
 }
 
-fn unavailable(msg: impl Into<String>) -> NodeError {
-    NodeError::Unavailable(msg.into())
-}
-
 /// Takes a first proposal and whatever else is queued, up to the limits.
 /// Proposals whose callers gave up are dropped; one that does not fit is
 /// left in `carry` for the next batch.
@@ -201,7 +197,7 @@ async fn propose(raft: &Raft, trace: &Arc<AppendTrace>, batch: Vec<Proposal>, sl
         Ok(rx) => rx,
         Err(e) => {
             trace.forget(&body);
-            reply_all(batch, Err(unavailable(format!("raft stopped: {e}"))));
+            reply_all(batch, Err(NodeError::Unknown(format!("raft stopped: {e}"))));
             return;
         }
     };
@@ -211,15 +207,18 @@ async fn propose(raft: &Raft, trace: &Arc<AppendTrace>, batch: Vec<Proposal>, sl
         trace.forget(&body);
         let result = match answer {
             Ok(Ok(resp)) => Ok(resp.data.offset),
-            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(unavailable(format!(
+            // openraft answers pending writes with ForwardToLeader when the
+            // leader steps down after taking them: they may be committed.
+            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(NodeError::Unknown(format!(
                 "leadership moved (new leader: {}) before the records were committed; they may or may not \
-                 have been written: retry",
+                 have been written",
                 f.leader_id.map_or("unknown".to_owned(), |l| l.to_string())
             ))),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable(
+            Ok(Err(e)) => Err(NodeError::Unknown(e.to_string())),
+            Err(_) => Err(NodeError::Unknown(
                 "raft stopped or leadership moved before the records were committed; they may or may not have \
-                 been written: retry",
+                 been written"
+                    .into(),
             )),
         };
         drop(slot);
@@ -238,9 +237,8 @@ fn reply_all(batch: Vec<Proposal>, result: Result<u64, NodeError>) {
             }
         }
         Err(e) => {
-            let msg = e.to_string();
             for p in batch {
-                let _ = p.reply.send(Err(unavailable(msg.clone())));
+                let _ = p.reply.send(Err(e.same_outcome()));
             }
         }
     }
