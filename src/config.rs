@@ -36,18 +36,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// When a produce is acknowledged relative to fsync.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// Acknowledge only after fdatasync (group commit). The default.
-    Always,
-    /// Acknowledge after the write; fsync every 100 ms. A crash may lose
-    /// the last interval of acknowledged records.
-    Interval,
-    /// Acknowledge after the write; never fsync explicitly (the OS decides).
-    Never,
-}
+// Settings types owned by their subsystems, named here too.
+pub use crate::{storage::FsyncPolicy, telemetry::LogFormat};
 
 /// How a node finds its peers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -70,13 +60,6 @@ impl DiscoveryMode {
             DiscoveryMode::Dns => "dns",
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 /// `sidelog agent` flags. Every flag also reads `SIDELOG_<FLAG>` and the

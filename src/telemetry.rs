@@ -32,7 +32,15 @@ use prometheus_client::{
 };
 use tracing_subscriber::{Layer, filter::Targets, fmt, prelude::*};
 
-use crate::{config::LogFormat, node::LogNode, storage::FlushObserver};
+use crate::{node::LogNode, storage::FlushObserver};
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 // ---------------------------------------------------------------- metrics
 

@@ -19,7 +19,7 @@ use super::{
     types::{Entry, LogId, Membership, Request, StorageError, TypeConfig, Vote, log_id},
 };
 use crate::{
-    config::FsyncPolicy,
+    storage::FsyncPolicy,
     storage::{self, Batch, Kind},
 };
 

@@ -41,8 +41,8 @@ pub use service::{ClusterAdmin, PeerService};
 pub use types::{NodeId, NodeInfo, Raft};
 
 use crate::{
-    config::FsyncPolicy,
     node::{LogNode, NodeError, ServerInfo},
+    storage::FsyncPolicy,
 };
 
 pub mod pb {

@@ -316,8 +316,8 @@ mod tests {
     use super::*;
     use crate::{
         cluster::types::{Membership, NodeInfo, Request, log_id},
-        config::FsyncPolicy,
         node::LogNode,
+        storage::FsyncPolicy,
         storage::{Kind, Log, LogConfig, Producer, encode_body},
     };
 

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{LogId, NodeId, SnapshotMeta, StorageError, StoredMembership, Vote};
 use crate::{
-    config::FsyncPolicy,
     node::LogNode,
+    storage::FsyncPolicy,
     storage::{self, Log},
 };
 

@@ -86,6 +86,20 @@ pub use batch::{
     encode_body, push_record,
 };
 pub use error::{Error, Result};
+
+/// When a produce is acknowledged relative to fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Acknowledge only after fdatasync (group commit). The default.
+    Always,
+    /// Acknowledge after the write; fsync every 100 ms. A crash may lose
+    /// the last interval of acknowledged records.
+    Interval,
+    /// Acknowledge after the write; never fsync explicitly (the OS decides).
+    Never,
+}
+
 use flusher::{FlushRequest, Inflight, LINGER_MICROS, WRITE_BEHIND_BYTES};
 use markers::{CLEAN_MARKER, CleanMarker};
 pub use reading::{BatchIter, RecordIter};
