@@ -51,6 +51,12 @@ impl NodeError {
             NodeError::NotLeader { leader } => NodeError::NotLeader { leader: leader.clone() },
             NodeError::TooLarge { len, max } => NodeError::TooLarge { len: *len, max: *max },
             NodeError::InvalidArgument(m) => NodeError::InvalidArgument(m.clone()),
+            NodeError::NotFound(m) => NodeError::NotFound(m.clone()),
+            NodeError::OutOfRange { offset, first, next } => NodeError::OutOfRange {
+                offset: *offset,
+                first: *first,
+                next: *next,
+            },
             e => match e.outcome() {
                 Outcome::Unknown => NodeError::Unknown(e.to_string()),
                 Outcome::NotWritten => NodeError::Unavailable(e.to_string()),

@@ -45,7 +45,9 @@ impl From<NodeError> for Status {
                 status
             }
             NodeError::NotFound(_) => Status::not_found(e.to_string()),
-            NodeError::Storage(crate::storage::Error::Failed(_)) => Status::unavailable(e.to_string()),
+            NodeError::Storage(crate::storage::Error::Failed(_)) => {
+                with_outcome(Status::unavailable(e.to_string()), e.outcome())
+            }
             NodeError::Storage(_) => {
                 tracing::error!(cause = %e, "storage error");
                 Status::internal(e.to_string())
@@ -94,7 +96,9 @@ pub fn with_outcome(mut status: Status, outcome: crate::node::Outcome) -> Status
 /// Whether a failed call never reached a server: the connection could not
 /// be opened (refused, unresolvable), so nothing was sent.
 pub fn never_sent(status: &Status) -> bool {
-    let mut text = status.message().to_ascii_lowercase();
+    // Only this side's own transport errors (the source chain), never a
+    // server's message text.
+    let mut text = String::new();
     let mut cause = std::error::Error::source(status);
     while let Some(e) = cause {
         text.push_str(&e.to_string().to_ascii_lowercase());

@@ -558,6 +558,16 @@ impl LogService {
                                 }
                             }
                             Err(status) => {
+                                // Later groups of this stream may already be
+                                // committed (a forward to a new leader after
+                                // this one's refusal): the stream as a whole
+                                // is then of unknown outcome, whatever this
+                                // group's was.
+                                let status = if waiting.is_empty() {
+                                    status
+                                } else {
+                                    crate::api::convert::with_outcome(status, crate::node::Outcome::Unknown)
+                                };
                                 let _ = tx.send(Err(status)).await;
                                 return;
                             }

@@ -90,13 +90,23 @@ impl Cluster {
             .forward(req)
             .await
             .map_err(|s| {
-                // The leader's own answer says what it wrote; a connection
-                // that never opened wrote nothing; anything else may have.
+                // The leader's own answer says what it wrote (a refusal by
+                // code, or the outcome it carries; an older leader's
+                // not-the-leader names the leader); a connection that never
+                // opened wrote nothing; anything else may have.
+                use crate::api::convert::{leader_of, never_sent, outcome_of};
                 let msg = format!("forwarding to leader {leader}: {}", s.message());
-                match crate::api::convert::outcome_of(&s) {
-                    Some(crate::node::Outcome::NotWritten) => unavailable(msg),
-                    None if crate::api::convert::never_sent(&s) => unavailable(msg),
-                    _ => NodeError::Unknown(msg),
+                match s.code() {
+                    tonic::Code::InvalidArgument => NodeError::InvalidArgument(msg),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::Unimplemented => {
+                        unavailable(msg)
+                    }
+                    _ => match outcome_of(&s) {
+                        Some(crate::node::Outcome::NotWritten) => unavailable(msg),
+                        Some(crate::node::Outcome::Unknown) => NodeError::Unknown(msg),
+                        None if leader_of(&s).is_some() || never_sent(&s) => unavailable(msg),
+                        None => NodeError::Unknown(msg),
+                    },
                 }
             })?
             .into_inner()

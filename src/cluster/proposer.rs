@@ -197,7 +197,13 @@ async fn propose(raft: &Raft, trace: &Arc<AppendTrace>, batch: Vec<Proposal>, sl
         Ok(rx) => rx,
         Err(e) => {
             trace.forget(&body);
-            reply_all(batch, Err(NodeError::Unknown(format!("raft stopped: {e}"))));
+            // The entry never reached Raft's core: nothing was written.
+            reply_all(
+                batch,
+                Err(NodeError::Unavailable(format!(
+                    "raft stopped: {e}; nothing was written"
+                ))),
+            );
             return;
         }
     };

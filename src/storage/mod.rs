@@ -87,6 +87,14 @@ pub use batch::{
 };
 pub use error::{Error, Result};
 
+use flusher::{FlushRequest, Inflight, LINGER_MICROS, WRITE_BEHIND_BYTES};
+use markers::{CLEAN_MARKER, CleanMarker};
+pub use reading::{BatchIter, RecordIter};
+pub use recovery::Recovery;
+pub use retention::Retention;
+use segment::Segment;
+pub use snapshot_files::{LinkedSegment, SegmentFileReader, read_segment_file};
+
 /// When a produce is acknowledged relative to fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -99,14 +107,6 @@ pub enum FsyncPolicy {
     /// Acknowledge after the write; never fsync explicitly (the OS decides).
     Never,
 }
-
-use flusher::{FlushRequest, Inflight, LINGER_MICROS, WRITE_BEHIND_BYTES};
-use markers::{CLEAN_MARKER, CleanMarker};
-pub use reading::{BatchIter, RecordIter};
-pub use recovery::Recovery;
-pub use retention::Retention;
-use segment::Segment;
-pub use snapshot_files::{LinkedSegment, SegmentFileReader, read_segment_file};
 
 /// Told about every fsync of the log (for metrics; must be cheap).
 pub trait FlushObserver: Send + Sync + std::fmt::Debug {
