@@ -277,6 +277,244 @@ fn discovery_source(config: &Config, me: &NodeInfo, peer_addr: SocketAddr) -> Re
     })
 }
 
+/// The agent's listeners, bound, and the addresses they got.
+struct Ports {
+    client: TcpListener,
+    peer: TcpListener,
+    http: TcpListener,
+    health: Option<TcpListener>,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    http_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
+}
+
+impl Ports {
+    async fn bind(config: &Config) -> Result<Ports, AgentError> {
+        let client = bind("client API", config.client_addr).await?;
+        let peer = bind("peer API", config.peer_addr).await?;
+        let http = bind("HTTP", config.http_addr).await?;
+        let health = match config.health_addr {
+            Some(addr) => Some(bind("health", addr).await?),
+            None => None,
+        };
+        Ok(Ports {
+            client_addr: local_addr("client API", &client, config.client_addr)?,
+            peer_addr: local_addr("peer API", &peer, config.peer_addr)?,
+            http_addr: local_addr("HTTP", &http, config.http_addr)?,
+            health_addr: match (&health, config.health_addr) {
+                (Some(l), Some(addr)) => Some(local_addr("health", l, addr)?),
+                _ => None,
+            },
+            client,
+            peer,
+            http,
+            health,
+        })
+    }
+}
+
+/// TLS for the client and HTTP ports, and who may do what there.
+struct ClientSecurity {
+    client_tls: Option<Arc<ReloadableTls>>,
+    http_tls: Option<Arc<ReloadableTls>>,
+    auth: Arc<Authorizer>,
+}
+
+impl ClientSecurity {
+    /// A bad certificate or policy stops the start.
+    fn load(config: &Config) -> Result<ClientSecurity, AgentError> {
+        let tls = |alpn: Vec<&'static [u8]>| match &config.tls {
+            Some(files) => ReloadableTls::new(files.clone(), ClientAuth::Optional, alpn).map(Some),
+            None => Ok(None),
+        };
+        Ok(ClientSecurity {
+            client_tls: tls(vec![b"h2"])?,
+            http_tls: tls(vec![b"h2", b"http/1.1"])?,
+            auth: Arc::new(match &config.tls {
+                Some(files) => Authorizer::new(files.ca.is_some(), config.acl.clone())?,
+                None => Authorizer::open(),
+            }),
+        })
+    }
+}
+
+/// The cluster's settings from the agent's.
+fn cluster_config(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    peers: &PeerSecurity,
+    ports: &Ports,
+    partition: Option<Arc<Partition>>,
+) -> Result<ClusterConfig, AgentError> {
+    let advertise = advertise_addr("client", config.advertise_client_addr.as_deref(), ports.client_addr);
+    let mut c = ClusterConfig::new(NodeInfo {
+        name: config.node_id.clone(),
+        peer_addr: advertise_addr("peer", config.advertise_peer_addr.as_deref(), ports.peer_addr),
+        client_addr: advertise,
+        domain: config.failure_domain.clone(),
+    });
+    c.voters = config.voters;
+    c.standbys = config.standbys;
+    c.dead_member_timeout = config.dead_member_timeout;
+    c.force_new_cluster = config.force_new_cluster;
+    c.membership_changes = Some(metrics.membership_change_counter());
+    c.discovery = discovery_source(config, &c.info, ports.peer_addr)?;
+    c.bootstrap_expect = config.bootstrap_expect;
+    c.fsync = config.fsync;
+    c.partition = partition;
+    c.peer_credentials = peers.credentials.clone();
+    Ok(c)
+}
+
+/// The peer port: peers are trusted with the Raft log, so the guard admits
+/// only callers with the peer credentials (see `security::peer_auth`).
+fn serve_peer(
+    cluster: &Arc<Cluster>,
+    peers: &PeerSecurity,
+    listener: TcpListener,
+    limits: &crate::config::Limits,
+    budget: &api::conn_limit::ConnBudget,
+    token: CancellationToken,
+) -> JoinHandle<Result<(), String>> {
+    let service = InterceptedService::new(PeerService::new(cluster.clone()).into_server(), peers.guard.clone());
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .add_service(service);
+    let limit = budget.listener("peer", 4);
+    serve_grpc(server, listener, peers.server_tls.clone(), limits, limit, token)
+}
+
+/// The client port's services: log.v1, cluster admin, health, and both
+/// reflection versions (grpcurl before 1.9 speaks only v1alpha), which list
+/// only what this port serves (not the peer service, whose messages share a
+/// file) and ask for the port's credentials.
+fn client_routes(
+    cluster: &Arc<Cluster>,
+    auth: &Arc<Authorizer>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    limits: &crate::config::Limits,
+    health_service: &tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<tonic::service::Routes, AgentError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("log.v1.Log")
+            .with_service_name("sidelog.v1.Cluster")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let authenticated = {
+        let auth = auth.clone();
+        move |req: tonic::Request<()>| {
+            auth.authenticate(req.extensions().get::<crate::security::PeerInfo>())
+                .map_err(tonic::Status::from)?;
+            Ok(req)
+        }
+    };
+    let v1 = reflection()
+        .build_v1()
+        .map_err(|e| AgentError::Reflection(e.to_string()))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| AgentError::Reflection(e.to_string()))?;
+    let log_service = LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone())
+        .with_max_consume_streams(limits.max_consume_streams);
+    Ok(
+        tonic::service::Routes::new(InterceptedService::new(v1, authenticated.clone()))
+            .add_service(InterceptedService::new(v1alpha, authenticated))
+            .add_service(health_service.clone())
+            .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
+            .add_service(log_service.into_server()),
+    )
+}
+
+/// The HTTP port (plaintext or TLS).
+fn serve_http(
+    listener: TcpListener,
+    security: &ClientSecurity,
+    state: &HttpState,
+    limits: &crate::config::Limits,
+    budget: &api::conn_limit::ConnBudget,
+    token: CancellationToken,
+) -> JoinHandle<Result<(), String>> {
+    let app = api::http::router(state.clone());
+    let limit = budget.listener("http", 2);
+    match &security.http_tls {
+        None => {
+            let conns = api::http::tcp_accept_loop(listener, limit, token.clone());
+            tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
+        }
+        Some(tls) => {
+            let conns = tls::accept_loop(listener, tls.clone(), limits.max_tls_handshakes, limit, token.clone());
+            tokio::spawn(api::http::serve(conns, api::http::tls_info, app, limits.clone(), token))
+        }
+    }
+}
+
+/// Health only, plaintext: the kubelet's gRPC probe and Prometheus reach it
+/// on the pod IP; the data APIs are not routed here at all. tonic's router
+/// answers every unknown path with gRPC UNIMPLEMENTED inside an HTTP 200;
+/// the fallback makes anything but health a plain 404 (gRPC clients read it
+/// as UNIMPLEMENTED).
+fn serve_health(
+    listener: TcpListener,
+    state: &HttpState,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    limits: &crate::config::Limits,
+    budget: &api::conn_limit::ConnBudget,
+    token: CancellationToken,
+) -> JoinHandle<Result<(), String>> {
+    let app = api::http::health_router(state.clone())
+        .merge(tonic::service::Routes::new(health_service).into_axum_router())
+        .fallback(api::http::health_port_not_found);
+    let conns = api::http::tcp_accept_loop(listener, budget.listener("health", 1), token.clone());
+    tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
+}
+
+/// Retention, when any is set: every `RETENTION_PERIOD`.
+fn spawn_retention(config: &Config, cluster: &Arc<Cluster>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    let retention = config.retention();
+    if retention.is_unlimited() {
+        return;
+    }
+    let (cluster, token) = (cluster.clone(), shutdown.child_token());
+    tasks.spawn(async move {
+        loop {
+            if let Err(e) = cluster.apply_retention(&retention).await {
+                tracing::error!(cause = %e, "retention failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETENTION_PERIOD) => {}
+                _ = token.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// A lone node elects itself at once: the start returns when it serves
+/// (at most 10 s).
+async fn wait_lone_node_ready(cluster: &Arc<Cluster>, health: &tonic_health::server::HealthReporter) {
+    let mut metrics = cluster.raft().metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cluster.is_ready() {
+        if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+            tracing::warn!("the single-node cluster is not ready after 10s");
+            break;
+        }
+    }
+    if cluster.is_ready() {
+        set_health(health, true).await;
+    }
+}
+
 /// Forms or joins the cluster in the background, under the agent's
 /// shutdown tree: a node still waiting for `--bootstrap-expect` peers (or
 /// retrying a join) stops at once on SIGTERM. The cluster's own loop only
@@ -307,140 +545,35 @@ impl Agent {
     }
 
     /// As [`Agent::start_with`]; `partition` lets tests cut peer traffic.
+    /// The steps: open the log, bind the ports, load the credentials (a bad
+    /// one stops the start), start Raft, serve the peer, client, HTTP and
+    /// health ports, start the background loops, and (a lone node) wait
+    /// until it serves.
     pub async fn start_opts(
         config: Config,
         metrics: Arc<Metrics>,
         partition: Option<Arc<Partition>>,
     ) -> Result<Agent, AgentError> {
         let log = open_log(&config, &metrics).await?;
-
-        let client_listener = bind("client API", config.client_addr).await?;
-        let peer_listener = bind("peer API", config.peer_addr).await?;
-        let http_listener = bind("HTTP", config.http_addr).await?;
-        let client_addr = local_addr("client API", &client_listener, config.client_addr)?;
-        let peer_addr = local_addr("peer API", &peer_listener, config.peer_addr)?;
-        let http_addr = local_addr("HTTP", &http_listener, config.http_addr)?;
-        let health_listener = match config.health_addr {
-            Some(addr) => Some(bind("health", addr).await?),
-            None => None,
-        };
-        let health_addr = match (&health_listener, config.health_addr) {
-            (Some(l), Some(addr)) => Some(local_addr("health", l, addr)?),
-            _ => None,
-        };
-        let advertise = advertise_addr("client", config.advertise_client_addr.as_deref(), client_addr);
-
+        let ports = Ports::bind(&config).await?;
         let node = Arc::new(LogNode::new(log.clone(), config.max_record_bytes));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let limits = config.limits.clone();
         // Connections per port, from the descriptor limit (see `conn_limit`).
         let budget = api::conn_limit::ConnBudget::from_rlimit();
-
-        // Security first: a bad certificate, secret or policy must stop the start.
-        let client_tls = match &config.tls {
-            Some(files) => Some(ReloadableTls::new(files.clone(), ClientAuth::Optional, vec![b"h2"])?),
-            None => None,
-        };
-        let http_tls = match &config.tls {
-            Some(files) => Some(ReloadableTls::new(
-                files.clone(),
-                ClientAuth::Optional,
-                vec![b"h2", b"http/1.1"],
-            )?),
-            None => None,
-        };
-        let auth = Arc::new(match &config.tls {
-            Some(files) => Authorizer::new(files.ca.is_some(), config.acl.clone())?,
-            None => Authorizer::open(),
-        });
+        let security = ClientSecurity::load(&config)?;
         let peers = PeerSecurity::load(&config)?;
-
-        let mut cluster_config = ClusterConfig::new(NodeInfo {
-            name: config.node_id.clone(),
-            peer_addr: advertise_addr("peer", config.advertise_peer_addr.as_deref(), peer_addr),
-            client_addr: advertise,
-            domain: config.failure_domain.clone(),
-        });
-        cluster_config.voters = config.voters;
-        cluster_config.standbys = config.standbys;
-        cluster_config.dead_member_timeout = config.dead_member_timeout;
-        cluster_config.force_new_cluster = config.force_new_cluster;
-        cluster_config.membership_changes = Some(metrics.membership_change_counter());
-        cluster_config.discovery = discovery_source(&config, &cluster_config.info, peer_addr)?;
-        cluster_config.bootstrap_expect = config.bootstrap_expect;
-        cluster_config.fsync = config.fsync;
-        cluster_config.partition = partition;
-        cluster_config.peer_credentials = peers.credentials.clone();
+        let cluster_config = cluster_config(&config, &metrics, &peers, &ports, partition)?;
         let cluster = Cluster::start(cluster_config, node.clone()).await?;
 
-        let peer_server = {
-            // Peers are trusted with the Raft log: the guard admits only
-            // callers with the peer credentials (see security::peer_auth).
-            let service = InterceptedService::new(PeerService::new(cluster.clone()).into_server(), peers.guard.clone());
-            let server = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                .initial_stream_window_size(Some(4 << 20))
-                .initial_connection_window_size(Some(16 << 20))
-                .max_concurrent_streams(Some(limits.max_streams_per_connection))
-                .add_service(service);
-            serve_grpc(
-                server,
-                peer_listener,
-                peers.server_tls.clone(),
-                &limits,
-                budget.listener("peer", 4),
-                shutdown.clone(),
-            )
-        };
+        let peer_server = serve_peer(&cluster, &peers, ports.peer, &limits, &budget, shutdown.clone());
         spawn_membership(&cluster, &tasks, shutdown.child_token());
-
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [LIVENESS_SERVICE, LIVENESS_SERVICE_OLD] {
             health.set_service_status(service, ServingStatus::Serving).await;
         }
-        // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
-        // It lists only what this port serves (not the peer service, whose
-        // messages share a file), and asks for the port's credentials.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .with_service_name("log.v1.Log")
-                .with_service_name("sidelog.v1.Cluster")
-                .with_service_name("grpc.health.v1.Health")
-                .with_service_name("grpc.reflection.v1.ServerReflection")
-                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-        };
-        let authenticated = {
-            let auth = auth.clone();
-            move |req: tonic::Request<()>| {
-                auth.authenticate(req.extensions().get::<crate::security::PeerInfo>())
-                    .map_err(tonic::Status::from)?;
-                Ok(req)
-            }
-        };
-        let reflection_v1 = tonic::service::interceptor::InterceptedService::new(
-            reflection()
-                .build_v1()
-                .map_err(|e| AgentError::Reflection(e.to_string()))?,
-            authenticated.clone(),
-        );
-        let reflection_v1alpha = tonic::service::interceptor::InterceptedService::new(
-            reflection()
-                .build_v1alpha()
-                .map_err(|e| AgentError::Reflection(e.to_string()))?,
-            authenticated,
-        );
-        let log_service = LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone())
-            .with_max_consume_streams(limits.max_consume_streams);
-        let routes = tonic::service::Routes::new(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(health_service.clone())
-            .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
-            .add_service(log_service.into_server());
-
+        let routes = client_routes(&cluster, &security.auth, &metrics, &shutdown, &limits, &health_service)?;
         let grpc = {
             // Keepalives find clients that vanished without closing, so their
             // tail-following streams do not park forever.
@@ -451,96 +584,54 @@ impl Agent {
                 .max_concurrent_streams(Some(limits.max_streams_per_connection))
                 .layer(api::observe::GrpcObserveLayer::new(metrics.clone()))
                 .add_routes(routes);
+            let limit = budget.listener("client", 2);
             serve_grpc(
                 server,
-                client_listener,
-                client_tls.clone(),
+                ports.client,
+                security.client_tls.clone(),
                 &limits,
-                budget.listener("client", 2),
+                limit,
                 shutdown.clone(),
             )
         };
-
         let liveness = Liveness::default();
         let http_state = HttpState {
             body_timeout: limits.http_header_timeout,
             cluster: cluster.clone(),
             node: node.clone(),
-            auth: auth.clone(),
+            auth: security.auth.clone(),
             metrics: metrics.clone(),
             liveness: liveness.clone(),
         };
-        let http = {
-            let token = shutdown.clone();
-            let app = api::http::router(http_state.clone());
-            match &http_tls {
-                None => {
-                    let conns = api::http::tcp_accept_loop(http_listener, budget.listener("http", 2), token.clone());
-                    tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
-                }
-                Some(tls) => {
-                    let conns = tls::accept_loop(
-                        http_listener,
-                        tls.clone(),
-                        limits.max_tls_handshakes,
-                        budget.listener("http", 2),
-                        token.clone(),
-                    );
-                    tokio::spawn(api::http::serve(conns, api::http::tls_info, app, limits.clone(), token))
-                }
-            }
-        };
-
-        // Health only, plaintext: the kubelet's gRPC probe and Prometheus
-        // reach it on the pod IP; the data APIs are not routed here at all.
+        let http = serve_http(ports.http, &security, &http_state, &limits, &budget, shutdown.clone());
         let mut servers = vec![("gRPC", grpc), ("HTTP", http), ("peer", peer_server)];
-        if let Some(listener) = health_listener {
-            let token = shutdown.clone();
-            // tonic's router answers every unknown path with gRPC
-            // UNIMPLEMENTED inside an HTTP 200; the fallback makes anything
-            // but health a plain 404 (gRPC clients read it as UNIMPLEMENTED).
-            let app = api::http::health_router(http_state.clone())
-                .merge(tonic::service::Routes::new(health_service).into_axum_router())
-                .fallback(api::http::health_port_not_found);
-            let conns = api::http::tcp_accept_loop(listener, budget.listener("health", 1), token.clone());
-            servers.push((
-                "health",
-                tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token)),
-            ));
+        if let Some(listener) = ports.health {
+            let server = serve_health(
+                listener,
+                &http_state,
+                health_service,
+                &limits,
+                &budget,
+                shutdown.clone(),
+            );
+            servers.push(("health", server));
         }
 
-        let retention = config.retention();
-        if !retention.is_unlimited() {
-            let (cluster, token) = (cluster.clone(), shutdown.child_token());
-            tasks.spawn(async move {
-                loop {
-                    if let Err(e) = cluster.apply_retention(&retention).await {
-                        tracing::error!(cause = %e, "retention failed");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETENTION_PERIOD) => {}
-                        _ = token.cancelled() => return,
-                    }
-                }
-            });
-        }
-
-        let reloadable: Vec<Arc<ReloadableTls>> = client_tls
-            .iter()
-            .chain(http_tls.iter())
-            .chain(peers.server_tls.iter())
+        spawn_retention(&config, &cluster, &tasks, &shutdown);
+        let reloadable: Vec<Arc<ReloadableTls>> = [&security.client_tls, &security.http_tls, &peers.server_tls]
+            .into_iter()
+            .flatten()
             .cloned()
             .collect();
         if !reloadable.is_empty() || config.acl.is_some() {
             tasks.spawn(reload_loop(
                 reloadable,
                 peers.credentials.tls.clone(),
-                auth.clone(),
+                security.auth.clone(),
                 config.tls_reload_interval,
                 shutdown.child_token(),
             ));
         }
-
         tasks.spawn(readiness_loop(
             cluster.clone(),
             health.clone(),
@@ -558,24 +649,13 @@ impl Agent {
             shutdown.child_token(),
         ));
         if !cluster.discovers_peers() && config.bootstrap_expect <= 1 {
-            // A lone node elects itself at once: return when it serves.
-            let mut metrics = cluster.raft().metrics();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !cluster.is_ready() {
-                if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                    tracing::warn!("the single-node cluster is not ready after 10s");
-                    break;
-                }
-            }
-            if cluster.is_ready() {
-                set_health(&health, true).await;
-            }
+            wait_lone_node_ready(&cluster, &health).await;
         }
         health.set_service_status(STARTED_SERVICE, ServingStatus::Serving).await;
         tracing::info!(
-            client_addr = %client_addr,
-            http_addr = %http_addr,
-            peer_addr = %peer_addr,
+            client_addr = %ports.client_addr,
+            http_addr = %ports.http_addr,
+            peer_addr = %ports.peer_addr,
             node_id = %config.node_id,
             first_offset = log.first_offset(),
             next_offset = log.next_offset(),
@@ -583,10 +663,10 @@ impl Agent {
             "sidelog agent serving"
         );
         Ok(Agent {
-            client_addr,
-            http_addr,
-            peer_addr,
-            health_addr,
+            client_addr: ports.client_addr,
+            http_addr: ports.http_addr,
+            peer_addr: ports.peer_addr,
+            health_addr: ports.health_addr,
             node,
             cluster,
             shutdown,

@@ -319,28 +319,79 @@ pub fn odd(n: usize) -> usize {
 /// an operator's remove, an older build) is made odd again.
 pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usize, standbys: usize) -> Option<Change> {
     let members: Vec<MemberView> = all.iter().filter(|m| m.replica).cloned().collect();
-    let members = members.as_slice();
-    let by_id = |id: &NodeId| members.iter().find(|m| m.id == *id);
-    let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
-    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-    let live_quorum =
-        |set: &BTreeSet<NodeId>| !set.is_empty() && set.iter().filter(|id| alive(id)).count() * 2 > set.len();
-    let caught_up = |m: &MemberView| m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= last_index);
-    // The best `n` non-voters to add to `voters`, one at a time: each in a
-    // failure domain the set so far lacks, then the most caught up, then
-    // by name. Fewer than `n` when not enough are live and caught up.
-    let best_learners = |voters: &BTreeSet<NodeId>, n: usize| {
+    let p = Planner {
+        me,
+        all,
+        voters: members.iter().filter(|m| m.voter).map(|m| m.id).collect(),
+        live: members.iter().filter(|m| m.id == me || m.alive).count(),
+        members: &members,
+        last_index,
+        voters_target,
+        standbys,
+    };
+    // In this order; the first rule with something to do decides.
+    p.replace_dead_voter()
+        .or_else(|| p.remove_dead_non_voters())
+        .or_else(|| p.add_standby())
+        .or_else(|| p.promote())
+        .or_else(|| p.demote())
+        .or_else(|| p.spread_domains())
+        .or_else(|| p.shed_standby())
+}
+
+/// What [`plan`] decides from: the replicas (`members`), the attached
+/// sidecars too (`all`), and the settings.
+struct Planner<'a> {
+    me: NodeId,
+    all: &'a [MemberView],
+    members: &'a [MemberView],
+    voters: BTreeSet<NodeId>,
+    /// Live replicas (the leader always is).
+    live: usize,
+    last_index: u64,
+    voters_target: usize,
+    standbys: usize,
+}
+
+impl Planner<'_> {
+    fn by_id(&self, id: &NodeId) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.id == *id)
+    }
+
+    fn alive(&self, id: &NodeId) -> bool {
+        *id == self.me || self.by_id(id).is_some_and(|m| m.alive)
+    }
+
+    fn live_quorum(&self, set: &BTreeSet<NodeId>) -> bool {
+        !set.is_empty() && set.iter().filter(|id| self.alive(id)).count() * 2 > set.len()
+    }
+
+    fn caught_up(&self, m: &MemberView) -> bool {
+        m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= self.last_index)
+    }
+
+    /// The replicas wanted: the voters (the target, or more while there
+    /// are more) and the standbys.
+    fn replicas_wanted(&self) -> usize {
+        self.voters_target.max(self.voters.len()) + self.standbys
+    }
+
+    /// The best `n` non-voters to add to `voters`, one at a time: each in a
+    /// failure domain the set so far lacks, then the most caught up, then
+    /// by name. Fewer than `n` when not enough are live and caught up.
+    fn best_learners(&self, voters: &BTreeSet<NodeId>, n: usize) -> Vec<&MemberView> {
         let mut set = voters.clone();
         let mut picked: Vec<&MemberView> = Vec::new();
         for _ in 0..n {
             let held: BTreeSet<&str> = set
                 .iter()
-                .filter_map(|id| by_id(id))
+                .filter_map(|id| self.by_id(id))
                 .map(|m| m.domain.as_str())
                 .collect();
-            let next = members
+            let next = self
+                .members
                 .iter()
-                .filter(|m| !m.voter && m.alive && caught_up(m) && !set.contains(&m.id))
+                .filter(|m| !m.voter && m.alive && self.caught_up(m) && !set.contains(&m.id))
                 .min_by(|a, b| {
                     let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
                     fresh(b)
@@ -353,194 +404,232 @@ pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usiz
             picked.push(m);
         }
         picked
-    };
-    let names = |ms: &[&MemberView]| ms.iter().map(|m| m.name.clone()).collect::<Vec<_>>().join(", ");
-    let voters_change = |next: BTreeSet<NodeId>, retain: bool, reason: &'static str, detail: String| {
-        (live_quorum(&voters) && live_quorum(&next)).then_some(Change {
+    }
+
+    /// A voter change, unless the old or the new set lacks a live majority.
+    fn voters_change(
+        &self,
+        next: BTreeSet<NodeId>,
+        retain: bool,
+        reason: &'static str,
+        detail: String,
+    ) -> Option<Change> {
+        (self.live_quorum(&self.voters) && self.live_quorum(&next)).then_some(Change {
             step: Step::Voters { voters: next, retain },
             reason,
             detail,
         })
-    };
+    }
 
-    // 1. A dead voter is replaced by a caught-up live non-voter (never
-    //    dropped alone: that would leave an even count).
-    if let Some(dead) = members.iter().find(|m| m.voter && !alive(&m.id)) {
-        let mut next = voters.clone();
-        next.remove(&dead.id);
-        if let Some(w) = best_learners(&next, 1).first() {
-            next.insert(w.id);
-            if let Some(c) = voters_change(
-                next,
-                false,
-                "replace_dead_voter",
-                format!("voter {} is dead; promoting {} in its place", dead.name, w.name),
-            ) {
-                return Some(c);
+    /// Live voters per failure domain (voters without one not counted).
+    fn voters_per_domain(&self) -> HashMap<&str, usize> {
+        let mut per_domain: HashMap<&str, usize> = HashMap::new();
+        for id in &self.voters {
+            if let Some(m) = self.by_id(id)
+                && !m.domain.is_empty()
+            {
+                *per_domain.entry(m.domain.as_str()).or_default() += 1;
             }
         }
+        per_domain
     }
-    // 2. Dead non-voters go.
-    let dead: BTreeSet<NodeId> = members.iter().filter(|m| !m.voter && !m.alive).map(|m| m.id).collect();
-    if !dead.is_empty() {
-        let names: Vec<String> = dead
+
+    /// The voter to demote first (never the leader, nor one in `skip`):
+    /// dead before live, then the most crowded domain, then the least
+    /// caught up, then by name.
+    fn demotable(&self, skip: &BTreeSet<NodeId>) -> Option<&MemberView> {
+        let per_domain = self.voters_per_domain();
+        let crowded = |m: &MemberView| per_domain.get(m.domain.as_str()).copied().unwrap_or(0);
+        self.members
             .iter()
-            .map(|id| by_id(id).map_or_else(|| id.to_string(), |m| m.name.clone()))
-            .collect();
-        return Some(Change {
-            step: Step::RemoveNodes(dead),
-            reason: "remove_dead_member",
-            detail: format!("non-voters {} are dead: removing them", names.join(", ")),
-        });
-    }
-    let live = members.iter().filter(|m| alive(&m.id)).count();
-    // 2b. Fewer live replicas than voters plus standbys, or a failure
-    //     domain without any replica while voters share one: an attached
-    //     sidecar becomes a standby (it catches up, then may be promoted).
-    let spread = all
-        .iter()
-        .filter(|m| !m.replica && m.alive && domain_lacks_replica(all, &m.domain))
-        .min_by(|a, b| a.name.cmp(&b.name));
-    let refill = if live < voters_target.max(voters.len()) + standbys {
-        spread.or_else(|| {
-            all.iter()
-                .filter(|m| !m.replica && m.alive)
-                .min_by(|a, b| a.name.cmp(&b.name))
-        })
-    } else {
-        spread
-    };
-    if let Some(m) = refill {
-        return Some(Change {
-            step: Step::AddLearner(m.id),
-            reason: "add_standby",
-            detail: format!("{live} live replicas: {} becomes a standby non-voter", m.name),
-        });
-    }
-    let target = odd(voters_target.min(live));
-    // 3. Fewer voters than wanted: promote, to the next odd count.
-    if voters.len() < target {
-        let need = if voters.len() % 2 == 1 { 2 } else { 1 };
-        let picked = best_learners(&voters, need);
-        if picked.len() == need {
-            let mut next = voters.clone();
-            next.extend(picked.iter().map(|m| m.id));
-            if let Some(c) = voters_change(
-                next,
-                true,
-                "promote",
-                format!("{} voters, {target} wanted: promoting {}", voters.len(), names(&picked)),
-            ) {
-                return Some(c);
-            }
-        }
-    }
-    // Voters sharing a failure domain with another voter, most crowded first;
-    // dead voters before live ones.
-    let mut per_domain: HashMap<&str, usize> = HashMap::new();
-    for id in &voters {
-        if let Some(m) = by_id(id)
-            && !m.domain.is_empty()
-        {
-            *per_domain.entry(m.domain.as_str()).or_default() += 1;
-        }
-    }
-    let crowded = |m: &MemberView| per_domain.get(m.domain.as_str()).copied().unwrap_or(0);
-    let demotable = |skip: &BTreeSet<NodeId>| {
-        members
-            .iter()
-            .filter(|m| m.voter && m.id != me && !skip.contains(&m.id))
+            .filter(|m| m.voter && m.id != self.me && !skip.contains(&m.id))
             .max_by(|a, b| {
-                (!alive(&a.id))
-                    .cmp(&!alive(&b.id))
+                (!self.alive(&a.id))
+                    .cmp(&!self.alive(&b.id))
                     .then(crowded(a).cmp(&crowded(b)))
                     .then(b.matched.cmp(&a.matched))
                     .then(a.name.cmp(&b.name))
             })
-    };
-    // 4. More voters than --voters, or an even count nobody can make odd by
-    //    promotion: demote (never the leader), keeping the count odd.
-    let over = voters.len() > voters_target.max(1);
-    let even = voters.len() % 2 == 0;
-    if over || even {
-        let want = if over {
-            odd(voters_target.max(1)).max(1)
+    }
+
+    /// 1. A dead voter is replaced by a caught-up live non-voter (never
+    ///    dropped alone: that would leave an even count).
+    fn replace_dead_voter(&self) -> Option<Change> {
+        let dead = self.members.iter().find(|m| m.voter && !self.alive(&m.id))?;
+        let mut next = self.voters.clone();
+        next.remove(&dead.id);
+        let w = *self.best_learners(&next, 1).first()?;
+        next.insert(w.id);
+        self.voters_change(
+            next,
+            false,
+            "replace_dead_voter",
+            format!("voter {} is dead; promoting {} in its place", dead.name, w.name),
+        )
+    }
+
+    /// 2. Dead non-voters go.
+    fn remove_dead_non_voters(&self) -> Option<Change> {
+        let dead: Vec<&MemberView> = self.members.iter().filter(|m| !m.voter && !m.alive).collect();
+        if dead.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = dead.iter().map(|m| m.name.as_str()).collect();
+        Some(Change {
+            step: Step::RemoveNodes(dead.iter().map(|m| m.id).collect()),
+            reason: "remove_dead_member",
+            detail: format!("non-voters {} are dead: removing them", names.join(", ")),
+        })
+    }
+
+    /// 2b. Fewer live replicas than voters plus standbys, or a failure
+    ///     domain without any replica while voters share one: an attached
+    ///     sidecar becomes a standby (it catches up, then may be promoted).
+    fn add_standby(&self) -> Option<Change> {
+        let spread = self
+            .all
+            .iter()
+            .filter(|m| !m.replica && m.alive && domain_lacks_replica(self.all, &m.domain))
+            .min_by(|a, b| a.name.cmp(&b.name));
+        let refill = if self.live < self.replicas_wanted() {
+            spread.or_else(|| {
+                self.all
+                    .iter()
+                    .filter(|m| !m.replica && m.alive)
+                    .min_by(|a, b| a.name.cmp(&b.name))
+            })
         } else {
-            voters.len() - 1
+            spread
         };
-        let mut next = voters.clone();
+        let m = refill?;
+        Some(Change {
+            step: Step::AddLearner(m.id),
+            reason: "add_standby",
+            detail: format!("{} live replicas: {} becomes a standby non-voter", self.live, m.name),
+        })
+    }
+
+    /// 3. Fewer voters than wanted: promote, to the next odd count.
+    fn promote(&self) -> Option<Change> {
+        let target = odd(self.voters_target.min(self.live));
+        if self.voters.len() >= target {
+            return None;
+        }
+        let need = if self.voters.len() % 2 == 1 { 2 } else { 1 };
+        let picked = self.best_learners(&self.voters, need);
+        if picked.len() != need {
+            return None;
+        }
+        let mut next = self.voters.clone();
+        next.extend(picked.iter().map(|m| m.id));
+        self.voters_change(
+            next,
+            true,
+            "promote",
+            format!(
+                "{} voters, {target} wanted: promoting {}",
+                self.voters.len(),
+                names(&picked)
+            ),
+        )
+    }
+
+    /// 4. More voters than --voters, or an even count nobody can make odd
+    ///    by promotion: demote (never the leader), keeping the count odd.
+    fn demote(&self) -> Option<Change> {
+        let over = self.voters.len() > self.voters_target.max(1);
+        let even = self.voters.len() % 2 == 0;
+        if !(over || even) {
+            return None;
+        }
+        let want = if over {
+            odd(self.voters_target.max(1)).max(1)
+        } else {
+            self.voters.len() - 1
+        };
+        let mut next = self.voters.clone();
         let mut gone = Vec::new();
         while next.len() > want {
-            let Some(v) = demotable(&voters.difference(&next).copied().collect()) else {
+            let Some(v) = self.demotable(&self.voters.difference(&next).copied().collect()) else {
                 break;
             };
             next.remove(&v.id);
             gone.push(v);
         }
-        if !gone.is_empty()
-            && let Some(c) = voters_change(
-                next,
-                true,
-                "demote",
-                format!(
-                    "{} voters, {want} wanted: {} become non-voters",
-                    voters.len(),
-                    names(&gone)
-                ),
-            )
-        {
-            return Some(c);
+        if gone.is_empty() {
+            return None;
         }
+        self.voters_change(
+            next,
+            true,
+            "demote",
+            format!(
+                "{} voters, {want} wanted: {} become non-voters",
+                self.voters.len(),
+                names(&gone)
+            ),
+        )
     }
-    // 5. Two voters share a domain while a caught-up non-voter's domain has none.
-    if let Some(v) = demotable(&BTreeSet::new()).filter(|v| crowded(v) > 1) {
-        let mut rest = voters.clone();
+
+    /// 5. Two voters share a domain while a caught-up non-voter's domain
+    ///    has none: swap them.
+    fn spread_domains(&self) -> Option<Change> {
+        let per_domain = self.voters_per_domain();
+        let v = self
+            .demotable(&BTreeSet::new())
+            .filter(|v| per_domain.get(v.domain.as_str()).copied().unwrap_or(0) > 1)?;
+        let mut rest = self.voters.clone();
         rest.remove(&v.id);
-        if let Some(w) = best_learners(&rest, 1)
+        let w = *self
+            .best_learners(&rest, 1)
             .first()
-            .filter(|w| !w.domain.is_empty() && !per_domain.contains_key(w.domain.as_str()))
-        {
-            let mut next = rest;
-            next.insert(w.id);
-            if let Some(c) = voters_change(
-                next,
-                true,
-                "spread_domains",
-                format!(
-                    "voters share domain {:?}: {} (domain {:?}) takes {}'s place",
-                    v.domain, w.name, w.domain, v.name
-                ),
-            ) {
-                return Some(c);
-            }
-        }
+            .filter(|w| !w.domain.is_empty() && !per_domain.contains_key(w.domain.as_str()))?;
+        let mut next = rest;
+        next.insert(w.id);
+        self.voters_change(
+            next,
+            true,
+            "spread_domains",
+            format!(
+                "voters share domain {:?}: {} (domain {:?}) takes {}'s place",
+                v.domain, w.name, w.domain, v.name
+            ),
+        )
     }
-    // 6. More live replicas than voters plus standbys (after a demotion, a
-    //    swap, or from builds before standbys had a bound): a spare
-    //    non-voter goes and attaches without a log. Never one that alone
-    //    holds a domain the voters could move to, nor an older build
-    //    (it would rejoin as a non-voter at once).
-    let spare_ok = |m: &MemberView| {
-        let others = members.iter().filter(|o| o.id != m.id).cloned().collect::<Vec<_>>();
-        !domain_lacks_replica(&others, &m.domain)
-    };
-    if live > voters_target.max(voters.len()) + standbys
-        && let Some(m) = members
+
+    /// 6. More live replicas than voters plus standbys (after a demotion, a
+    ///    swap, or from builds before standbys had a bound): a spare
+    ///    non-voter goes and attaches without a log. Never one that alone
+    ///    holds a domain the voters could move to, nor an older build (it
+    ///    would rejoin as a non-voter at once), nor one not replicating yet.
+    fn shed_standby(&self) -> Option<Change> {
+        if self.live <= self.replicas_wanted() {
+            return None;
+        }
+        let spare_ok = |m: &MemberView| {
+            let others: Vec<MemberView> = self.members.iter().filter(|o| o.id != m.id).cloned().collect();
+            !domain_lacks_replica(&others, &m.domain)
+        };
+        let m = self
+            .members
             .iter()
-            .filter(|m| !m.voter && m.alive && m.attachable && m.matched.is_some() && m.id != me && spare_ok(m))
-            .min_by(|a, b| a.matched.cmp(&b.matched).then(b.name.cmp(&a.name)))
-    {
-        return Some(Change {
+            .filter(|m| !m.voter && m.alive && m.attachable && m.matched.is_some() && m.id != self.me && spare_ok(m))
+            .min_by(|a, b| a.matched.cmp(&b.matched).then(b.name.cmp(&a.name)))?;
+        Some(Change {
             step: Step::RemoveNodes(BTreeSet::from([m.id])),
             reason: "shed_standby",
             detail: format!(
-                "{live} live replicas, {} wanted: {} holds no log from now on",
-                voters_target.max(voters.len()) + standbys,
+                "{} live replicas, {} wanted: {} holds no log from now on",
+                self.live,
+                self.replicas_wanted(),
                 m.name
             ),
-        });
+        })
     }
-    None
+}
+
+fn names(ms: &[&MemberView]) -> String {
+    ms.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Applies [`plan`] on the leader, once a second (see the module docs).
