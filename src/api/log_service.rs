@@ -218,20 +218,8 @@ impl LogService {
             let mut batch = first;
             let mut failing_since: Option<std::time::Instant> = None;
             loop {
-                for record in batch {
-                    next = record.offset + 1;
-                    metrics.records_out.inc();
-                    metrics.bytes_out.inc_by(record.value.len() as u64);
-                    let response = Ok(pb::ConsumeResponse {
-                        record: Some(record.into()),
-                    });
-                    tokio::select! {
-                        sent = tx.send(response) => if sent.is_err() { return },
-                        _ = shutdown.cancelled() => {
-                            let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
-                            return;
-                        }
-                    }
+                if !send_records(batch, &mut next, &tx, &shutdown, &metrics).await {
+                    return;
                 }
                 let read = cluster.read_records(next, STREAM_BATCH_RECORDS, STREAM_BATCH_BYTES, REMOTE_POLL, false);
                 let result = tokio::select! {
@@ -435,24 +423,8 @@ impl LogService {
                     }
                     continue;
                 }
-                for record in batch {
-                    next = record.offset + 1;
-                    metrics.records_out.inc();
-                    metrics.bytes_out.inc_by(record.value.len() as u64);
-                    // A bounded queue: a slow client makes this await, so
-                    // the server holds at most STREAM_QUEUE responses for it.
-                    // A client that stays connected but stops reading must not
-                    // hold up a graceful shutdown either.
-                    let response = Ok(pb::ConsumeResponse {
-                        record: Some(record.into()),
-                    });
-                    tokio::select! {
-                        sent = tx.send(response) => if sent.is_err() { return },
-                        _ = shutdown.cancelled() => {
-                            let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
-                            return;
-                        }
-                    }
+                if !send_records(batch, &mut next, &tx, &shutdown, &metrics).await {
+                    return;
                 }
             }
         });
@@ -579,6 +551,37 @@ impl LogService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Sends a ConsumeStream's records in order, moving `next` past each;
+/// false once the stream is over (the client went away, or the server shuts
+/// down, which the client is told). The queue is bounded: a slow client
+/// makes this await, so the server holds at most STREAM_QUEUE responses for
+/// it, and a client that stays connected but stops reading does not hold up
+/// a graceful shutdown either.
+async fn send_records(
+    batch: Vec<crate::storage::Record>,
+    next: &mut u64,
+    tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+) -> bool {
+    for record in batch {
+        *next = record.offset + 1;
+        metrics.records_out.inc();
+        metrics.bytes_out.inc_by(record.value.len() as u64);
+        let response = Ok(pb::ConsumeResponse {
+            record: Some(record.into()),
+        });
+        tokio::select! {
+            sent = tx.send(response) => if sent.is_err() { return false },
+            _ = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Ends a stream with PERMISSION_DENIED once a policy reload takes the

@@ -144,15 +144,10 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                     if m.leader { "*" } else { "" },
                     m.peer_addr,
                     m.client_addr,
-                    if m.failure_domain.is_empty() {
-                        "-"
-                    } else {
-                        &m.failure_domain
-                    },
+                    dash(&m.failure_domain),
                     opt(m.matched_index),
                     opt(m.lag),
-                    m.last_contact_ms
-                        .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+                    ago(m.last_contact_ms),
                     if m.version.is_empty() {
                         "-".to_owned()
                     } else {
@@ -175,13 +170,8 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                         m.id,
                         m.peer_addr,
                         m.client_addr,
-                        if m.failure_domain.is_empty() {
-                            "-"
-                        } else {
-                            &m.failure_domain
-                        },
-                        m.last_contact_ms
-                            .map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+                        dash(&m.failure_domain),
+                        ago(m.last_contact_ms),
                     )
                     .map_err(stdout_err)?;
                 }
@@ -350,6 +340,15 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `cluster status` cells: "-" for none.
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn ago(ms: Option<u64>) -> String {
+    ms.map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0))
 }
 
 /// Standard output was closed by its reader (`sidelog consume | head -1`):

@@ -115,7 +115,11 @@ impl Cluster {
         if self.is_current_member() {
             return None;
         }
-        self.attachment().filter(|a| a.catching_up.is_none()).map(|a| a.leader)
+        // Not the whole attachment (its member list): this is on the write path.
+        let slot = lock(&self.attachment);
+        slot.as_ref()
+            .filter(|a| a.catching_up.is_none())
+            .map(|a| a.leader.clone())
     }
 
     /// `GetServers` on an attached sidecar: the members the leader named.

@@ -268,36 +268,15 @@ pub struct Change {
 /// old and the new set each need a live majority).
 pub fn without(me: NodeId, members: &[MemberView], last_index: u64, leaving: NodeId) -> Option<BTreeSet<NodeId>> {
     // The leaving member counts as it is: alive while it is still running
-    // (a leave), which the old set's majority may need; never in the new set.
-    let views = members;
-    let by_id = |id: &NodeId| views.iter().find(|m| m.id == *id);
-    let alive = |id: &NodeId| *id == me || by_id(id).is_some_and(|m| m.alive);
-    let live_quorum =
-        |set: &BTreeSet<NodeId>| !set.is_empty() && set.iter().filter(|id| alive(id)).count() * 2 > set.len();
-    let voters: BTreeSet<NodeId> = views.iter().filter(|m| m.voter).map(|m| m.id).collect();
-    let mut next = voters.clone();
+    // (a leave), which the old set's majority may need; never in the new set
+    // (it is a voter, so never picked as a learner either).
+    let p = Planner::new(me, members, last_index, 0, 0);
+    let mut next = p.voters.clone();
     next.remove(&leaving);
-    let held: BTreeSet<&str> = next
-        .iter()
-        .filter_map(|id| by_id(id))
-        .map(|m| m.domain.as_str())
-        .collect();
-    let best = views
-        .iter()
-        .filter(|m| {
-            !m.voter && m.id != leaving && m.alive && m.matched.is_some_and(|i| i + PROMOTE_MAX_LAG >= last_index)
-        })
-        .min_by(|a, b| {
-            let fresh = |m: &MemberView| !(m.domain.is_empty() || held.contains(m.domain.as_str()));
-            fresh(b)
-                .cmp(&fresh(a))
-                .then(b.matched.cmp(&a.matched))
-                .then(a.name.cmp(&b.name))
-        });
-    if let Some(b) = best {
-        next.insert(b.id);
+    if let Some(best) = p.best_learners(&next, 1).first() {
+        next.insert(best.id);
     }
-    (live_quorum(&voters) && live_quorum(&next)).then_some(next)
+    (p.live_quorum(&p.voters) && p.live_quorum(&next)).then_some(next)
 }
 
 /// The largest odd number not above `n` (at least 1).
@@ -318,17 +297,7 @@ pub fn odd(n: usize) -> usize {
 /// two at a time (1 to 3, 3 to 5), and an even count left behind (a leave,
 /// an operator's remove, an older build) is made odd again.
 pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usize, standbys: usize) -> Option<Change> {
-    let members: Vec<MemberView> = all.iter().filter(|m| m.replica).cloned().collect();
-    let p = Planner {
-        me,
-        all,
-        voters: members.iter().filter(|m| m.voter).map(|m| m.id).collect(),
-        live: members.iter().filter(|m| m.id == me || m.alive).count(),
-        members: &members,
-        last_index,
-        voters_target,
-        standbys,
-    };
+    let p = Planner::new(me, all, last_index, voters_target, standbys);
     // In this order; the first rule with something to do decides.
     p.replace_dead_voter()
         .or_else(|| p.remove_dead_non_voters())
@@ -344,7 +313,8 @@ pub fn plan(me: NodeId, all: &[MemberView], last_index: u64, voters_target: usiz
 struct Planner<'a> {
     me: NodeId,
     all: &'a [MemberView],
-    members: &'a [MemberView],
+    /// The replicas of `all` (attached sidecars are not members).
+    members: Vec<MemberView>,
     voters: BTreeSet<NodeId>,
     /// Live replicas (the leader always is).
     live: usize,
@@ -353,7 +323,21 @@ struct Planner<'a> {
     standbys: usize,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(me: NodeId, all: &'a [MemberView], last_index: u64, voters_target: usize, standbys: usize) -> Self {
+        let members: Vec<MemberView> = all.iter().filter(|m| m.replica).cloned().collect();
+        Planner {
+            me,
+            all,
+            voters: members.iter().filter(|m| m.voter).map(|m| m.id).collect(),
+            live: members.iter().filter(|m| m.id == me || m.alive).count(),
+            members,
+            last_index,
+            voters_target,
+            standbys,
+        }
+    }
+
     fn by_id(&self, id: &NodeId) -> Option<&MemberView> {
         self.members.iter().find(|m| m.id == *id)
     }
