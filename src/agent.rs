@@ -20,7 +20,10 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{self, LogService, http::HttpState},
-    cluster::{self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService},
+    cluster::{
+        self, Cluster, ClusterAdmin, ClusterConfig, NodeInfo, Partition, PeerService,
+        host::{GroupSettings, Host, LogConfigTemplate},
+    },
     config::{Config, DiscoveryMode, FsyncPolicy},
     discovery::{Discovery, DiscoveryError, DnsDiscovery, DnsSettings, MdnsDiscovery, MdnsSettings},
     liveness::{self, LIVENESS_SERVICE, LIVENESS_SERVICE_OLD, Liveness, STARTED_SERVICE},
@@ -82,6 +85,7 @@ pub struct Agent {
     pub health_addr: Option<SocketAddr>,
     node: Arc<LogNode>,
     cluster: Arc<Cluster>,
+    host: Arc<Host>,
     shutdown: CancellationToken,
     health: tonic_health::server::HealthReporter,
     liveness: Liveness,
@@ -370,14 +374,14 @@ fn cluster_config(
 /// The peer port: peers are trusted with the Raft log, so the guard admits
 /// only callers with the peer credentials (see `security::peer_auth`).
 fn serve_peer(
-    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
     peers: &PeerSecurity,
     listener: TcpListener,
     limits: &crate::config::Limits,
     budget: &api::conn_limit::ConnBudget,
     token: CancellationToken,
 ) -> JoinHandle<Result<(), String>> {
-    let service = InterceptedService::new(PeerService::new(cluster.clone()).into_server(), peers.guard.clone());
+    let service = InterceptedService::new(PeerService::new(host.clone()).into_server(), peers.guard.clone());
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -394,7 +398,7 @@ fn serve_peer(
 /// only what this port serves (not the peer service, whose messages share a
 /// file) and ask for the port's credentials.
 fn client_routes(
-    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
     auth: &Arc<Authorizer>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
@@ -425,13 +429,13 @@ fn client_routes(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| AgentError::Reflection(e.to_string()))?;
-    let log_service = LogService::new(cluster.clone(), auth.clone(), metrics.clone(), shutdown.clone())
+    let log_service = LogService::new(host.clone(), auth.clone(), metrics.clone(), shutdown.clone())
         .with_max_consume_streams(limits.max_consume_streams);
     Ok(
         tonic::service::Routes::new(InterceptedService::new(v1, authenticated.clone()))
             .add_service(InterceptedService::new(v1alpha, authenticated))
             .add_service(health_service.clone())
-            .add_service(ClusterAdmin::new(cluster.clone(), auth.clone()).into_server())
+            .add_service(ClusterAdmin::new(host.clone(), auth.clone()).into_server())
             .add_service(log_service.into_server()),
     )
 }
@@ -479,24 +483,66 @@ fn serve_health(
     tokio::spawn(api::http::serve(conns, api::http::tcp_info, app, limits.clone(), token))
 }
 
-/// Retention, when any is set: every `RETENTION_PERIOD`.
-fn spawn_retention(config: &Config, cluster: &Arc<Cluster>, tasks: &TaskTracker, shutdown: &CancellationToken) {
-    let retention = config.retention();
-    if retention.is_unlimited() {
-        return;
-    }
-    let (cluster, token) = (cluster.clone(), shutdown.child_token());
+/// Retention of every log that has any (its own, or the agent's): every
+/// `RETENTION_PERIOD`.
+fn spawn_retention(host: &Arc<Host>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    let (host, token) = (host.clone(), shutdown.child_token());
     tasks.spawn(async move {
         loop {
-            if let Err(e) = cluster.apply_retention(&retention).await {
-                tracing::error!(cause = %e, "retention failed");
-            }
+            host.apply_retention().await;
             tokio::select! {
                 _ = tokio::time::sleep(RETENTION_PERIOD) => {}
                 _ = token.cancelled() => return,
             }
         }
     });
+}
+
+/// The storage and limits every named log shares (see `cluster::host`).
+fn group_settings(config: &Config, metrics: &Arc<Metrics>) -> GroupSettings {
+    GroupSettings {
+        data_dir: config.data_dir.clone(),
+        log_config: LogConfigTemplate {
+            segment_max_bytes: config.segment_max_bytes,
+            sync_interval: (config.fsync == FsyncPolicy::Interval).then_some(FSYNC_INTERVAL),
+            observer: Some(metrics.clone()),
+        },
+        max_record_bytes: config.max_record_bytes,
+        retention: config.retention(),
+        max_logs: config.max_logs,
+        auto_create: config.auto_create_logs,
+    }
+}
+
+/// Creates the `--logs` that do not exist yet, retrying until the cluster
+/// can (a leader, every member's build ready); a name another node created
+/// meanwhile is fine.
+async fn create_configured_logs(host: Arc<Host>, logs: Vec<String>, token: CancellationToken) {
+    for name in logs {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let created = tokio::select! {
+                r = host.create(&name, Default::default(), true) => r,
+                _ = token.cancelled() => return,
+            };
+            match created {
+                Ok(_) => break,
+                Err(e @ crate::node::NodeError::InvalidArgument(_)) => {
+                    tracing::error!(log = %name, cause = %e, "cannot create a log from --logs");
+                    break;
+                }
+                Err(e @ crate::node::NodeError::FailedPrecondition(_)) => {
+                    tracing::warn!(log = %name, cause = %e, "log from --logs not created yet")
+                }
+                Err(e) => tracing::debug!(log = %name, cause = %e, "log from --logs not created yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = token.cancelled() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 /// A lone node elects itself at once: the start returns when it serves
@@ -566,14 +612,15 @@ impl Agent {
         let peers = PeerSecurity::load(&config)?;
         let cluster_config = cluster_config(&config, &metrics, &peers, &ports, partition)?;
         let cluster = Cluster::start(cluster_config, node.clone()).await?;
+        let host = Host::start(cluster.clone(), group_settings(&config, &metrics)).await;
 
-        let peer_server = serve_peer(&cluster, &peers, ports.peer, &limits, &budget, shutdown.clone());
+        let peer_server = serve_peer(&host, &peers, ports.peer, &limits, &budget, shutdown.clone());
         spawn_membership(&cluster, &tasks, shutdown.child_token());
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in [LIVENESS_SERVICE, LIVENESS_SERVICE_OLD] {
             health.set_service_status(service, ServingStatus::Serving).await;
         }
-        let routes = client_routes(&cluster, &security.auth, &metrics, &shutdown, &limits, &health_service)?;
+        let routes = client_routes(&host, &security.auth, &metrics, &shutdown, &limits, &health_service)?;
         let grpc = {
             // Keepalives find clients that vanished without closing, so their
             // tail-following streams do not park forever.
@@ -597,7 +644,7 @@ impl Agent {
         let liveness = Liveness::default();
         let http_state = HttpState {
             body_timeout: limits.http_header_timeout,
-            cluster: cluster.clone(),
+            host: host.clone(),
             node: node.clone(),
             auth: security.auth.clone(),
             metrics: metrics.clone(),
@@ -617,7 +664,14 @@ impl Agent {
             servers.push(("health", server));
         }
 
-        spawn_retention(&config, &cluster, &tasks, &shutdown);
+        spawn_retention(&host, &tasks, &shutdown);
+        if !config.logs.is_empty() {
+            tasks.spawn(create_configured_logs(
+                host.clone(),
+                config.logs.clone(),
+                shutdown.child_token(),
+            ));
+        }
         let reloadable: Vec<Arc<ReloadableTls>> = [&security.client_tls, &security.http_tls, &peers.server_tls]
             .into_iter()
             .flatten()
@@ -633,7 +687,7 @@ impl Agent {
             ));
         }
         tasks.spawn(readiness_loop(
-            cluster.clone(),
+            host.clone(),
             health.clone(),
             liveness.clone(),
             shutdown.child_token(),
@@ -669,6 +723,7 @@ impl Agent {
             health_addr: ports.health_addr,
             node,
             cluster,
+            host,
             shutdown,
             health,
             liveness,
@@ -686,6 +741,11 @@ impl Agent {
 
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// Every group of this process: the default log's and the named logs'.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
     }
 
     /// A token that is cancelled when the agent begins shutting down.
@@ -799,7 +859,7 @@ impl Agent {
         }
         // Raft gets at least a moment even when the grace is used up.
         let raft_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
-        if tokio::time::timeout_at(raft_deadline, self.cluster.shutdown())
+        if tokio::time::timeout_at(raft_deadline, self.host.shutdown())
             .await
             .is_err()
         {
@@ -838,15 +898,15 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
 /// Keeps gRPC health in step with readiness (and never SERVING once a
 /// fatal error happened).
 async fn readiness_loop(
-    cluster: Arc<Cluster>,
+    host: Arc<Host>,
     health: tonic_health::server::HealthReporter,
     liveness: Liveness,
     token: CancellationToken,
 ) {
-    let mut metrics = cluster.raft().metrics();
+    let mut metrics = host.default_group().raft().metrics();
     let mut last = None;
     loop {
-        let ready = cluster.is_ready() && liveness.fatal().is_none();
+        let ready = host.is_ready() && liveness.fatal().is_none();
         if last != Some(ready) {
             set_health(&health, ready).await;
             tracing::info!(ready, "readiness changed");

@@ -171,6 +171,23 @@ pub struct AgentArgs {
     #[arg(long, env = "SIDELOG_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub leave_on_terminate: Option<bool>,
+    /// Named logs to create at start if missing (comma-separated names);
+    /// every member may list them, creating is idempotent. The `default`
+    /// log always exists [default: none].
+    #[arg(long, env = "SIDELOG_LOGS", value_name = "NAME[,NAME]", value_delimiter = ',')]
+    pub logs: Option<Vec<String>>,
+    /// The most named logs the cluster holds (each is a Raft group: a
+    /// task, a flusher thread, heartbeats to every replica; and a label
+    /// value of the per-log metrics). The leader's setting counts
+    /// [default: 256].
+    #[arg(long, env = "SIDELOG_MAX_LOGS", value_name = "N")]
+    pub max_logs: Option<usize>,
+    /// Producing to a log that does not exist creates it (as Kafka's
+    /// auto.create.topics.enable); off, such a write is NOT_FOUND / 404
+    /// [default: false].
+    #[arg(long, env = "SIDELOG_AUTO_CREATE_LOGS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub auto_create_logs: Option<bool>,
     /// Lost-quorum recovery: make this node the only voter of its group
     /// from its own log, then serve; others join it again as new nodes.
     /// Records acknowledged only by the lost voters may be gone. Use once,
@@ -303,6 +320,9 @@ pub struct FileConfig {
     pub dead_member_timeout: Option<String>,
     pub failure_domain: Option<String>,
     pub leave_on_terminate: Option<bool>,
+    pub logs: Option<Vec<String>>,
+    pub max_logs: Option<usize>,
+    pub auto_create_logs: Option<bool>,
     pub force_new_cluster: Option<bool>,
     pub insecure: Option<bool>,
     pub tls_cert: Option<PathBuf>,
@@ -361,6 +381,10 @@ pub struct Config {
     pub dead_member_timeout: Duration,
     pub failure_domain: String,
     pub leave_on_terminate: bool,
+    /// `--logs`: named logs created at start if missing.
+    pub logs: Vec<String>,
+    pub max_logs: usize,
+    pub auto_create_logs: bool,
     pub force_new_cluster: bool,
     pub insecure: bool,
     /// TLS for the client and HTTP ports.
@@ -465,6 +489,9 @@ impl Default for Config {
             dead_member_timeout: crate::cluster::DEFAULT_DEAD_MEMBER_TIMEOUT,
             failure_domain: String::new(),
             leave_on_terminate: false,
+            logs: Vec::new(),
+            max_logs: crate::cluster::catalog::DEFAULT_MAX_LOGS,
+            auto_create_logs: false,
             force_new_cluster: false,
             insecure: false,
             tls: None,
@@ -639,6 +666,19 @@ impl Config {
                 .leave_on_terminate
                 .or(file.leave_on_terminate)
                 .unwrap_or(d.leave_on_terminate),
+            logs: args
+                .logs
+                .or(file.logs)
+                .unwrap_or(d.logs)
+                .into_iter()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            max_logs: args.max_logs.or(file.max_logs).unwrap_or(d.max_logs),
+            auto_create_logs: args
+                .auto_create_logs
+                .or(file.auto_create_logs)
+                .unwrap_or(d.auto_create_logs),
             force_new_cluster: args
                 .force_new_cluster
                 .or(file.force_new_cluster)
@@ -762,6 +802,19 @@ impl Config {
             return Err(invalid(
                 "data-dir",
                 format!("{} is a file, not a directory", self.data_dir.display()),
+            ));
+        }
+        for log in &self.logs {
+            crate::cluster::catalog::check_name(log).map_err(|e| invalid("logs", e))?;
+        }
+        if self.max_logs > crate::cluster::catalog::MAX_MAX_LOGS {
+            return Err(invalid(
+                "max-logs",
+                format!(
+                    "{} is above {}: every log is a Raft group",
+                    self.max_logs,
+                    crate::cluster::catalog::MAX_MAX_LOGS
+                ),
             ));
         }
         if self.standbys > 16 {

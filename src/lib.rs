@@ -31,6 +31,7 @@ pub mod config;
 pub mod discovery;
 pub mod liveness;
 pub mod node;
+pub mod pb;
 pub mod security;
 pub mod shutdown;
 pub mod storage;

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Command::Perf(a) => runtime.block_on(cli::perf::run(a)),
         Command::DevCerts(a) => cli::dev_certs(a),
         Command::Cluster(a) => runtime.block_on(cli::cluster(a)),
+        Command::Log(a) => runtime.block_on(cli::log_command(a)),
     };
     // The log is synced and closed by now: do not wait for a blocking task
     // still in flight (a DNS lookup of a peer that is gone, say) to exit.

@@ -38,6 +38,13 @@ pub enum NodeError {
     NotLeader { leader: Option<String> },
     #[error("{0}")]
     NotFound(String),
+    /// A named log that exists already (creating it again).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A bound is reached (`--max-logs`) or the cluster cannot do this yet
+    /// (a member runs an older build): nothing changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Storage(#[from] storage::Error),
 }
@@ -52,6 +59,8 @@ impl NodeError {
             NodeError::TooLarge { len, max } => NodeError::TooLarge { len: *len, max: *max },
             NodeError::InvalidArgument(m) => NodeError::InvalidArgument(m.clone()),
             NodeError::NotFound(m) => NodeError::NotFound(m.clone()),
+            NodeError::AlreadyExists(m) => NodeError::AlreadyExists(m.clone()),
+            NodeError::FailedPrecondition(m) => NodeError::FailedPrecondition(m.clone()),
             NodeError::OutOfRange { offset, first, next } => NodeError::OutOfRange {
                 offset: *offset,
                 first: *first,
@@ -128,6 +137,11 @@ impl LogNode {
             injected_failure: Default::default(),
             reads_refused: Default::default(),
         }
+    }
+
+    /// The log was deleted: its storage stops writing (see `Log::discard`).
+    pub fn close(&self) {
+        self.log.discard();
     }
 
     pub fn log(&self) -> &Arc<Log> {

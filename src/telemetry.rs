@@ -66,6 +66,25 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A named log (bounded by `--max-logs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    pub log: String,
+}
+
+/// One named log's figures at a scrape.
+#[derive(Clone, Debug)]
+pub struct LogFigures {
+    pub name: String,
+    pub first_offset: u64,
+    pub committed_offset: u64,
+    pub disk_bytes: u64,
+    /// This node leads the log's group.
+    pub leader: bool,
+    /// A leader is known and this node heard from it lately.
+    pub ready: bool,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
@@ -96,6 +115,13 @@ pub struct Metrics {
     log_committed_offset: Gauge,
     log_segments: Gauge,
     log_bytes: Gauge,
+    /// Per named log (the `default` log is the unlabelled gauges above).
+    named_first_offset: Family<LogLabels, Gauge>,
+    named_committed_offset: Family<LogLabels, Gauge>,
+    named_bytes: Family<LogLabels, Gauge>,
+    named_leader: Family<LogLabels, Gauge>,
+    named_ready: Family<LogLabels, Gauge>,
+    named_logs: Gauge,
     /// Rendering sets the log gauges first; one scrape at a time.
     render: Mutex<()>,
 }
@@ -134,6 +160,12 @@ impl Metrics {
             log_committed_offset: Gauge::default(),
             log_segments: Gauge::default(),
             log_bytes: Gauge::default(),
+            named_first_offset: Family::default(),
+            named_committed_offset: Family::default(),
+            named_bytes: Family::default(),
+            named_leader: Family::default(),
+            named_ready: Family::default(),
+            named_logs: Gauge::default(),
             render: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -215,6 +247,32 @@ impl Metrics {
             "Bytes of segments and indexes on disk",
             m.log_bytes.clone(),
         );
+        r.register("named_logs", "Named logs this node serves", m.named_logs.clone());
+        r.register(
+            "named_log_first_offset",
+            "A named log's first retained offset",
+            m.named_first_offset.clone(),
+        );
+        r.register(
+            "named_log_committed_offset",
+            "One past a named log's last committed offset",
+            m.named_committed_offset.clone(),
+        );
+        r.register(
+            "named_log_size_bytes",
+            "Bytes of a named log's segments and indexes on disk",
+            m.named_bytes.clone(),
+        );
+        r.register(
+            "named_log_leader",
+            "1 when this node leads the named log's Raft group",
+            m.named_leader.clone(),
+        );
+        r.register(
+            "named_log_ready",
+            "1 when the named log has a leader this node heard from lately",
+            m.named_ready.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -242,10 +300,33 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with the log's current figures.
-    pub fn render(&self, node: &LogNode) -> String {
+    pub fn render(&self, node: &LogNode, logs: &[LogFigures]) -> String {
         let _one = self.render.lock().unwrap_or_else(|p| p.into_inner());
-        let stats = node.log().stats();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        // Deleted logs' series go with them.
+        for f in [
+            &self.named_first_offset,
+            &self.named_committed_offset,
+            &self.named_bytes,
+            &self.named_leader,
+            &self.named_ready,
+        ] {
+            f.clear();
+        }
+        self.named_logs.set(logs.len() as i64);
+        for l in logs {
+            let label = LogLabels { log: l.name.clone() };
+            self.named_first_offset
+                .get_or_create(&label)
+                .set(as_i64(l.first_offset));
+            self.named_committed_offset
+                .get_or_create(&label)
+                .set(as_i64(l.committed_offset));
+            self.named_bytes.get_or_create(&label).set(as_i64(l.disk_bytes));
+            self.named_leader.get_or_create(&label).set(i64::from(l.leader));
+            self.named_ready.get_or_create(&label).set(i64::from(l.ready));
+        }
+        let stats = node.log().stats();
         self.log_first_offset.set(as_i64(stats.first_offset));
         self.log_next_offset.set(as_i64(stats.next_offset));
         self.log_committed_offset.set(as_i64(node.committed()));

@@ -45,6 +45,8 @@ impl From<NodeError> for Status {
                 status
             }
             NodeError::NotFound(_) => Status::not_found(e.to_string()),
+            NodeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            NodeError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             NodeError::Storage(crate::storage::Error::Failed(_)) => {
                 with_outcome(Status::unavailable(e.to_string()), e.outcome())
             }
@@ -137,6 +139,7 @@ pub fn http_status(e: &NodeError) -> http::StatusCode {
         | NodeError::NotLeader { .. }
         | NodeError::Storage(crate::storage::Error::Failed(_)) => StatusCode::SERVICE_UNAVAILABLE,
         NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+        NodeError::AlreadyExists(_) | NodeError::FailedPrecondition(_) => StatusCode::CONFLICT,
         NodeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -6,6 +6,12 @@
 //! GET  /                 {"offset":N}                     -> {"record":{"value":"<base64>","offset":N}}
 //! POST /v1/records       same as POST /
 //! GET  /v1/records/{N}   same as GET / with offset N
+//! POST /v1/logs/{log}/records       produce to a named log (body as POST /)
+//! GET  /v1/logs/{log}/records/{N}   the record at offset N of a named log
+//! GET  /v1/logs                     every log            -> {"logs":[{...}]}
+//! POST /v1/logs          {"name":"orders","settings":{"retention_bytes":N,...},"if_not_exists":false}
+//! GET  /v1/logs/{log}               one log's settings, leader, members, offsets
+//! DELETE /v1/logs/{log}             delete a named log (its records, on every member)
 //! GET  /healthz          200 while the process is alive; 503 and the reason after a fatal error
 //! GET  /readyz           200 when the node can take writes, else 503
 //! GET  /metrics          Prometheus text format
@@ -28,17 +34,18 @@ use serde::{Deserialize, Serialize};
 
 use super::convert::{http_auth_status, http_status};
 use crate::{
-    cluster::Cluster,
+    cluster::{catalog::DEFAULT_LOG, host::Host},
     config::Limits,
     liveness::Liveness,
     node::LogNode,
-    security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo, tls::TlsConn},
+    security::{ACT_ADMIN, ACT_CONSUME, ACT_PRODUCE, Authorizer, OBJECT_ANY, PeerInfo, tls::TlsConn},
     telemetry::Metrics,
 };
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub cluster: Arc<Cluster>,
+    pub host: Arc<Host>,
+    /// The default log's node (metrics).
     pub node: Arc<LogNode>,
     pub auth: Arc<Authorizer>,
     pub metrics: Arc<Metrics>,
@@ -47,15 +54,13 @@ pub struct HttpState {
     pub body_timeout: std::time::Duration,
 }
 
-impl HttpState {
-    /// The largest produce body: the record limit in base64 plus the JSON
-    /// around it; the record limit itself is checked on the decoded value,
-    /// as on every API.
-    fn max_body(&self) -> usize {
-        let b64 = (self.node.max_record_bytes() as usize).div_ceil(3) * 4;
-        // Slack for the JSON around it and encoders that escape '/' as '\/'.
-        b64 + b64 / 16 + 4096
-    }
+/// The largest produce body for a log of `max_record` bytes: the record
+/// limit in base64 plus the JSON around it; the record limit itself is
+/// checked on the decoded value, as on every API.
+fn max_body(max_record: u64) -> usize {
+    let b64 = (max_record as usize).div_ceil(3) * 4;
+    // Slack for the JSON around it and encoders that escape '/' as '\/'.
+    b64 + b64 / 16 + 4096
 }
 
 /// The slowest upload a body may take: a trickle below this rate (after
@@ -64,9 +69,9 @@ const MIN_BODY_RATE: usize = 64 << 10;
 
 /// Reads a request body within the body timeout and the size limit;
 /// answers 408 or 413 (JSON, as every error here) otherwise.
-async fn read_body(s: &HttpState, body: axum::body::Body) -> Result<Bytes, Response> {
+async fn read_body(s: &HttpState, max_record: u64, body: axum::body::Body) -> Result<Bytes, Response> {
     use axum::body::HttpBody as _;
-    let max = s.max_body();
+    let max = max_body(max_record);
     let expected = body.size_hint().exact().map_or(max, |n| (n as usize).min(max));
     let deadline = s.body_timeout + std::time::Duration::from_secs((expected / MIN_BODY_RATE) as u64);
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
@@ -79,8 +84,8 @@ async fn read_body(s: &HttpState, body: axum::body::Body) -> Result<Bytes, Respo
             Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "the request body is over {max} bytes: a record may be at most {} bytes (--max-record-bytes)",
-                    s.node.max_record_bytes()
+                    "the request body is over {max} bytes: a record may be at most {max_record} bytes \
+                     (--max-record-bytes)"
                 ),
             ))
         }
@@ -128,6 +133,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(consume_body).post(produce))
         .route("/v1/records", axum::routing::post(produce))
         .route("/v1/records/{offset}", get(consume_path))
+        .route("/v1/logs", get(list_logs).post(create_log))
+        .route("/v1/logs/{log}", get(describe_log).delete(delete_log))
+        .route("/v1/logs/{log}/records", axum::routing::post(produce_log))
+        .route("/v1/logs/{log}/records/{offset}", get(consume_log_path))
         .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -227,17 +236,34 @@ struct RecordOut {
 
 type Peer = Option<Extension<PeerInfo>>;
 
-fn authorize(s: &HttpState, peer: &Peer, action: &'static str) -> Result<(), Response> {
+fn authorize(s: &HttpState, peer: &Peer, log: &str, action: &'static str) -> Result<(), Response> {
     s.auth
-        .check(peer.as_ref().map(|p| &p.0), action)
+        .check_on(peer.as_ref().map(|p| &p.0), log, action)
         .map_err(|e| error(http_auth_status(&e), e))
 }
 
 async fn produce(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
-    if let Err(r) = authorize(&s, &peer, ACT_PRODUCE) {
+    produce_to(&s, &peer, DEFAULT_LOG, body).await
+}
+
+async fn produce_log(
+    State(s): State<HttpState>,
+    peer: Peer,
+    Path(log): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    produce_to(&s, &peer, &log, body).await
+}
+
+async fn produce_to(s: &HttpState, peer: &Peer, log: &str, body: axum::body::Body) -> Response {
+    if let Err(r) = authorize(s, peer, log, ACT_PRODUCE) {
         return r;
     }
-    let body = match read_body(&s, body).await {
+    let cluster = match s.host.group_or_create(log).await {
+        Ok(c) => c,
+        Err(e) => return error(http_status(&e), e),
+    };
+    let body = match read_body(s, cluster.node().max_record_bytes(), body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -246,7 +272,7 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: axum::body::Body)
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let len = value.len() as u64;
-    match s.cluster.produce(&[value]).await.map(|o| o[0]) {
+    match cluster.produce(&[value]).await.map(|o| o[0]) {
         Ok(offset) => {
             s.metrics.records_in.inc();
             s.metrics.bytes_in.inc_by(len);
@@ -263,9 +289,13 @@ async fn produce(State(s): State<HttpState>, peer: Peer, body: axum::body::Body)
     }
 }
 
-async fn consume_at(s: &HttpState, offset: u64) -> Response {
+async fn consume_at(s: &HttpState, log: &str, offset: u64) -> Response {
     tracing::Span::current().record("offset", offset);
-    match s.cluster.read(offset, false).await {
+    let cluster = match s.host.group(log) {
+        Ok(c) => c,
+        Err(e) => return error(http_status(&e), e),
+    };
+    match cluster.read(offset, false).await {
         Ok(r) => {
             s.metrics.records_out.inc();
             s.metrics.bytes_out.inc_by(r.value.len() as u64);
@@ -282,26 +312,138 @@ async fn consume_at(s: &HttpState, offset: u64) -> Response {
 }
 
 async fn consume_body(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
-    if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
+    if let Err(r) = authorize(&s, &peer, DEFAULT_LOG, ACT_CONSUME) {
         return r;
     }
-    let body = match read_body(&s, body).await {
+    let body = match read_body(&s, 0, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     match parse_consume_body(&body) {
-        Ok(offset) => consume_at(&s, offset).await,
+        Ok(offset) => consume_at(&s, DEFAULT_LOG, offset).await,
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
 }
 
 async fn consume_path(State(s): State<HttpState>, peer: Peer, Path(offset): Path<String>) -> Response {
-    if let Err(r) = authorize(&s, &peer, ACT_CONSUME) {
+    consume_path_of(&s, &peer, DEFAULT_LOG, &offset).await
+}
+
+async fn consume_log_path(
+    State(s): State<HttpState>,
+    peer: Peer,
+    Path((log, offset)): Path<(String, String)>,
+) -> Response {
+    consume_path_of(&s, &peer, &log, &offset).await
+}
+
+async fn consume_path_of(s: &HttpState, peer: &Peer, log: &str, offset: &str) -> Response {
+    if let Err(r) = authorize(s, peer, log, ACT_CONSUME) {
         return r;
     }
-    match parse_offset_path(&offset) {
-        Ok(o) => consume_at(&s, o).await,
+    match parse_offset_path(offset) {
+        Ok(o) => consume_at(s, log, o).await,
         Err(message) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// A log as JSON (the fields of `sidelog.v1.LogInfo`).
+fn log_json(l: &crate::pb::sidelog::LogInfo) -> serde_json::Value {
+    let s = l.settings.clone().unwrap_or_default();
+    serde_json::json!({
+        "name": l.name,
+        "settings": {
+            "retention_bytes": s.retention_bytes,
+            "retention_age_secs": s.retention_age_secs,
+            "max_record_bytes": s.max_record_bytes,
+            "segment_max_bytes": s.segment_max_bytes,
+        },
+        "leader": l.leader,
+        "preferred_leader": l.preferred_leader,
+        "voters": l.voters,
+        "non_voters": l.learners,
+        "first_offset": l.first_offset,
+        "next_offset": l.next_offset,
+        "disk_bytes": l.disk_bytes,
+        "incarnation": l.incarnation,
+    })
+}
+
+async fn list_logs(State(s): State<HttpState>, peer: Peer) -> Response {
+    if let Err(r) = authorize(&s, &peer, OBJECT_ANY, ACT_CONSUME) {
+        return r;
+    }
+    let mut logs = vec![log_json(&crate::cluster::default_log_info(&s.host))];
+    for (spec, c) in s.host.logs() {
+        logs.push(log_json(&crate::cluster::log_info(&spec, c.as_deref())));
+    }
+    axum::Json(serde_json::json!({ "logs": logs })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    settings: crate::cluster::catalog::LogSettings,
+    #[serde(default)]
+    if_not_exists: bool,
+}
+
+async fn create_log(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
+    let body = match read_body(&s, 0, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: CreateBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {e} (expected {{\"name\":\"orders\",\"settings\":{{...}}}})"),
+            );
+        }
+    };
+    if let Err(r) = authorize(&s, &peer, &req.name, ACT_ADMIN) {
+        return r;
+    }
+    match s.host.create(&req.name, req.settings, req.if_not_exists).await {
+        Ok(spec) => {
+            let group = s.host.group(&spec.name).ok();
+            (
+                StatusCode::CREATED,
+                axum::Json(log_json(&crate::cluster::log_info(&spec, group.as_deref()))),
+            )
+                .into_response()
+        }
+        Err(e) => error(http_status(&e), e),
+    }
+}
+
+async fn describe_log(State(s): State<HttpState>, peer: Peer, Path(log): Path<String>) -> Response {
+    if let Err(r) = authorize(&s, &peer, &log, ACT_CONSUME) {
+        return r;
+    }
+    if log == DEFAULT_LOG {
+        return axum::Json(log_json(&crate::cluster::default_log_info(&s.host))).into_response();
+    }
+    let group = match s.host.group(&log) {
+        Ok(c) => c,
+        Err(e) => return error(http_status(&e), e),
+    };
+    match s.host.spec(&log) {
+        Some(spec) => axum::Json(log_json(&crate::cluster::log_info(&spec, Some(&group)))).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("log {log:?} does not exist")),
+    }
+}
+
+async fn delete_log(State(s): State<HttpState>, peer: Peer, Path(log): Path<String>) -> Response {
+    if let Err(r) = authorize(&s, &peer, &log, ACT_ADMIN) {
+        return r;
+    }
+    match s.host.delete(&log).await {
+        Ok(()) => axum::Json(serde_json::json!({ "deleted": log })).into_response(),
+        Err(e) => error(http_status(&e), e),
     }
 }
 
@@ -313,15 +455,36 @@ async fn alive(State(s): State<HttpState>) -> Response {
 }
 
 async fn ready(State(s): State<HttpState>) -> Response {
-    if s.cluster.is_ready() {
+    if s.host.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
-    } else {
+    } else if !s.host.default_group().is_ready() {
         error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: logs without a leader here: {}",
+                s.host.not_ready().join(", ")
+            ),
+        )
     }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let body = s.metrics.render(&s.node);
+    let logs: Vec<crate::telemetry::LogFigures> = s
+        .host
+        .groups()
+        .into_iter()
+        .map(|(name, c)| crate::telemetry::LogFigures {
+            name,
+            first_offset: c.node().log().first_offset(),
+            committed_offset: c.node().committed(),
+            disk_bytes: c.node().log().disk_bytes(),
+            leader: c.is_leader(),
+            ready: c.is_ready(),
+        })
+        .collect();
+    let body = s.metrics.render(&s.node, &logs);
     (
         [(
             header::CONTENT_TYPE,

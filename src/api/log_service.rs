@@ -10,8 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::{self, log_server::Log as LogApi};
 use crate::{
-    cluster::Cluster,
-    node::LogNode,
+    cluster::{Cluster, catalog::DEFAULT_LOG, host::Host},
     node::NodeError,
     security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
     telemetry::Metrics,
@@ -27,8 +26,9 @@ const PRODUCE_STREAM_WINDOW: usize = 1024;
 
 #[derive(Clone)]
 pub struct LogService {
-    cluster: Arc<Cluster>,
-    node: Arc<LogNode>,
+    host: Arc<Host>,
+    /// `--max-record-bytes` of the default log (the decoder's bound).
+    max_record_bytes: u64,
     auth: Arc<Authorizer>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -42,15 +42,10 @@ pub struct LogService {
 const DEFAULT_MAX_STREAMS: usize = 1024;
 
 impl LogService {
-    pub fn new(
-        cluster: Arc<Cluster>,
-        auth: Arc<Authorizer>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(host: Arc<Host>, auth: Arc<Authorizer>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         LogService {
-            node: cluster.node().clone(),
-            cluster,
+            max_record_bytes: host.default_group().node().max_record_bytes(),
+            host,
             auth,
             metrics,
             shutdown,
@@ -70,16 +65,16 @@ impl LogService {
     /// only (see `convert::ROUTE_KEY`), unless the leader's client address
     /// is ours too (sidecars on loopback: redirecting would loop);
     /// otherwise counts what will be forwarded.
-    fn route<T>(&self, request: &Request<T>, records: u64) -> Result<(), Status> {
-        if self.cluster.is_leader() {
+    fn route<T>(&self, cluster: &Cluster, request: &Request<T>, records: u64) -> Result<(), Status> {
+        if cluster.is_leader() {
             return Ok(());
         }
         let leader_only = request
             .metadata()
             .get(super::convert::ROUTE_KEY)
             .is_some_and(|v| v.as_bytes() == b"leader");
-        if leader_only && !self.cluster.leader_shares_our_client_addr() {
-            return Err(self.cluster.not_leader().into());
+        if leader_only && !cluster.leader_shares_our_client_addr() {
+            return Err(cluster.not_leader().into());
         }
         self.metrics.records_forwarded.inc_by(records);
         Ok(())
@@ -90,19 +85,33 @@ impl LogService {
         self.metrics.bytes_in.inc_by(bytes as u64);
     }
 
-    /// Checks the caller (the client certificate's subject, with TLS) may do `action`.
-    fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> Result<(), Status> {
+    /// Checks the caller (the client certificate's subject, with TLS) may
+    /// do `action` on the log `log` (empty: `default`).
+    fn authorize<T>(&self, request: &Request<T>, log: &str, action: &'static str) -> Result<(), Status> {
         let peer = request.extensions().get::<PeerInfo>();
         if let Some(subject) = peer.and_then(|p| p.subject.as_deref()) {
             tracing::Span::current().record("subject", subject);
         }
-        self.auth.check(peer, action).map_err(Status::from)
+        self.auth.check_on(peer, object(log), action).map_err(Status::from)
+    }
+
+    /// The group of the log a request names, once the caller may do
+    /// `action` on it.
+    async fn target<T>(&self, request: &Request<T>, log: &str, action: &'static str) -> Result<Arc<Cluster>, Status> {
+        self.authorize(request, log, action)?;
+        if !log.is_empty() {
+            tracing::Span::current().record("log", log);
+        }
+        if action == ACT_PRODUCE {
+            return Ok(self.host.group_or_create(log).await?);
+        }
+        Ok(self.host.group(log)?)
     }
 
     pub fn into_server(self) -> pb::log_server::LogServer<Self> {
         // Leave room above the record limit for framing and batches, so an
         // oversize record reaches our check and gets INVALID_ARGUMENT.
-        let limit = (self.node.max_record_bytes() as usize)
+        let limit = (self.max_record_bytes.max(64 << 20) as usize)
             .saturating_mul(2)
             .saturating_add(1 << 20)
             .max(4 << 20);
@@ -110,6 +119,11 @@ impl LogService {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
     }
+}
+
+/// The ACL object of a log name (empty: `default`).
+fn object(log: &str) -> &str {
+    if log.is_empty() { DEFAULT_LOG } else { log }
 }
 
 fn value_of(req: pb::ProduceRequest) -> Result<bytes::Bytes, Status> {
@@ -145,8 +159,15 @@ impl StreamChunk {
         self.values.len() < Self::MAX_RECORDS && self.bytes < Self::MAX_BYTES
     }
 
-    fn take(&mut self, req: Option<Result<pb::ProduceRequest, Status>>, node: &crate::node::LogNode) {
+    fn take(&mut self, req: Option<Result<pb::ProduceRequest, Status>>, node: &crate::node::LogNode, log: &str) {
         match req {
+            Some(Ok(req)) if req.log != log => {
+                self.stop = Some(StreamStop::Invalid(Status::invalid_argument(format!(
+                    "a ProduceStream writes one log: this stream writes {:?}, a request named {:?}",
+                    object(log),
+                    object(&req.log)
+                ))))
+            }
             Some(Ok(req)) => match value_of(req).and_then(|v| node.check_size(&v).map(|()| v).map_err(Status::from)) {
                 Ok(v) => {
                     self.bytes += v.len();
@@ -189,10 +210,10 @@ impl LogService {
     /// the polls read it instead.
     async fn consume_stream_remote(
         &self,
+        cluster: Arc<Cluster>,
         request: pb::ConsumeRequest,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<BoxStream<pb::ConsumeResponse>>, Status> {
-        let cluster = self.cluster.clone();
         // The first read answers out-of-range (and a linearizable read's
         // barrier) as a status on the call.
         let (first, _, _) = cluster
@@ -266,10 +287,10 @@ impl LogService {
 #[tonic::async_trait]
 impl LogApi for LogService {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
-        self.authorize(&request, ACT_PRODUCE)?;
-        self.route(&request, 1)?;
+        let cluster = self.target(&request, &request.get_ref().log, ACT_PRODUCE).await?;
+        self.route(&cluster, &request, 1)?;
         let value = value_of(request.into_inner())?;
-        let offset = self.cluster.produce(std::slice::from_ref(&value)).await?[0];
+        let offset = cluster.produce(std::slice::from_ref(&value)).await?[0];
         self.count_in(1, value.len());
         tracing::Span::current().record("offset", offset);
         Ok(Response::new(pb::ProduceResponse { offset }))
@@ -279,20 +300,20 @@ impl LogApi for LogService {
         &self,
         request: Request<pb::ProduceBatchRequest>,
     ) -> Result<Response<pb::ProduceBatchResponse>, Status> {
-        self.authorize(&request, ACT_PRODUCE)?;
-        self.route(&request, request.get_ref().records.len() as u64)?;
+        let cluster = self.target(&request, &request.get_ref().log, ACT_PRODUCE).await?;
+        self.route(&cluster, &request, request.get_ref().records.len() as u64)?;
         let values: Vec<bytes::Bytes> = request.into_inner().records.into_iter().map(|r| r.value).collect();
         tracing::Span::current().record("records", values.len());
-        let offsets = self.cluster.produce(&values).await?;
+        let offsets = cluster.produce(&values).await?;
         self.count_in(values.len() as u64, values.iter().map(|v| v.len()).sum());
         tracing::Span::current().record("offset", offsets[0]);
         Ok(Response::new(pb::ProduceBatchResponse { offsets }))
     }
 
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
-        self.authorize(&request, ACT_CONSUME)?;
+        let cluster = self.target(&request, &request.get_ref().log, ACT_CONSUME).await?;
         let request = request.into_inner();
-        let record = self.cluster.read(request.offset, request.linearizable).await?;
+        let record = cluster.read(request.offset, request.linearizable).await?;
         self.metrics.records_out.inc();
         self.metrics.bytes_out.inc_by(record.value.len() as u64);
         Ok(Response::new(pb::ConsumeResponse {
@@ -310,8 +331,9 @@ impl LogApi for LogService {
         // stream opens (a read barrier may wait) is not missed.
         let changes = self.auth.changes();
         let peer = request.extensions().get::<PeerInfo>().cloned();
+        let log = object(&request.get_ref().log).to_owned();
         let resp = self.open_consume_stream(request).await?;
-        Ok(resp.map(|s| revocable(s, changes, self.auth.clone(), peer, ACT_CONSUME)))
+        Ok(resp.map(|s| revocable(s, changes, self.auth.clone(), peer, log, ACT_CONSUME)))
     }
 
     type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
@@ -335,7 +357,8 @@ impl LogApi for LogService {
             .authenticate(request.extensions().get::<PeerInfo>())
             .map_err(Status::from)?;
         let servers = self
-            .cluster
+            .host
+            .group(&request.get_ref().log)?
             .servers()
             .into_iter()
             .map(|s| pb::Server {
@@ -366,7 +389,7 @@ impl LogService {
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<BoxStream<pb::ConsumeResponse>>, Status> {
-        self.authorize(&request, ACT_CONSUME)?;
+        let cluster = self.target(&request, &request.get_ref().log, ACT_CONSUME).await?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "too many open ConsumeStreams (limit {}, --max-consume-streams): retry later",
@@ -374,17 +397,19 @@ impl LogService {
             ))
         })?;
         let request = request.into_inner();
-        if self.cluster.reads_remote().is_some() {
-            return self.consume_stream_remote(request, permit).await;
+        if cluster.reads_remote().is_some() {
+            return self.consume_stream_remote(cluster, request, permit).await;
         }
         if request.linearizable {
-            self.cluster.read_barrier().await?;
+            cluster.read_barrier().await?;
         }
         let mut next = request.offset;
+        let node = cluster.node().clone();
         // Fail fast, as a status on the call, for an offset that is out of range now.
-        self.node.read_batch(next, 0, 0)?;
+        node.read_batch(next, 0, 0)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let node = self.node.clone();
+        // A deleted log ends its streams.
+        let gone = cluster.stopped();
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -416,6 +441,10 @@ impl LogService {
                     tokio::select! {
                         changed = commit.changed() => if changed.is_err() { return },
                         _ = tx.closed() => return,
+                        _ = gone.cancelled(), if !shutdown.is_cancelled() => {
+                            let _ = tx.try_send(Err(Status::not_found("the log was deleted")));
+                            return;
+                        }
                         _ = shutdown.cancelled() => {
                             let _ = tx.try_send(Err(Status::unavailable("server is shutting down")));
                             return;
@@ -431,6 +460,25 @@ impl LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// A ProduceStream's log, once the caller may produce to it (and this
+    /// node leads it, or shares the leader's address, when the caller
+    /// asked for the leader only).
+    async fn stream_target(
+        &self,
+        peer: Option<&PeerInfo>,
+        log: &str,
+        leader_only: bool,
+    ) -> Result<Arc<Cluster>, Status> {
+        self.auth
+            .check_on(peer, object(log), ACT_PRODUCE)
+            .map_err(Status::from)?;
+        let cluster = self.host.group_or_create(log).await?;
+        if leader_only && !cluster.is_leader() && !cluster.leader_shares_our_client_addr() {
+            return Err(cluster.not_leader().into());
+        }
+        Ok(cluster)
+    }
+
     async fn open_produce_stream(
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
@@ -438,13 +486,14 @@ impl LogService {
         let mut changes = self.auth.changes();
         let auth = self.auth.clone();
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        self.authorize(&request, ACT_PRODUCE)?;
-        // Checked once, when the stream opens: a leader-aware client
-        // reopens its stream elsewhere when leadership moves.
-        self.route(&request, 0)?;
+        self.auth.authenticate(peer.as_ref()).map_err(Status::from)?;
+        let leader_only = request
+            .metadata()
+            .get(super::convert::ROUTE_KEY)
+            .is_some_and(|v| v.as_bytes() == b"leader");
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let cluster = self.cluster.clone();
+        let this = self.clone();
         let metrics = self.metrics.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -452,6 +501,27 @@ impl LogService {
             // received together (one proposal, one commit wait for the
             // chunk); commits are awaited concurrently and answered in order,
             // one response per record.
+            //
+            // The stream's log is the one its first request names: the
+            // right to it and the leader-only route are checked then (a
+            // leader-aware client reopens its stream elsewhere when
+            // leadership moves); a refusal is the stream's first answer.
+            let mut first = match inbound.next().await {
+                Some(Ok(first)) => Some(first),
+                Some(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                None => return,
+            };
+            let log = first.as_ref().map(|f| f.log.clone()).unwrap_or_default();
+            let cluster = match this.stream_target(peer.as_ref(), &log, leader_only).await {
+                Ok(c) => c,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
             let mut waiting = FuturesOrdered::new();
             let mut in_flight = 0usize;
             let mut inbound_open = true;
@@ -465,7 +535,7 @@ impl LogService {
                     changed = changes.changed(), if inbound_open && policy_live => {
                         if changed.is_err() {
                             policy_live = false;
-                        } else if let Err(e) = auth.check(peer.as_ref(), ACT_PRODUCE) {
+                        } else if let Err(e) = auth.check_on(peer.as_ref(), object(&log), ACT_PRODUCE) {
                             tracing::info!(cause = %e, "a policy reload revoked an open ProduceStream's right");
                             inbound_open = false;
                             let status = Status::from(e);
@@ -474,12 +544,13 @@ impl LogService {
                             in_flight += 1;
                         }
                     },
-                    req = inbound.next(), if inbound_open && in_flight < PRODUCE_STREAM_WINDOW => {
+                    req = async { match first.take() { Some(f) => Some(Ok(f)), None => inbound.next().await } },
+                        if inbound_open && in_flight < PRODUCE_STREAM_WINDOW => {
                         let mut chunk = StreamChunk::default();
-                        chunk.take(req, cluster.node());
+                        chunk.take(req, cluster.node(), &log);
                         while chunk.stop.is_none() && chunk.wants_more() {
                             match inbound.next().now_or_never() {
-                                Some(req) => chunk.take(req, cluster.node()),
+                                Some(req) => chunk.take(req, cluster.node(), &log),
                                 None => break,
                             }
                         }
@@ -591,25 +662,26 @@ fn revocable<T: Send + 'static>(
     changes: tokio::sync::watch::Receiver<u64>,
     auth: Arc<Authorizer>,
     peer: Option<PeerInfo>,
+    log: String,
     action: &'static str,
 ) -> BoxStream<T> {
     Box::pin(futures_util::stream::unfold(
-        (inner, changes, auth, peer, false),
-        move |(mut inner, mut changes, auth, peer, ended)| async move {
+        (inner, changes, auth, peer, log, false),
+        move |(mut inner, mut changes, auth, peer, log, ended)| async move {
             if ended {
                 return None;
             }
             loop {
                 tokio::select! {
-                    item = inner.next() => return item.map(|i| (i, (inner, changes, auth, peer, false))),
+                    item = inner.next() => return item.map(|i| (i, (inner, changes, auth, peer, log, false))),
                     changed = changes.changed() => {
                         if changed.is_err() {
                             // The policy can no longer change: just the stream.
-                            return inner.next().await.map(|i| (i, (inner, changes, auth, peer, false)));
+                            return inner.next().await.map(|i| (i, (inner, changes, auth, peer, log, false)));
                         }
-                        if let Err(e) = auth.check(peer.as_ref(), action) {
+                        if let Err(e) = auth.check_on(peer.as_ref(), &log, action) {
                             tracing::info!(cause = %e, "a policy reload revoked an open stream's right");
-                            return Some((Err(Status::from(e)), (inner, changes, auth, peer, true)));
+                            return Some((Err(Status::from(e)), (inner, changes, auth, peer, log, true)));
                         }
                     }
                 }

@@ -9,12 +9,7 @@ pub mod idle_timeout;
 pub mod log_service;
 pub mod observe;
 
-/// Generated protobuf and gRPC code for `log.v1`.
-pub mod pb {
-    tonic::include_proto!("log.v1");
-}
-
-/// Encoded descriptor set of our protos, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+/// Generated code for `log.v1` (it lives in [`crate::pb`]).
+pub use crate::pb::{FILE_DESCRIPTOR_SET, log as pb};
 
 pub use log_service::LogService;

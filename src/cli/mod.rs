@@ -1,5 +1,6 @@
 //! The `sidelog` command line: subcommands and their flags.
 
+mod logs;
 pub mod perf;
 mod perf_etcd;
 mod perf_nats;
@@ -45,7 +46,11 @@ pub enum Command {
     DevCerts(DevCertsArgs),
     /// Inspect or change the cluster: `status`, `remove NAME`.
     Cluster(ClusterArgs),
+    /// Named logs: `create NAME`, `list`, `describe NAME`, `delete NAME`.
+    Log(logs::LogArgs),
 }
+
+pub use logs::log as log_command;
 
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
@@ -85,7 +90,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let mut admin = client.cluster();
     match args.action {
         ClusterAction::Status { .. } => {
-            let s = admin.status(crate::cluster::pb::StatusRequest {}).await?.into_inner();
+            let s = admin.status(crate::pb::sidelog::StatusRequest {}).await?.into_inner();
             let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
             let mut out = std::io::stdout().lock();
             writeln!(out, "node:      {} ({})", s.id, s.state).map_err(stdout_err)?;
@@ -179,7 +184,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         }
         ClusterAction::Remove { id, .. } => {
             admin
-                .remove(crate::cluster::pb::RemoveRequest { id: id.clone() })
+                .remove(crate::pb::sidelog::RemoveRequest { id: id.clone() })
                 .await?;
             println!("removed {id}");
         }
@@ -279,6 +284,15 @@ impl ConnectArgs {
         Ok(RoutedClient::connect(&self.addr, self.tls()).await?)
     }
 
+    /// The leader-aware client for the named log `log` (empty: `default`).
+    pub async fn routed_log(&self, log: &str) -> anyhow::Result<RoutedClient> {
+        let options = crate::client::RoutingOptions {
+            log: log.to_owned(),
+            ..Default::default()
+        };
+        Ok(RoutedClient::connect_with(&self.addr, self.tls(), options).await?)
+    }
+
     /// A connection to the leader.
     pub async fn leader(&self) -> anyhow::Result<Client> {
         Ok(self.routed().await?.leader().await?)
@@ -294,6 +308,9 @@ impl ConnectArgs {
 pub struct ProduceArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The named log to write to [default: the `default` log].
+    #[arg(long, env = "SIDELOG_LOG", value_name = "NAME", default_value = "")]
+    pub log: String,
     /// The record's value; without it, each non-empty line of standard input is a record.
     #[arg(long, value_name = "S")]
     pub value: Option<String>,
@@ -303,6 +320,9 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The named log to read [default: the `default` log].
+    #[arg(long, env = "SIDELOG_LOG", value_name = "NAME", default_value = "")]
+    pub log: String,
     /// First offset to print.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub offset: u64,
@@ -315,7 +335,7 @@ pub struct ConsumeArgs {
 const STDIN_BATCH: usize = 1000;
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let client = args.connect.routed().await?;
+    let client = args.connect.routed_log(&args.log).await?;
     let mut out = std::io::stdout().lock();
     if let Some(v) = args.value {
         writeln!(out, "{}", client.produce(v).await?).map_err(stdout_err)?;
@@ -373,7 +393,7 @@ fn print_record(out: &mut impl Write, offset: u64, value: &[u8]) -> std::io::Res
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     use futures_util::StreamExt;
-    let client = args.connect.routed().await?;
+    let client = args.connect.routed_log(&args.log).await?;
     let stdout = std::io::stdout();
     if args.follow {
         let mut stream = client.follow(args.offset);

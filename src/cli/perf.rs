@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ConnectArgs;
-use crate::{api::pb, client::Client};
+use crate::{client::Client, pb::log as pb};
 
 #[derive(Args, Debug)]
 pub struct PerfArgs {
@@ -54,6 +54,9 @@ pub enum Mode {
 pub struct ProducePerf {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The named log to write to [default: the `default` log].
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub log: String,
     /// Records to produce.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
@@ -84,6 +87,9 @@ pub struct ProducePerf {
 pub struct ConsumePerf {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The named log to read [default: the `default` log].
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub log: String,
     /// Records to consume.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
@@ -162,7 +168,7 @@ async fn produce(p: ProducePerf) -> anyhow::Result<()> {
         Mode::Jetstream | Mode::Etcd => None,
         // Straight to the leader, as GetServers names it: no forward hop
         // in the figures.
-        _ => Some(p.connect.leader().await?),
+        _ => Some(p.connect.routed_log(&p.log).await?.leader().await?),
     };
     let reporter = progress(done.clone(), p.records, "produced");
     let start = Instant::now();
@@ -278,6 +284,7 @@ async fn produce_stream(
     let sent_at = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(p.inflight)));
     let sender = {
         let (window, sent_at, total) = (window.clone(), sent_at.clone(), p.records);
+        let log = p.log.clone();
         tokio::spawn(async move {
             for _ in 0..total {
                 window.acquire().await.expect("open").forget();
@@ -286,7 +293,11 @@ async fn produce_stream(
                     value: value.clone(),
                     ..Default::default()
                 };
-                if tx.send(pb::ProduceRequest { record: Some(record) }).await.is_err() {
+                let req = pb::ProduceRequest {
+                    record: Some(record),
+                    log: log.clone(),
+                };
+                if tx.send(req).await.is_err() {
                     return;
                 }
             }
@@ -313,7 +324,7 @@ async fn produce_stream(
 }
 
 async fn consume(c: ConsumePerf) -> anyhow::Result<()> {
-    let mut client = c.connect.reader().await?;
+    let mut client = c.connect.routed_log(&c.log).await?.reader().await?;
     let done = Arc::new(AtomicU64::new(0));
     let reporter = progress(done.clone(), c.records, "consumed");
     let start = Instant::now();

@@ -23,7 +23,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::api::pb::{self, log_client::LogClient};
+use crate::pb::log::{self as pb, log_client::LogClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -49,6 +49,10 @@ pub enum ClientError {
     },
     #[error("no agent answered (tried {tried}): {cause}")]
     NoServers { tried: String, cause: String },
+    /// An agent answered, and refused: the named log does not exist, or
+    /// its name is invalid.
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -119,6 +123,8 @@ pub struct ClientTls {
 pub struct Client {
     inner: LogClient<Channel>,
     channel: Channel,
+    /// The named log the calls are for (empty: `default`).
+    log: String,
 }
 
 /// `127.0.0.1:8400` or `http://127.0.0.1:8400` → a URI.
@@ -163,7 +169,11 @@ impl Client {
         let inner = LogClient::new(channel.clone())
             .max_decoding_message_size(512 << 20)
             .max_encoding_message_size(512 << 20);
-        Client { inner, channel }
+        Client {
+            inner,
+            channel,
+            log: String::new(),
+        }
     }
 
     fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
@@ -195,8 +205,19 @@ impl Client {
     }
 
     /// The cluster admin service of the same agent.
-    pub fn cluster(&self) -> crate::cluster::pb::cluster_client::ClusterClient<Channel> {
-        crate::cluster::pb::cluster_client::ClusterClient::new(self.channel.clone())
+    pub fn cluster(&self) -> crate::pb::sidelog::cluster_client::ClusterClient<Channel> {
+        crate::pb::sidelog::cluster_client::ClusterClient::new(self.channel.clone())
+    }
+
+    /// The same connection, for the named log `log` (empty: `default`).
+    pub fn with_log(mut self, log: &str) -> Client {
+        self.log = log.to_owned();
+        self
+    }
+
+    /// The named log the calls are for.
+    pub fn log(&self) -> &str {
+        &self.log
     }
 
     /// The generated client, for calls this type does not wrap.
@@ -210,7 +231,13 @@ impl Client {
             value: value.into(),
             ..Default::default()
         };
-        let resp = self.inner.produce(pb::ProduceRequest { record: Some(record) }).await?;
+        let resp = self
+            .inner
+            .produce(pb::ProduceRequest {
+                record: Some(record),
+                log: self.log.clone(),
+            })
+            .await?;
         Ok(resp.into_inner().offset)
     }
 
@@ -223,7 +250,13 @@ impl Client {
                 ..Default::default()
             })
             .collect();
-        let resp = self.inner.produce_batch(pb::ProduceBatchRequest { records }).await?;
+        let resp = self
+            .inner
+            .produce_batch(pb::ProduceBatchRequest {
+                records,
+                log: self.log.clone(),
+            })
+            .await?;
         Ok(resp.into_inner().offsets)
     }
 
@@ -233,6 +266,7 @@ impl Client {
             .consume(pb::ConsumeRequest {
                 offset,
                 linearizable: false,
+                log: self.log.clone(),
             })
             .await?;
         resp.into_inner()
@@ -247,6 +281,7 @@ impl Client {
             .consume_stream(pb::ConsumeRequest {
                 offset,
                 linearizable: false,
+                log: self.log.clone(),
             })
             .await?
             .into_inner())
@@ -255,7 +290,7 @@ impl Client {
     pub async fn get_servers(&mut self) -> Result<Vec<pb::Server>, Status> {
         Ok(self
             .inner
-            .get_servers(pb::GetServersRequest {})
+            .get_servers(pb::GetServersRequest { log: self.log.clone() })
             .await?
             .into_inner()
             .servers)

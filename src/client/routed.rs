@@ -36,11 +36,9 @@ use tonic::{Code, Request, Status};
 
 use super::{Backoff, Client, ClientError, ClientTls, ServerSet};
 use crate::{
-    api::{
-        convert::{ROUTE_KEY, leader_of, never_sent, next_offset_of, outcome_of, with_outcome},
-        pb,
-    },
+    api::convert::{ROUTE_KEY, leader_of, never_sent, next_offset_of, outcome_of, with_outcome},
     node::Outcome,
+    pb::log as pb,
 };
 
 #[derive(Clone, Debug)]
@@ -53,6 +51,9 @@ pub struct RoutingOptions {
     pub call_timeout: Duration,
     /// First and longest backoff between attempts.
     pub backoff: (Duration, Duration),
+    /// The named log every call is for (empty: `default`): the servers
+    /// and the leader are that log's.
+    pub log: String,
 }
 
 impl Default for RoutingOptions {
@@ -62,6 +63,7 @@ impl Default for RoutingOptions {
             retry_for: Duration::from_secs(30),
             call_timeout: Duration::from_secs(15),
             backoff: (Duration::from_millis(20), Duration::from_secs(1)),
+            log: String::new(),
         }
     }
 }
@@ -98,6 +100,8 @@ struct State {
     down: HashMap<String, Instant>,
     /// Why the last refresh found no server, in the user's terms.
     last_error: Option<String>,
+    /// An agent refused the named log (missing, bad name).
+    refused: Option<String>,
 }
 
 /// How long reads avoid a server that failed.
@@ -169,6 +173,9 @@ impl RoutedClient {
             client.conn(s)?;
         }
         if !client.refresh().await {
+            if let Some(refused) = client.state().refused.take() {
+                return Err(ClientError::Refused(refused));
+            }
             let cause = client
                 .state()
                 .last_error
@@ -190,7 +197,7 @@ impl RoutedClient {
         if let Some(c) = self.state().conns.get(addr) {
             return Ok(c.clone());
         }
-        let c = Client::lazy(addr, self.inner.tls.as_ref())?;
+        let c = Client::lazy(addr, self.inner.tls.as_ref())?.with_log(&self.inner.options.log);
         self.state().conns.insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -229,10 +236,20 @@ impl RoutedClient {
                     continue;
                 }
             };
-            let mut req = Request::new(pb::GetServersRequest {});
+            let mut req = Request::new(pb::GetServersRequest {
+                log: self.inner.options.log.clone(),
+            });
             req.set_timeout(Duration::from_secs(2));
             let resp = match c.raw().get_servers(req).await {
                 Ok(r) => r,
+                // The agent answered for the named log: it does not exist
+                // or its name is bad. Asking others would say the same.
+                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                    let mut st = self.state();
+                    st.stale = true;
+                    st.refused = Some(super::describe_status(&status, self.inner.tls.as_ref()));
+                    return false;
+                }
                 Err(status) => {
                     last_error = Some(format!(
                         "{addr}: {}",
@@ -249,6 +266,7 @@ impl RoutedClient {
                 continue;
             }
             let mut st = self.state();
+            st.refused = None;
             let mut set = set;
             set.keep_rotation(&st.servers);
             st.servers = set;
@@ -392,7 +410,10 @@ impl RoutedClient {
                     value: value.clone(),
                     ..Default::default()
                 };
-                let msg = pb::ProduceRequest { record: Some(record) };
+                let msg = pb::ProduceRequest {
+                    record: Some(record),
+                    log: self.inner.options.log.clone(),
+                };
                 let req = if to_leader { leader_only(msg) } else { Request::new(msg) };
                 async move { Ok(c.raw().produce(req).await?.into_inner().offset) }
             })
@@ -412,7 +433,10 @@ impl RoutedClient {
                         ..Default::default()
                     })
                     .collect();
-                let msg = pb::ProduceBatchRequest { records };
+                let msg = pb::ProduceBatchRequest {
+                    records,
+                    log: self.inner.options.log.clone(),
+                };
                 let req = if to_leader { leader_only(msg) } else { Request::new(msg) };
                 async move { Ok(c.raw().produce_batch(req).await?.into_inner().offsets) }
             })
@@ -442,6 +466,7 @@ impl RoutedClient {
                     let req = pb::ConsumeRequest {
                         offset,
                         linearizable: true,
+                        log: c.log().to_owned(),
                     };
                     c.raw()
                         .consume(req)

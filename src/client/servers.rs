@@ -2,7 +2,7 @@
 //! resolver), and how it picks a server for each call (the book's picker):
 //! writes to the leader, reads round-robin over the followers.
 
-use crate::api::pb;
+use crate::pb::log as pb;
 
 #[derive(Clone, Debug, Default)]
 pub struct ServerSet {

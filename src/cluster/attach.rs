@@ -425,6 +425,7 @@ impl Cluster {
             .client(Some(home), &info.peer_addr)
             .map_err(|e| unavailable(format!("reading from {}: {e}", info.name)))?;
         let mut req = tonic::Request::new(pb::ReadRequest {
+            group: self.config.group.clone(),
             offset,
             max_records: max_records.min(u32::MAX as usize) as u32,
             max_bytes: max_bytes.min(u32::MAX as usize) as u32,

@@ -83,7 +83,11 @@ impl Cluster {
             .peers
             .client(Some(&leader), addr)
             .map_err(|e| unavailable(format!("forwarding to leader {leader}: {e}")))?;
-        let mut req = tonic::Request::new(pb::ForwardRequest { values });
+        let mut req = tonic::Request::new(pb::ForwardRequest {
+            values,
+            group: self.config.group.clone(),
+            catalog_op: Default::default(),
+        });
         req.set_timeout(self.config.write_timeout);
         crate::trace_context::inject(&mut req);
         let offsets = client
@@ -119,5 +123,51 @@ impl Cluster {
             )));
         }
         Ok(offsets)
+    }
+}
+
+impl Cluster {
+    /// Sends a catalog change to the default group's leader; returns its
+    /// Raft index and what applying it did.
+    pub(super) async fn forward_catalog(
+        &self,
+        op: &super::catalog::CatalogOp,
+    ) -> Result<(u64, super::catalog::Applied), NodeError> {
+        let (leader, info) = self
+            .wait_leader(self.config.write_timeout)
+            .await
+            .ok_or_else(|| unavailable("no leader known for the catalog change; nothing was changed"))?;
+        let mut client = self
+            .peers
+            .client(Some(&leader), &info.peer_addr)
+            .map_err(|e| unavailable(format!("forwarding to leader {}: {e}", info.name)))?;
+        let op = serde_json::to_vec(op).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let mut req = tonic::Request::new(pb::ForwardRequest {
+            catalog_op: op.into(),
+            ..Default::default()
+        });
+        req.set_timeout(self.config.write_timeout);
+        let resp = client
+            .forward(req)
+            .await
+            .map_err(|s| {
+                let msg = format!("the catalog change through leader {}: {}", info.name, s.message());
+                match s.code() {
+                    tonic::Code::InvalidArgument => NodeError::InvalidArgument(msg),
+                    tonic::Code::NotFound => NodeError::NotFound(msg),
+                    tonic::Code::AlreadyExists => NodeError::AlreadyExists(msg),
+                    tonic::Code::FailedPrecondition => NodeError::FailedPrecondition(msg),
+                    tonic::Code::Unimplemented => unavailable(msg),
+                    _ => match crate::api::convert::outcome_of(&s) {
+                        Some(crate::node::Outcome::NotWritten) => unavailable(msg),
+                        _ => NodeError::Unknown(msg),
+                    },
+                }
+            })?
+            .into_inner();
+        Ok((
+            resp.catalog_index,
+            super::catalog::Applied::from_u8(resp.catalog_applied as u8),
+        ))
     }
 }

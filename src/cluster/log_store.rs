@@ -82,8 +82,15 @@ pub fn decode_entry(r: Batch) -> Result<Entry, StorageError> {
             count: r.count,
             body: r.body,
             base_offset: r.base_offset,
+            op: None,
         }),
         Kind::Control if r.body.is_empty() => EntryPayload::Blank,
+        Kind::Control if r.body.starts_with(CATALOG_PREFIX) => EntryPayload::Normal(Request {
+            base_offset: r.base_offset,
+            ..Request::catalog(
+                decode_catalog(&r.body).map_err(|e| io_error(ErrorSubject::LogIndex(r.index), ErrorVerb::Read, e))?,
+            )
+        }),
         Kind::Control => EntryPayload::Membership(
             serde_json::from_slice::<Membership>(&r.body)
                 .map_err(|e| io_error(ErrorSubject::LogIndex(r.index), ErrorVerb::Read, e))?,
@@ -95,9 +102,31 @@ pub fn decode_entry(r: Batch) -> Result<Entry, StorageError> {
     })
 }
 
+/// How a catalog change's control body starts (a membership's never
+/// does): `{"catalog":{"op":...}}`.
+pub const CATALOG_PREFIX: &[u8] = b"{\"catalog\":";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CatalogEntry {
+    catalog: crate::cluster::catalog::CatalogOp,
+}
+
+/// A catalog change as a control body.
+pub fn encode_catalog(op: &crate::cluster::catalog::CatalogOp) -> bytes::Bytes {
+    serde_json::to_vec(&CatalogEntry { catalog: op.clone() })
+        .expect("a catalog change serializes")
+        .into()
+}
+
+/// A control body that starts with [`CATALOG_PREFIX`].
+pub fn decode_catalog(body: &[u8]) -> Result<crate::cluster::catalog::CatalogOp, serde_json::Error> {
+    serde_json::from_slice::<CatalogEntry>(body).map(|e| e.catalog)
+}
+
 /// The batch kind, record count and body of an entry.
 pub fn encode_payload(payload: &EntryPayload<TypeConfig>) -> (Kind, u32, bytes::Bytes) {
     match payload {
+        EntryPayload::Normal(Request { op: Some(op), .. }) => (Kind::Control, 0, encode_catalog(op)),
         EntryPayload::Normal(req) => (Kind::Data, req.count, req.body.clone()),
         EntryPayload::Blank => (Kind::Control, 0, bytes::Bytes::new()),
         EntryPayload::Membership(m) => (

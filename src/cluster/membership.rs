@@ -148,6 +148,22 @@ pub fn majority_in_each(joint: &[BTreeSet<NodeId>], yes: impl Fn(&NodeId) -> boo
         .all(|cfg| cfg.iter().filter(|id| yes(id)).count() * 2 > cfg.len())
 }
 
+/// How long a follower waits without a leader before campaigning: a
+/// random time in the election timeout; in a named log's group, its
+/// preferred voter campaigns first (after the minimum) and the others
+/// after the maximum, so leadership returns to the preferred voter and
+/// stays spread (see `host`).
+fn election_wait(c: &Cluster, min: Duration, max: Duration) -> Duration {
+    if c.follows.is_none() {
+        return jitter(min, max);
+    }
+    if super::host::prefers_me(c) {
+        min
+    } else {
+        jitter(max, max + (max - min))
+    }
+}
+
 /// Drives elections with a pre-vote (see the module docs).
 pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationToken) {
     let Some((min, max)) = cluster.upgrade().map(|c| c.config.election_timeout) else {
@@ -190,7 +206,7 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
             continue;
         }
         last_attempt = Instant::now();
-        wait = jitter(min, max);
+        wait = election_wait(&c, min, max);
         let won = alone
             || tokio::select! {
                 won = c.pre_vote(&joint, m.current_term) => won,
@@ -759,6 +775,7 @@ impl Cluster {
             candidate: self.config.info.name.clone(),
             term: term + 1,
             last_log_id: last.as_ref().map(super::network::log_id_to_pb),
+            group: self.config.group.clone(),
         };
         let m = self.metrics();
         let membership = m.membership_config.membership();
@@ -1108,6 +1125,16 @@ impl Cluster {
 /// holds the cluster (and its log) after the node stopped.
 pub(super) fn spawn_loops(cluster: &Arc<Cluster>) {
     let token = cluster.shutdown.clone();
+    if let Some(default) = &cluster.follows {
+        // A named log's group: elections, and its leader makes its
+        // membership the default group's (see `host`).
+        let handles = [
+            tokio::spawn(run_elections(Arc::downgrade(cluster), token.clone())),
+            tokio::spawn(super::host::run_mirror(Arc::downgrade(cluster), default.clone(), token)),
+        ];
+        lock(&cluster.loops).extend(handles);
+        return;
+    }
     let handles = [
         tokio::spawn(run_elections(Arc::downgrade(cluster), token.clone())),
         tokio::spawn(run_upkeep(Arc::downgrade(cluster), token.clone())),

@@ -11,7 +11,9 @@
 //! batch under load.
 
 mod attach;
+pub mod catalog;
 mod forwarder;
+pub mod host;
 pub mod log_store;
 pub mod membership;
 pub mod network;
@@ -37,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use network::{Partition, Peers};
-pub use service::{ClusterAdmin, PeerService};
+pub use service::{ClusterAdmin, PeerService, default_info as default_log_info, log_info};
 pub use types::{NodeId, NodeInfo, Raft};
 
 use crate::{
@@ -45,9 +47,7 @@ use crate::{
     storage::FsyncPolicy,
 };
 
-pub mod pb {
-    tonic::include_proto!("sidelog.v1");
-}
+pub use crate::pb::sidelog as pb;
 
 /// How far (in entries) a node's applied index may trail its log before it
 /// reports not ready.
@@ -137,6 +137,9 @@ pub struct ClusterConfig {
     pub force_new_cluster: bool,
     /// Counts automatic membership changes by reason (a metric).
     pub membership_changes: Option<ChangeCounter>,
+    /// The Raft group: empty for the default log's (which also holds the
+    /// catalog and the membership), `name@incarnation` for a named log's.
+    pub group: String,
 }
 
 /// Counts membership changes by reason (see `telemetry`).
@@ -177,7 +180,7 @@ pub const DEFAULT_STANDBYS: usize = 2;
 /// 1 = pre-vote, membership upkeep, cluster ids; 2 = sidecars attached
 /// without a log (`Read`, `JoinRequest.may_attach`). Builds before 1 answer
 /// 0 and know none of it.
-pub const PEER_PROTOCOL: u32 = 2;
+pub const PEER_PROTOCOL: u32 = 3;
 
 /// `fut` if it finishes within `d`. A request's `set_timeout` only tells
 /// the server (grpc-timeout): a peer whose port accepts connections but
@@ -224,6 +227,7 @@ impl ClusterConfig {
             dead_member_timeout: DEFAULT_DEAD_MEMBER_TIMEOUT,
             force_new_cluster: false,
             membership_changes: None,
+            group: String::new(),
         }
     }
 }
@@ -270,6 +274,11 @@ pub struct Cluster {
     attached: std::sync::Mutex<std::collections::HashMap<NodeId, (NodeInfo, std::time::Instant)>>,
     /// Another node answered with this node's name (its peer address).
     name_clash: std::sync::Mutex<Option<String>>,
+    /// The default log's group: the catalog of named logs it applies.
+    catalog: Option<Arc<catalog::CatalogStore>>,
+    /// A named log's group: the default group, whose membership it follows
+    /// (see `host`).
+    follows: Option<Raft>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -286,13 +295,31 @@ impl Cluster {
     /// the peer service listens.
     pub async fn start(config: ClusterConfig, node: Arc<LogNode>) -> Result<Arc<Cluster>, ClusterError> {
         let dir = node.log().dir().to_owned();
-        let store = store::Store::open(node.clone(), &dir, config.fsync)?;
+        let catalog = catalog::CatalogStore::open(&dir).map_err(|e| ClusterError::Config(e.to_string()))?;
         let peers = Peers::new(
             config.id.clone(),
             config.peer_credentials.clone(),
             config.partition.clone(),
         );
-        check_same_cluster(&config, &store, &peers).await?;
+        Self::start_group(config, node, peers, Some(Arc::new(catalog)), None).await
+    }
+
+    /// Starts one Raft group over `node`'s log: the default log's (with the
+    /// catalog; it runs the membership) or a named log's (following the
+    /// default group's membership, `follows`), sharing `peers`'
+    /// connections.
+    pub(crate) async fn start_group(
+        config: ClusterConfig,
+        node: Arc<LogNode>,
+        peers: Peers,
+        catalog: Option<Arc<catalog::CatalogStore>>,
+        follows: Option<Raft>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let dir = node.log().dir().to_owned();
+        let store = store::Store::open(node.clone(), &dir, config.fsync)?;
+        if follows.is_none() {
+            check_same_cluster(&config, &store, &peers).await?;
+        }
         if config.force_new_cluster
             && store.force_single_voter(config.id, &config.info, &new_cluster_id())?
             && let Some(count) = &config.membership_changes
@@ -328,9 +355,9 @@ impl Cluster {
         let raft = Raft::new(
             config.id.clone(),
             Arc::new(raft_config),
-            network::NetworkFactory::new(peers.clone()),
+            network::NetworkFactory::new(peers.clone(), config.group.clone(), catalog.clone()),
             log_store::LogStore::new(store.clone()),
-            state_machine::StateMachine::new(store.clone()),
+            state_machine::StateMachine::with_catalog(store.clone(), catalog.clone()),
         )
         .await
         .map_err(|e| ClusterError::Fatal(e.to_string()))?;
@@ -352,6 +379,8 @@ impl Cluster {
             attachment: Default::default(),
             attached: Default::default(),
             name_clash: Default::default(),
+            catalog,
+            follows,
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -564,6 +593,31 @@ impl Cluster {
         Ok((first..first + n).collect())
     }
 
+    /// A failed `client_write` (a catalog change) as a node error.
+    pub(crate) fn client_write_error(
+        &self,
+        e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, NodeInfo>>,
+    ) -> NodeError {
+        use openraft::error::{ClientWriteError, RaftError};
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => NodeError::Unknown(
+                "leadership moved before the catalog change was committed; it may or may not have been made".into(),
+            ),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => unavailable(e.to_string()),
+            RaftError::Fatal(e) => NodeError::Unknown(format!("raft stopped: {e}")),
+        }
+    }
+
+    /// Cancelled once this group stops (shutdown, or its log deleted).
+    pub fn stopped(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The Raft group's id (empty: the default log's).
+    pub fn group_id(&self) -> &str {
+        &self.config.group
+    }
+
     /// Every member, with its advertised client address.
     pub fn servers(&self) -> Vec<ServerInfo> {
         if let Some(list) = self.attached_servers() {
@@ -654,7 +708,9 @@ impl Cluster {
             .peers
             .client(Some(&leader), &info.peer_addr)
             .map_err(|e| unavailable(e.to_string()))?;
-        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {
+            group: self.config.group.clone(),
+        });
         crate::trace_context::inject(&mut req);
         let index = client
             .read_index(req)

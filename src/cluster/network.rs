@@ -120,6 +120,15 @@ impl Peers {
         }
     }
 
+    /// The same connections with contacts of their own: each Raft group
+    /// hears from its own leader (one connection per peer for all groups).
+    pub fn for_group(&self) -> Peers {
+        Peers {
+            contacts: Default::default(),
+            ..self.clone()
+        }
+    }
+
     /// When each peer last answered, and when a leader last reached us.
     pub fn contacts(&self) -> &super::membership::Contacts {
         &self.contacts
@@ -254,6 +263,9 @@ pub fn log_id_from_pb(l: pb::LogId) -> LogId {
 fn entry_to_pb(e: &Entry) -> pb::Entry {
     let (kind, count, payload) = match &e.payload {
         EntryPayload::Blank => (pb::EntryKind::Blank, 0, bytes::Bytes::new()),
+        EntryPayload::Normal(Request { op: Some(op), .. }) => {
+            (pb::EntryKind::Catalog, 0, super::log_store::encode_catalog(op))
+        }
         EntryPayload::Normal(r) => (pb::EntryKind::Normal, r.count, r.body.clone()),
         EntryPayload::Membership(m) => (
             pb::EntryKind::Membership,
@@ -281,7 +293,13 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, tonic::Status> {
                 count: e.count,
                 body: e.payload,
                 base_offset: 0,
+                op: None,
             })
+        }
+        Ok(pb::EntryKind::Catalog) => {
+            EntryPayload::Normal(Request::catalog(super::log_store::decode_catalog(&e.payload).map_err(
+                |err| tonic::Status::invalid_argument(format!("bad catalog entry at index {}: {err}", e.index)),
+            )?))
         }
         Ok(pb::EntryKind::Membership) => EntryPayload::Membership(
             serde_json::from_slice::<Membership>(&e.payload)
@@ -306,6 +324,7 @@ pub fn append_request_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendE
         prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
         entries: r.entries.iter().map(entry_to_pb).collect(),
         leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+        group: String::new(),
     }
 }
 
@@ -393,11 +412,15 @@ pub fn node_info_from_pb(n: pb::NodeInfo) -> (NodeId, NodeInfo) {
 #[derive(Clone, Debug)]
 pub struct NetworkFactory {
     peers: Peers,
+    /// The group every call names (empty: the default log's).
+    group: String,
+    /// The default log's group: the catalog sent with snapshots.
+    catalog: Option<Arc<super::catalog::CatalogStore>>,
 }
 
 impl NetworkFactory {
-    pub fn new(peers: Peers) -> Self {
-        NetworkFactory { peers }
+    pub fn new(peers: Peers, group: String, catalog: Option<Arc<super::catalog::CatalogStore>>) -> Self {
+        NetworkFactory { peers, group, catalog }
     }
 }
 
@@ -409,6 +432,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             target,
             addr: node.peer_addr.clone(),
+            group: self.group.clone(),
+            catalog: self.catalog.clone(),
         }
     }
 }
@@ -419,6 +444,8 @@ pub struct PeerNetwork {
     peers: Peers,
     target: NodeId,
     addr: String,
+    group: String,
+    catalog: Option<Arc<super::catalog::CatalogStore>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
@@ -449,7 +476,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let mut client = self.client().map_err(|e| rpc_error(e))?;
-        let req = with_deadline(append_request_to_pb(&rpc), option.hard_ttl());
+        let mut msg = append_request_to_pb(&rpc);
+        msg.group.clone_from(&self.group);
+        let req = with_deadline(msg, option.hard_ttl());
         let resp = client.append_entries(req).await.map_err(|s| rpc_error(s.into()))?;
         self.peers.contacts.answered(self.target);
         Ok(append_response_from_pb(resp.into_inner()))
@@ -461,6 +490,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             pb::VoteRequest {
                 vote: Some(vote_to_pb(&rpc.vote)),
                 last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
+                group: self.group.clone(),
             },
             option.hard_ttl(),
         );
@@ -501,11 +531,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         };
         let _cleanup = RemoveDir(dir);
         let meta = serde_json::to_vec(&snapshot.meta).map_err(|e| net(&e))?;
+        let catalog = match &self.catalog {
+            Some(c) => serde_json::to_vec(&c.get()).map_err(|e| net(&e))?,
+            None => Vec::new(),
+        };
+        let group = self.group.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
         let sender = tokio::spawn(async move {
             let first = pb::SnapshotChunk {
                 vote: Some(vote_to_pb(&vote)),
                 meta: meta.into(),
+                catalog: catalog.into(),
+                group,
                 ..Default::default()
             };
             if tx.send(first).await.is_err() {
@@ -636,23 +673,29 @@ pub fn check_snapshot_file_name(name: &str) -> Result<&std::path::Path, tonic::S
 /// Collects an incoming snapshot stream into files under `dir`; returns the
 /// sender's vote, the metadata and the files in order.
 pub async fn receive_snapshot(
+    first: pb::SnapshotChunk,
     mut stream: tonic::Streaming<pb::SnapshotChunk>,
     dir: PathBuf,
 ) -> Result<(Vote, super::types::SnapshotMeta, SnapshotData), tonic::Status> {
     use tokio::io::AsyncWriteExt;
     let internal = |e: std::io::Error| tonic::Status::internal(format!("writing the snapshot: {e}"));
-    let first = stream
-        .next()
-        .await
-        .ok_or_else(|| tonic::Status::invalid_argument("empty snapshot stream"))??;
     let vote = vote_from_pb(first.vote);
     let meta: super::types::SnapshotMeta = serde_json::from_slice(&first.meta)
         .map_err(|e| tonic::Status::invalid_argument(format!("bad snapshot metadata: {e}")))?;
     tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
     // From here on the data owns the directory and removes it when dropped.
+    let catalog = if first.catalog.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&first.catalog)
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad snapshot catalog: {e}")))?,
+        )
+    };
     let mut data = SnapshotData::Received {
         dir: dir.clone(),
         files: Vec::new(),
+        catalog,
     };
     let mut current: Option<tokio::fs::File> = None;
     while let Some(chunk) = stream.next().await {

@@ -192,6 +192,7 @@ async fn propose(raft: &Raft, trace: &Arc<AppendTrace>, batch: Vec<Proposal>, sl
         count: records as u32,
         body: body.clone(),
         base_offset: 0,
+        op: None,
     };
     let answer = match raft.client_write_ff(request).await {
         Ok(rx) => rx,

@@ -13,7 +13,12 @@ pub enum SnapshotData {
     Local(Arc<Log>),
     /// Segment files received from the leader, in order; the directory is
     /// removed when the data is dropped.
-    Received { dir: PathBuf, files: Vec<PathBuf> },
+    Received {
+        dir: PathBuf,
+        files: Vec<PathBuf>,
+        /// The sender's catalog of named logs (the default log's group).
+        catalog: Option<super::catalog::Catalog>,
+    },
     /// Nothing yet (`begin_receiving_snapshot`).
     Empty,
 }
@@ -22,7 +27,9 @@ impl fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SnapshotData::Local(log) => write!(f, "Local({})", log.dir().display()),
-            SnapshotData::Received { dir, files } => write!(f, "Received({}, {} files)", dir.display(), files.len()),
+            SnapshotData::Received { dir, files, .. } => {
+                write!(f, "Received({}, {} files)", dir.display(), files.len())
+            }
             SnapshotData::Empty => f.write_str("Empty"),
         }
     }

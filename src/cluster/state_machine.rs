@@ -12,7 +12,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use super::{
     snapshot::{SnapshotData, snapshot_id, snapshot_next_offset},
     store::{AppliedCheckpoint, Store, io_error, lock},
-    types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
+    types::{Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig},
 };
 use crate::storage::{self, Batch};
 
@@ -53,10 +53,16 @@ impl Applied {
 pub struct StateMachine {
     store: Arc<Store>,
     applied: Arc<Mutex<Applied>>,
+    /// The default log's group: the catalog of named logs it applies.
+    catalog: Option<Arc<super::catalog::CatalogStore>>,
 }
 
 impl StateMachine {
     pub fn new(store: Arc<Store>) -> Self {
+        Self::with_catalog(store, None)
+    }
+
+    pub fn with_catalog(store: Arc<Store>, catalog: Option<Arc<super::catalog::CatalogStore>>) -> Self {
         let mut applied = match store.current_snapshot() {
             Some(meta) => Applied {
                 last: meta.last_log_id,
@@ -85,6 +91,7 @@ impl StateMachine {
         StateMachine {
             store,
             applied: Arc::new(Mutex::new(applied)),
+            catalog,
         }
     }
 
@@ -132,6 +139,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for e in entries {
                 a.last = Some(e.log_id);
                 match e.payload {
+                    EntryPayload::Normal(Request { op: Some(op), .. }) => {
+                        // A catalog change: the same outcome on every
+                        // replica (see `catalog`). Failing to record it is
+                        // a storage failure like any other.
+                        let applied = match &self.catalog {
+                            Some(c) => c
+                                .apply(e.log_id.index, &op)
+                                .map_err(|err| io_error(ErrorSubject::Apply(e.log_id), ErrorVerb::Write, err))?,
+                            None => super::catalog::Applied::Done,
+                        };
+                        out.push(Response {
+                            offset: a.next_offset,
+                            catalog: applied as u8,
+                        });
+                    }
                     EntryPayload::Normal(req) => {
                         if req.base_offset != a.next_offset && a.last.is_some() {
                             // Offsets come from the log, which assigns them
@@ -148,13 +170,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         a.next_offset = req.base_offset + u64::from(req.count);
                         out.push(Response {
                             offset: req.base_offset,
+                            catalog: 0,
                         });
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(e.log_id), m);
-                        out.push(Response { offset: a.next_offset });
+                        out.push(Response {
+                            offset: a.next_offset,
+                            catalog: 0,
+                        });
                     }
-                    EntryPayload::Blank => out.push(Response { offset: a.next_offset }),
+                    EntryPayload::Blank => out.push(Response {
+                        offset: a.next_offset,
+                        catalog: 0,
+                    }),
                 }
             }
             let due = a.saved_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
@@ -192,9 +221,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         let store = self.store.clone();
         let m = meta.clone();
-        tokio::task::spawn_blocking(move || install(&store, &m, &data, next_offset))
-            .await
-            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
+        let catalog = self.catalog.clone();
+        tokio::task::spawn_blocking(move || {
+            install(&store, &m, &data, next_offset)?;
+            if let (
+                Some(c),
+                SnapshotData::Received {
+                    catalog: Some(theirs), ..
+                },
+            ) = (catalog, &*data)
+            {
+                c.install(theirs.clone())
+                    .map_err(|e| io_error(ErrorSubject::Snapshot(Some(m.signature())), ErrorVerb::Write, e))?;
+            }
+            Ok::<_, StorageError>(())
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
         let checkpoint = {
             let mut a = lock(&self.applied);
             a.last = meta.last_log_id;

@@ -59,11 +59,27 @@ pub struct Request {
     pub body: Bytes,
     #[serde(skip)]
     pub base_offset: u64,
+    /// A change to the catalog of named logs instead of records (the
+    /// default log's group only; `count` is 0): stored as a control batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<super::catalog::CatalogOp>,
+}
+
+impl Request {
+    pub fn catalog(op: super::catalog::CatalogOp) -> Request {
+        Request {
+            op: Some(op),
+            ..Default::default()
+        }
+    }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch({} records, {} bytes)", self.count, self.body.len())
+        match &self.op {
+            Some(op) => write!(f, "catalog({op})"),
+            None => write!(f, "batch({} records, {} bytes)", self.count, self.body.len()),
+        }
     }
 }
 
@@ -72,6 +88,9 @@ impl fmt::Display for Request {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub offset: u64,
+    /// A catalog change: what applying it did (`catalog::Applied`).
+    #[serde(default)]
+    pub catalog: u8,
 }
 
 openraft::declare_raft_types!(

@@ -15,8 +15,10 @@
 //!
 //! The matcher may be any conjunction (`&&`) of `r.X == p.Y` equalities over
 //! the defined fields. Policy lines are CSV: `p, root, *, produce`; blank
-//! lines and `#` comments are ignored. sidelog asks with object `*`, so
-//! `p, root, *, produce` lets subject `root` produce. Anything outside this
+//! lines and `#` comments are ignored. The object is the log's name; a
+//! rule with object `*` covers every log, so `p, root, *, produce` lets
+//! subject `root` produce to any log and `p, app, orders, produce` lets
+//! `app` produce to `orders` only. Anything outside this
 //! subset is rejected with the file and line, never silently ignored.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct Acl {
 pub const OBJECT_ANY: &str = "*";
 pub const ACT_PRODUCE: &str = "produce";
 pub const ACT_CONSUME: &str = "consume";
+/// Creating and deleting logs, removing members.
+pub const ACT_ADMIN: &str = "admin";
 
 fn err(path: &Path, line: usize, message: impl Into<String>) -> AclError {
     AclError {

@@ -12,7 +12,7 @@ use std::{
     time::SystemTime,
 };
 
-pub use acl::{ACT_CONSUME, ACT_PRODUCE, Acl, AclError, OBJECT_ANY};
+pub use acl::{ACT_ADMIN, ACT_CONSUME, ACT_PRODUCE, Acl, AclError, OBJECT_ANY};
 pub use peer_auth::{ClusterSecret, PeerCredentials, PeerGuard, PeerNames};
 pub use peer_tls::PeerClientTls;
 pub use tls::{ClientAuth, PeerInfo, ReloadableTls, TlsError, TlsFiles};
@@ -22,8 +22,13 @@ pub use tls::{ClientAuth, PeerInfo, ReloadableTls, TlsError, TlsFiles};
 pub enum AuthError {
     #[error("a client certificate is required")]
     Unauthenticated,
-    #[error("{subject} is not permitted to {action}")]
-    PermissionDenied { subject: String, action: &'static str },
+    #[error("{subject} is not permitted to {action}{}", if object == "*" { String::new() } else { format!(" on log {object}") })]
+    PermissionDenied {
+        subject: String,
+        action: &'static str,
+        /// The log (`*`: the call names none).
+        object: String,
+    },
 }
 
 /// Decides whether a peer may perform an action.
@@ -82,8 +87,15 @@ impl Authorizer {
         Ok(())
     }
 
-    /// Checks `action` for a peer; health checks never come here.
+    /// Checks `action` for a peer on every log (object `*`); health checks
+    /// never come here.
     pub fn check(&self, peer: Option<&PeerInfo>, action: &'static str) -> Result<(), AuthError> {
+        self.check_on(peer, acl::OBJECT_ANY, action)
+    }
+
+    /// Checks `action` on the log `object` (the ACL's object is the log
+    /// name): a rule for the object itself or for `*` (every log) allows it.
+    pub fn check_on(&self, peer: Option<&PeerInfo>, object: &str, action: &'static str) -> Result<(), AuthError> {
         if !self.require_subject {
             return Ok(());
         }
@@ -92,10 +104,13 @@ impl Authorizer {
             .ok_or(AuthError::Unauthenticated)?;
         if let Some(src) = &self.acl {
             let acl = src.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-            if !acl.enforce(subject, OBJECT_ANY, action) {
+            let allowed = (object != OBJECT_ANY && acl.enforce(subject, object, action))
+                || acl.enforce(subject, OBJECT_ANY, action);
+            if !allowed {
                 return Err(AuthError::PermissionDenied {
                     subject: subject.to_owned(),
                     action,
+                    object: object.to_owned(),
                 });
             }
         }

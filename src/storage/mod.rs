@@ -212,6 +212,9 @@ struct Shared {
     request: Mutex<FlushRequest>,
     wake: Condvar,
     fsyncs: std::sync::atomic::AtomicU64,
+    /// The log was deleted (its directory is going away): closing it only
+    /// stops the flusher.
+    discarded: AtomicBool,
     /// Holds the data directory's advisory lock for the log's lifetime.
     _lock: File,
 }
@@ -284,6 +287,7 @@ impl Log {
             request: Mutex::new(FlushRequest::default()),
             wake: Condvar::new(),
             fsyncs: Default::default(),
+            discarded: Default::default(),
             _lock: lock_file,
         });
         let flusher = {
@@ -428,6 +432,11 @@ impl Log {
         self.shutdown()
     }
 
+    /// Marks the log deleted: closing it (at the last drop) writes nothing.
+    pub fn discard(&self) {
+        self.shared.discarded.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn shutdown(&mut self) -> Result<()> {
         let Some(handle) = self.flusher.take() else {
             return Ok(());
@@ -436,6 +445,9 @@ impl Log {
         // Notified unconditionally: the flusher may be about to park.
         self.shared.wake.notify_one();
         let _ = handle.join();
+        if self.shared.discarded.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let failed = lock(&self.shared.inner).failed.clone();
         if let Some(f) = failed {
             return Err(Error::Failed(f));
