@@ -98,7 +98,10 @@ async fn produce_without_a_record_is_invalid_argument() {
         .client()
         .await
         .raw()
-        .produce(pb::ProduceRequest { record: None })
+        .produce(pb::ProduceRequest {
+            record: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -123,6 +126,7 @@ async fn produce_stream_answers_each_request_in_order() {
             value: Bytes::from(format!("r{i}")),
             ..Default::default()
         }),
+        ..Default::default()
     }));
     let mut responses = c.raw().produce_stream(requests).await.unwrap().into_inner();
     let mut offsets = Vec::new();
@@ -209,6 +213,7 @@ async fn produce_stream_stops_at_the_first_rejected_request() {
             value: Bytes::from(vec![1u8; n]),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let requests = futures_util::stream::iter(vec![record(10), record(2000), record(10), record(10)]);
     let mut responses = c.raw().produce_stream(requests).await.unwrap().into_inner();

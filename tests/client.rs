@@ -28,6 +28,7 @@ fn leader_only(value: &'static [u8]) -> tonic::Request<sidelog::api::pb::Produce
             value: Bytes::from_static(value),
             ..Default::default()
         }),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert(sidelog::api::convert::ROUTE_KEY, "leader".parse().unwrap());

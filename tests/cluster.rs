@@ -339,7 +339,7 @@ async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
         .client(0)
         .await
         .raw()
-        .get_servers(sidelog::api::pb::GetServersRequest {})
+        .get_servers(sidelog::api::pb::GetServersRequest { ..Default::default() })
         .await;
     let servers = servers.unwrap().into_inner().servers;
     assert_eq!(servers.len(), 3);
@@ -373,6 +373,7 @@ async fn three_nodes_form_one_cluster_and_a_follower_accepts_writes() {
         .consume(sidelog::api::pb::ConsumeRequest {
             offset: off,
             linearizable: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -416,6 +417,7 @@ async fn an_isolated_leader_acknowledges_nothing() {
             value: Bytes::from_static(b"lost"),
             ..Default::default()
         }),
+        ..Default::default()
     });
     req.set_timeout(Duration::from_secs(3));
     let err = client.raw().produce(req).await.expect_err("no quorum, no ack");
@@ -482,6 +484,7 @@ async fn writes_whose_callers_gave_up_without_a_leader_are_never_sent_later() {
                     value: Bytes::from(format!("gave-up-{i}")),
                     ..Default::default()
                 }),
+                ..Default::default()
             });
             req.set_timeout(Duration::from_secs(1));
             client.raw().produce(req).await
@@ -806,6 +809,7 @@ impl Load {
                             value: Bytes::from(value.clone()),
                             ..Default::default()
                         }),
+                        ..Default::default()
                     });
                     req.set_timeout(Duration::from_secs(5));
                     match client.raw().produce(req).await {
@@ -934,7 +938,10 @@ async fn produce_batches_are_all_or_none_and_offsets_stay_dense_across_leader_ki
                         ..Default::default()
                     })
                     .collect();
-                let mut req = tonic::Request::new(sidelog::api::pb::ProduceBatchRequest { records });
+                let mut req = tonic::Request::new(sidelog::api::pb::ProduceBatchRequest {
+                    records,
+                    ..Default::default()
+                });
                 req.set_timeout(Duration::from_secs(5));
                 let acked = client
                     .raw()

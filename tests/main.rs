@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod common;
 mod discovery;
+mod logs;
 mod mdns;
 mod membership;
 mod peer_security;

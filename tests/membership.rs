@@ -414,6 +414,7 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
             value: Bytes::from_static(b"lost"),
             ..Default::default()
         }),
+        ..Default::default()
     });
     req.set_timeout(Duration::from_secs(2));
     c.client(survivor)
@@ -449,7 +450,7 @@ async fn force_new_cluster_restores_service_from_one_survivor() {
     let expected: Vec<(u64, Bytes)> = (0..10).map(|i| (i, Bytes::from(format!("k{i}")))).collect();
     assert_eq!(c.records(survivor), expected);
     assert_eq!(c.client(survivor).await.produce("after").await.unwrap(), 10);
-    let text = metrics.render(c.agent(survivor).node());
+    let text = metrics.render(c.agent(survivor).node(), &[]);
     assert!(text.contains("reason=\"force_new_cluster\""), "{text}");
     // New agents join it: the first stays a non-voter (voter counts stay
     // odd), with the second both become voters at once.

@@ -95,6 +95,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                 .forward(req(
                     pb::ForwardRequest {
                         values: vec![Bytes::from_static(b"written-by-nobody")],
+                        ..Default::default()
                     },
                     secret,
                 ))
@@ -112,6 +113,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                         prev_log_id: None,
                         entries: vec![],
                         leader_commit: None,
+                        ..Default::default()
                     },
                     secret,
                 ))
@@ -127,6 +129,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                     pb::VoteRequest {
                         vote: Some(vote),
                         last_log_id: None,
+                        ..Default::default()
                     },
                     secret,
                 ))
@@ -143,6 +146,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
                         candidate: "intruder".into(),
                         term: 1_000_000,
                         last_log_id: None,
+                        ..Default::default()
                     },
                     secret,
                 ))
@@ -213,7 +217,7 @@ async fn call_every_rpc(client: &mut PeerClient<Channel>, secret: Option<&str>) 
         "ReadIndex",
         code(
             client
-                .read_index(req(pb::ReadIndexRequest {}, secret))
+                .read_index(req(pb::ReadIndexRequest { ..Default::default() }, secret))
                 .await
                 .map(|_| Code::Ok),
         ),

@@ -143,7 +143,11 @@ async fn junk_methods_and_paths_leave_metrics_small() {
         let path = http::uri::PathAndQuery::from_str(&format!("/junk{i}.Service/Method{i}")).unwrap();
         let codec = tonic_prost::ProstCodec::<pb::GetServersRequest, pb::GetServersResponse>::default();
         let e = grpc
-            .unary(tonic::Request::new(pb::GetServersRequest {}), path, codec)
+            .unary(
+                tonic::Request::new(pb::GetServersRequest { ..Default::default() }),
+                path,
+                codec,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);

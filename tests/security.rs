@@ -441,6 +441,7 @@ async fn a_revoked_producers_stream_appends_nothing_more() {
             value: Bytes::from_static(v),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let mut acks = nobody
         .raw()
@@ -492,4 +493,66 @@ async fn a_revoked_producers_stream_appends_nothing_more() {
         Some(next),
         "records were appended after the denial"
     );
+}
+
+/// Issue 19: the ACL's object is the log name; `*` covers every log, and
+/// creating or deleting a log needs the `admin` action on its name.
+#[tokio::test]
+async fn a_client_allowed_one_log_is_refused_on_another_and_admin_calls_need_their_right() {
+    use sidelog::pb::sidelog::{CreateLogRequest, DeleteLogRequest};
+    let pki = Pki::new();
+    let policy = pki.path("policy.csv");
+    std::fs::write(
+        &policy,
+        "p, root, *, produce\np, root, *, consume\np, root, *, admin\n\
+         p, nobody, orders, produce\np, nobody, orders, consume\n",
+    )
+    .unwrap();
+    let node = pki.start_node().await;
+    let root = connect(&node, &pki.client(Some("root"))).await.unwrap();
+    for name in ["orders", "audit"] {
+        root.cluster()
+            .create_log(CreateLogRequest {
+                name: name.into(),
+                settings: None,
+                if_not_exists: false,
+            })
+            .await
+            .unwrap();
+    }
+    let app = connect(&node, &pki.client(Some("nobody"))).await.unwrap();
+    assert_eq!(app.clone().with_log("orders").produce("ok").await.unwrap(), 0);
+    assert_eq!(
+        app.clone().with_log("orders").consume(0).await.unwrap().value,
+        Bytes::from("ok")
+    );
+    for (log, what) in [("audit", "a named log"), ("", "the default log")] {
+        let e = app.clone().with_log(log).produce("no").await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+        let e = app.clone().with_log(log).consume(0).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+    }
+    // A stream names its log in its first request: refused on audit.
+    let e = app.clone().with_log("audit").consume_stream(0).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Producing to orders gives no right to create or delete it.
+    let e = app
+        .cluster()
+        .delete_log(DeleteLogRequest { name: "orders".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = app
+        .cluster()
+        .create_log(CreateLogRequest {
+            name: "mine".into(),
+            settings: None,
+            if_not_exists: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Nothing of audit was written.
+    let e = root.clone().with_log("audit").consume(0).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange);
 }

@@ -109,6 +109,7 @@ async fn produce_spans_reach_the_collector_under_the_callers_trace() {
             value: Bytes::from_static(b"traced"),
             ..Default::default()
         }),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -310,6 +311,7 @@ async fn a_forwarded_write_is_one_trace_across_follower_and_leader() {
             value: Bytes::from_static(b"forwarded"),
             ..Default::default()
         }),
+        ..Default::default()
     });
     request
         .metadata_mut()

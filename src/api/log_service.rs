@@ -356,10 +356,17 @@ impl LogApi for LogService {
         self.auth
             .authenticate(request.extensions().get::<PeerInfo>())
             .map_err(Status::from)?;
-        let servers = self
-            .host
-            .group(&request.get_ref().log)?
-            .servers()
+        let group = self.host.group(&request.get_ref().log)?;
+        let mut servers = group.servers();
+        if servers.is_empty() {
+            // A log just created whose group has not formed yet: any member
+            // takes its writes (they wait for its leader).
+            servers = self.host.default_group().servers();
+            for s in &mut servers {
+                s.is_leader = false;
+            }
+        }
+        let servers = servers
             .into_iter()
             .map(|s| pb::Server {
                 id: s.id,

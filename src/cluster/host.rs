@@ -366,7 +366,13 @@ impl Host {
             name, voters, max_logs, ..
         } = &mut op
         {
-            let protocol = d.cluster_protocol();
+            let mut protocol = d.cluster_protocol();
+            if protocol < NAMED_LOGS_PROTOCOL {
+                // Not known yet (a leader asks its members now and then):
+                // ask now.
+                d.survey_builds().await;
+                protocol = d.cluster_protocol();
+            }
             if protocol < NAMED_LOGS_PROTOCOL {
                 return Err(NodeError::FailedPrecondition(format!(
                     "cannot create log {name}: a member runs a build that does not know named logs (peer protocol \
@@ -600,7 +606,7 @@ async fn initialize(cluster: Weak<Cluster>, spec: LogSpec) {
     let voters = spec.voter_map();
     let preferred = catalog::preferred_leader(&spec.group_id(), voters.keys());
     if preferred != Some(*c.id()) {
-        let wait = c.config.election_timeout.1 * 2;
+        let wait = c.config.election_timeout.1;
         let token = c.shutdown.clone();
         drop(c);
         tokio::select! {

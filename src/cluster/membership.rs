@@ -1093,7 +1093,7 @@ impl Cluster {
     }
 
     /// Asks every member its build (`Hello`) and keeps the answers.
-    async fn survey_builds(&self) {
+    pub(super) async fn survey_builds(&self) {
         let m = self.metrics();
         let members: Vec<(NodeId, Option<NodeId>, String)> = m
             .membership_config

@@ -738,6 +738,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            group: String::new(),
             leader_commit: None,
         }
     }

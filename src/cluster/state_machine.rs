@@ -401,6 +401,7 @@ mod tests {
                 count: 1,
                 body: encode_body(&[[index as u8]]).into(),
                 base_offset: index,
+                op: None,
             }),
         }
     }
