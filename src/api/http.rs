@@ -259,7 +259,8 @@ async fn produce_to(s: &HttpState, peer: &Peer, log: &str, body: axum::body::Bod
     if let Err(r) = authorize(s, peer, log, ACT_PRODUCE) {
         return r;
     }
-    let cluster = match s.host.group_or_create(log).await {
+    let may_create = s.auth.check_on(peer.as_ref().map(|p| &p.0), log, ACT_ADMIN).is_ok();
+    let cluster = match s.host.group_or_create(log, may_create).await {
         Ok(c) => c,
         Err(e) => return error(http_status(&e), e),
     };

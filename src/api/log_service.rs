@@ -12,7 +12,7 @@ use super::pb::{self, log_server::Log as LogApi};
 use crate::{
     cluster::{Cluster, catalog::DEFAULT_LOG, host::Host},
     node::NodeError,
-    security::{ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
+    security::{ACT_ADMIN, ACT_CONSUME, ACT_PRODUCE, Authorizer, PeerInfo},
     telemetry::Metrics,
 };
 
@@ -103,7 +103,9 @@ impl LogService {
             tracing::Span::current().record("log", log);
         }
         if action == ACT_PRODUCE {
-            return Ok(self.host.group_or_create(log).await?);
+            let peer = request.extensions().get::<PeerInfo>();
+            let may_create = self.auth.check_on(peer, object(log), ACT_ADMIN).is_ok();
+            return Ok(self.host.group_or_create(log, may_create).await?);
         }
         Ok(self.host.group(log)?)
     }
@@ -111,7 +113,7 @@ impl LogService {
     pub fn into_server(self) -> pb::log_server::LogServer<Self> {
         // Leave room above the record limit for framing and batches, so an
         // oversize record reaches our check and gets INVALID_ARGUMENT.
-        let limit = (self.max_record_bytes.max(64 << 20) as usize)
+        let limit = (self.max_record_bytes as usize)
             .saturating_mul(2)
             .saturating_add(1 << 20)
             .max(4 << 20);
@@ -161,7 +163,7 @@ impl StreamChunk {
 
     fn take(&mut self, req: Option<Result<pb::ProduceRequest, Status>>, node: &crate::node::LogNode, log: &str) {
         match req {
-            Some(Ok(req)) if req.log != log => {
+            Some(Ok(req)) if object(&req.log) != object(log) => {
                 self.stop = Some(StreamStop::Invalid(Status::invalid_argument(format!(
                     "a ProduceStream writes one log: this stream writes {:?}, a request named {:?}",
                     object(log),
@@ -479,7 +481,8 @@ impl LogService {
         self.auth
             .check_on(peer, object(log), ACT_PRODUCE)
             .map_err(Status::from)?;
-        let cluster = self.host.group_or_create(log).await?;
+        let may_create = self.auth.check_on(peer, object(log), ACT_ADMIN).is_ok();
+        let cluster = self.host.group_or_create(log, may_create).await?;
         if leader_only && !cluster.is_leader() && !cluster.leader_shares_our_client_addr() {
             return Err(cluster.not_leader().into());
         }

@@ -228,6 +228,7 @@ impl RoutedClient {
         candidates.extend(self.resolved_seeds().await);
         candidates.dedup();
         let mut last_error = None;
+        let mut refused = None;
         for addr in candidates {
             let c = match self.conn(&addr) {
                 Ok(c) => c,
@@ -243,12 +244,12 @@ impl RoutedClient {
             let resp = match c.raw().get_servers(req).await {
                 Ok(r) => r,
                 // The agent answered for the named log: it does not exist
-                // or its name is bad. Asking others would say the same.
+                // there, or its name is bad. Another may have applied a
+                // create this one has not yet: ask on; if none serves it,
+                // the refusal is the answer.
                 Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                    let mut st = self.state();
-                    st.stale = true;
-                    st.refused = Some(super::describe_status(&status, self.inner.tls.as_ref()));
-                    return false;
+                    refused = Some(super::describe_status(&status, self.inner.tls.as_ref()));
+                    continue;
                 }
                 Err(status) => {
                     last_error = Some(format!(
@@ -277,6 +278,7 @@ impl RoutedClient {
         let mut st = self.state();
         st.stale = true;
         st.last_error = last_error;
+        st.refused = refused;
         false
     }
 

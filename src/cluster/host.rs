@@ -53,6 +53,9 @@ const MIRROR_EVERY: Duration = Duration::from_millis(500);
 const HANDOVER_EVERY: Duration = Duration::from_secs(10);
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often the groups are compared with the catalog without a change.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
 /// The peer protocol that knows named logs (catalog entries, `group` on
 /// every group's call). A log is created only once every member speaks it.
 pub const NAMED_LOGS_PROTOCOL: u32 = 3;
@@ -174,8 +177,11 @@ impl Host {
             shutdown: CancellationToken::new(),
             loops: Default::default(),
         });
+        // Subscribed first: a change applied while the first pass runs is
+        // seen by the loop.
+        let changes = host.catalog.subscribe();
         host.reconcile().await;
-        let handle = tokio::spawn(run_reconcile(Arc::downgrade(&host), host.shutdown.clone()));
+        let handle = tokio::spawn(run_reconcile(Arc::downgrade(&host), changes, host.shutdown.clone()));
         host.loops.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
         host
     }
@@ -210,11 +216,17 @@ impl Host {
         )))
     }
 
-    /// The group of the log `name`, created first when it is missing and
-    /// `--auto-create-logs` is on.
-    pub async fn group_or_create(&self, name: &str) -> Result<Arc<Cluster>, NodeError> {
+    /// The group of the log `name`, created first when it is missing,
+    /// `--auto-create-logs` is on and the caller may create it
+    /// (`may_create`: the ACL's `admin` on the name).
+    pub async fn group_or_create(&self, name: &str, may_create: bool) -> Result<Arc<Cluster>, NodeError> {
         match self.group(name) {
-            Err(NodeError::NotFound(_)) if self.settings.auto_create => {
+            Err(NodeError::NotFound(m)) if self.settings.auto_create => {
+                if !may_create {
+                    return Err(NodeError::NotFound(format!(
+                        "{m}; creating it on first write needs the admin right on it"
+                    )));
+                }
                 self.create(name, LogSettings::default(), true).await?;
                 self.group(name)
             }
@@ -303,9 +315,14 @@ impl Host {
             Applied::NotFound => return Err(NodeError::Unknown("unexpected catalog answer".into())),
         }
         self.wait_reconciled(index).await;
-        self.catalog
-            .spec(name)
-            .ok_or_else(|| NodeError::Unavailable(format!("log {name} was created; this node has not applied it yet")))
+        // Created, whether or not this node applied it yet (an attached
+        // sidecar never does): what the leader applied.
+        Ok(self.catalog.spec(name).unwrap_or(LogSpec {
+            name: name.into(),
+            settings,
+            incarnation: index,
+            voters: Vec::new(),
+        }))
     }
 
     fn too_many(&self) -> NodeError {
@@ -474,6 +491,11 @@ impl Host {
     /// voter initializes a brand-new group.
     async fn open_group(&self, spec: &LogSpec) -> Result<Arc<Cluster>, String> {
         let dir = self.logs_dir().join(spec.group_id());
+        // `--force-new-cluster` makes this node the only voter of the groups
+        // it held before the restart (as of the default group); a group
+        // created since starts with its catalog entry's voters, like on
+        // every other node.
+        let existed = dir.join("raft-state.json").exists();
         let t = &self.settings.log_config;
         let log_config = LogConfig {
             segment_max_bytes: if spec.settings.segment_max_bytes > 0 {
@@ -509,6 +531,7 @@ impl Host {
         config.discovery = Default::default();
         config.bootstrap_expect = 0;
         config.membership_changes = None;
+        config.force_new_cluster = self.base.force_new_cluster && existed;
         let cluster = Cluster::start_group(
             config,
             node,
@@ -528,14 +551,16 @@ impl Host {
     /// Ready: the default group is, and every named log this node serves
     /// has a leader this node heard from (or leads with a quorum).
     pub fn is_ready(&self) -> bool {
-        self.default.is_ready() && read(&self.groups).values().all(|g| g.cluster.is_ready())
+        self.default.is_ready() && self.not_ready().is_empty()
     }
 
-    /// The named logs that are not ready here (for `/readyz`).
+    /// The named logs whose group counts this node as a member but which
+    /// have no leader it heard from lately (for `/readyz`). A group that
+    /// has not added this node yet is not counted: its leader will.
     pub fn not_ready(&self) -> Vec<String> {
         read(&self.groups)
             .iter()
-            .filter(|(_, g)| !g.cluster.is_ready())
+            .filter(|(_, g)| g.cluster.is_member() && !g.cluster.is_ready())
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -573,22 +598,20 @@ impl Host {
             .into_values()
             .map(|g| g.cluster)
             .collect();
+        // Closed by their last drop, which flushes and syncs (not
+        // discarded: only a deleted log's storage is).
         futures_util::future::join_all(groups.iter().map(|c| c.shutdown())).await;
-        for c in groups {
-            c.node().close();
-        }
         self.default.shutdown().await;
     }
 }
 
-/// Keeps the groups equal to the catalog.
-async fn run_reconcile(host: Weak<Host>, token: CancellationToken) {
-    let Some(mut changes) = host.upgrade().map(|h| h.catalog.subscribe()) else {
-        return;
-    };
+/// Keeps the groups equal to the catalog: on every change, and now and
+/// then (a group that failed to open is tried again).
+async fn run_reconcile(host: Weak<Host>, mut changes: tokio::sync::watch::Receiver<u64>, token: CancellationToken) {
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = token.cancelled() => return,
         }
         let Some(h) = host.upgrade() else { return };
@@ -606,7 +629,8 @@ async fn initialize(cluster: Weak<Cluster>, spec: LogSpec) {
     let voters = spec.voter_map();
     let preferred = catalog::preferred_leader(&spec.group_id(), voters.keys());
     if preferred != Some(*c.id()) {
-        let wait = c.config.election_timeout.1;
+        let (min, max) = c.config.election_timeout;
+        let wait = super::membership::jitter(max, max + (max - min));
         let token = c.shutdown.clone();
         drop(c);
         tokio::select! {
@@ -662,7 +686,13 @@ pub(super) async fn run_mirror(cluster: Weak<Cluster>, default: Raft, token: Can
         if voters.is_empty() {
             continue;
         }
-        if let Err(e) = mirror_step(&c, &voters, &nodes).await {
+        let step = tokio::select! {
+            r = mirror_step(&c, &voters, &nodes) => r,
+            // A change waits for its commit, which a deleted log's
+            // followers never give: stopping must not wait for it.
+            _ = token.cancelled() => return,
+        };
+        if let Err(e) = step {
             tracing::debug!(group = %c.config.group, cause = %e, "membership not mirrored yet");
             continue;
         }
@@ -685,6 +715,11 @@ async fn mirror_step(c: &Cluster, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<No
     let mine: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     for (id, info) in nodes {
         if !mine.contains(id) {
+            // A build that does not know named logs would take this
+            // group's calls for its default group's: never add one.
+            if !speaks_named_logs(c, *id, info).await {
+                continue;
+            }
             c.raft()
                 .add_learner(*id, info.clone(), false)
                 .await
@@ -708,6 +743,18 @@ async fn mirror_step(c: &Cluster, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<No
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Whether the member `id` answers `Hello` with a peer protocol that knows
+/// named logs (asked each time: a member may come back on another build).
+async fn speaks_named_logs(c: &Cluster, id: NodeId, info: &NodeInfo) -> bool {
+    let answers = c
+        .peers
+        .hello_each(&c.config.info, vec![(id, Some(id), info.peer_addr.clone())])
+        .await;
+    answers
+        .into_iter()
+        .any(|(who, r)| who == id && r.protocol >= NAMED_LOGS_PROTOCOL)
 }
 
 /// This leader is not its group's preferred voter, and the preferred one

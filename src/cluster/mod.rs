@@ -608,6 +608,15 @@ impl Cluster {
         }
     }
 
+    /// This node is in its group's membership.
+    pub fn is_member(&self) -> bool {
+        self.metrics()
+            .membership_config
+            .membership()
+            .get_node(&self.config.id)
+            .is_some()
+    }
+
     /// Cancelled once this group stops (shutdown, or its log deleted).
     pub fn stopped(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -394,7 +394,7 @@ impl pb::cluster_server::Cluster for ClusterAdmin {
 
     async fn describe_log(&self, request: Request<pb::DescribeLogRequest>) -> Result<Response<pb::LogInfo>, Status> {
         let name = request.get_ref().name.clone();
-        self.authorize(&request, &name, ACT_CONSUME)?;
+        self.authorize(&request, if name.is_empty() { DEFAULT_LOG } else { &name }, ACT_CONSUME)?;
         if name.is_empty() || name == DEFAULT_LOG {
             return Ok(Response::new(default_info(&self.host)));
         }

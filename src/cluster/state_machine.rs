@@ -223,7 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let m = meta.clone();
         let catalog = self.catalog.clone();
         tokio::task::spawn_blocking(move || {
-            install(&store, &m, &data, next_offset)?;
+            // The catalog first: the entries the snapshot covers are never
+            // applied here, and a catalog ahead of the log is harmless (its
+            // index skips what it holds).
             if let (
                 Some(c),
                 SnapshotData::Received {
@@ -234,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 c.install(theirs.clone())
                     .map_err(|e| io_error(ErrorSubject::Snapshot(Some(m.signature())), ErrorVerb::Write, e))?;
             }
-            Ok::<_, StorageError>(())
+            install(&store, &m, &data, next_offset)
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
