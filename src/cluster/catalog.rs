@@ -295,6 +295,7 @@ impl CatalogStore {
         }
         let mut next = state.clone();
         let applied = next.apply(index, op);
+        self.raise_format()?;
         self.save(&next)?;
         *state = next;
         drop(state);
@@ -315,6 +316,20 @@ impl CatalogStore {
         drop(state);
         self.changes.send_replace(index);
         Ok(())
+    }
+
+    /// Marks the data dir as holding catalog entries (`FORMAT`), so a build
+    /// that cannot read them refuses it instead of failing on one.
+    pub fn raise_format(&self) -> std::io::Result<()> {
+        let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        crate::storage::manifest::raise_raft_state(
+            dir,
+            crate::storage::manifest::RAFT_STATE_NAMED_LOGS,
+            crate::version(),
+        )
+        .map_err(std::io::Error::other)
     }
 
     fn save(&self, catalog: &Catalog) -> std::io::Result<()> {

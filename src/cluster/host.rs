@@ -404,6 +404,10 @@ impl Host {
                 .collect();
             *max_logs = self.settings.max_logs as u32;
         }
+        // The leader's data dir says so before the first entry is in its log.
+        self.catalog
+            .raise_format()
+            .map_err(|e| NodeError::Unavailable(format!("recording the data format: {e}")))?;
         let write = d.raft().client_write(Request::catalog(op));
         let resp = tokio::time::timeout(d.write_timeout(), write)
             .await

@@ -178,8 +178,9 @@ pub const DEFAULT_STANDBYS: usize = 2;
 
 /// The peer protocol level this build speaks (`HelloResponse.protocol`):
 /// 1 = pre-vote, membership upkeep, cluster ids; 2 = sidecars attached
-/// without a log (`Read`, `JoinRequest.may_attach`). Builds before 1 answer
-/// 0 and know none of it.
+/// without a log (`Read`, `JoinRequest.may_attach`); 3 = named logs (catalog
+/// entries, `group` on every group's call; see `host`). Builds before 1
+/// answer 0 and know none of it.
 pub const PEER_PROTOCOL: u32 = 3;
 
 /// `fut` if it finishes within `d`. A request's `set_timeout` only tells

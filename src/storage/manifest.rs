@@ -34,8 +34,13 @@ use super::{Error, FORMAT_VERSION, Result};
 pub const MANIFEST: &str = "FORMAT";
 /// The directory layout this build reads and writes.
 pub const DATA_FORMAT: u32 = 1;
-/// `raft-state.json` and control payloads this build reads and writes.
-pub const RAFT_STATE_FORMAT: u32 = 1;
+/// `raft-state.json` and control payloads this build reads: 2 adds the
+/// catalog entries of named logs. It writes 1 until the data dir holds a
+/// catalog entry ([`raise_raft_state`]), so a downgrade stays possible
+/// until the first named log is created.
+pub const RAFT_STATE_FORMAT: u32 = 2;
+/// The Raft state format of a data dir whose log holds catalog entries.
+pub const RAFT_STATE_NAMED_LOGS: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -47,12 +52,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// What this build writes.
+    /// What this build writes to a data dir without named logs.
     pub fn current(written_by: &str) -> Manifest {
+        Self::current_over(written_by, &Self::first_release())
+    }
+
+    /// What this build writes over `found`: its own numbers, but the Raft
+    /// state format only as high as the directory needs (see
+    /// [`RAFT_STATE_FORMAT`]).
+    pub fn current_over(written_by: &str, found: &Manifest) -> Manifest {
         Manifest {
             data_format: DATA_FORMAT,
             segment_format: FORMAT_VERSION,
-            raft_state_format: RAFT_STATE_FORMAT,
+            raft_state_format: found.raft_state_format.max(1),
             written_by: written_by.to_owned(),
         }
     }
@@ -103,13 +115,30 @@ pub fn check(dir: &Path) -> Result<Manifest> {
 /// Records this build's formats in `dir/FORMAT` (when they differ from
 /// what is there).
 pub fn record(dir: &Path, found: &Manifest, written_by: &str) -> Result<()> {
-    let current = Manifest::current(written_by);
+    let current = Manifest::current_over(written_by, found);
     if *found == current {
         return Ok(());
     }
+    write(dir, &current)
+}
+
+/// Raises the Raft state format of `dir` to `format` (before the first
+/// catalog entry is written: an older build then refuses the directory
+/// instead of failing on an entry it cannot read).
+pub fn raise_raft_state(dir: &Path, format: u32, written_by: &str) -> Result<()> {
+    let found = check(dir)?;
+    if found.raft_state_format >= format {
+        return Ok(());
+    }
+    let mut m = Manifest::current_over(written_by, &found);
+    m.raft_state_format = format;
+    write(dir, &m)
+}
+
+fn write(dir: &Path, current: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST);
     let tmp: PathBuf = dir.join(format!("{MANIFEST}.tmp"));
-    let json = serde_json::to_vec(&current).expect("a manifest serializes");
+    let json = serde_json::to_vec(current).expect("a manifest serializes");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;
@@ -144,5 +173,21 @@ mod tests {
         std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&newer).unwrap()).unwrap();
         let e = check(dir.path()).unwrap_err().to_string();
         assert!(e.contains("sidelog 9.9.9") && e.contains("data format"), "{e}");
+    }
+
+    #[test]
+    fn the_raft_state_format_rises_only_when_asked_and_never_falls() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = check(dir.path()).unwrap();
+        record(dir.path(), &found, "b").unwrap();
+        assert_eq!(check(dir.path()).unwrap().raft_state_format, 1);
+        raise_raft_state(dir.path(), RAFT_STATE_NAMED_LOGS, "b").unwrap();
+        let found = check(dir.path()).unwrap();
+        assert_eq!(found.raft_state_format, 2);
+        // A later start of this build keeps it.
+        record(dir.path(), &found, "c").unwrap();
+        assert_eq!(check(dir.path()).unwrap().raft_state_format, 2);
+        // A build that knows only 1 would refuse it.
+        assert!(found.raft_state_format > 1);
     }
 }
