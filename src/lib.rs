@@ -7,7 +7,13 @@
 //!   mapped indexes, recovery, group commit, retention. Knows nothing of
 //!   gRPC or Raft.
 //! - [`node`]: the log a node serves: storage plus the commit watermark
-//!   consumers read below.
+//!   consumers read below (one per log).
+//! - [`pb`]: the generated protobuf modules, shared by client and servers.
+//! - [`cluster`]: once per process, `cluster::host::Host` (the default
+//!   log's Raft group, which holds the membership and the catalog of named
+//!   logs, and one Raft group per named log, sharing the peer
+//!   connections); once per log, `cluster::Cluster` (its Raft, proposer,
+//!   forwarder, retention).
 //! - [`api`]: the gRPC `log.v1` service, health, reflection and HTTP/JSON
 //!   routes; error to status mapping.
 //! - [`discovery`]: finding peer addresses (static list, DNS, mDNS) for

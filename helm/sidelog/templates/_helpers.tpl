@@ -218,6 +218,10 @@ Container args: flags of `sidelog agent` (the image's ENTRYPOINT is
 - --bootstrap-expect={{ $expect }}
 - --voters={{ $V.agent.voters }}
 - --standbys={{ $V.agent.standbys }}
+{{- if $V.agent.logs }}
+- --logs={{ join "," $V.agent.logs }}
+{{- end }}
+- --max-logs={{ $V.agent.maxLogs }}
 - --dead-member-timeout={{ $V.agent.deadMemberTimeout }}
 {{- $fd := include "sidelog.failureDomainSource" . }}
 {{- if eq $fd "value" }}
