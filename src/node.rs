@@ -84,24 +84,7 @@ impl NodeError {
     }
 }
 
-/// What a failed write left behind, as a client must know it to decide on
-/// a retry (carried in gRPC metadata and the HTTP JSON error).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Nothing was written: retrying cannot duplicate.
-    NotWritten,
-    /// It may have been written: a retry may duplicate it.
-    Unknown,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::NotWritten => "not-written",
-            Outcome::Unknown => "unknown",
-        }
-    }
-}
+pub use crate::pb::meta::Outcome;
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;
 

@@ -4,6 +4,7 @@ node's final log.
 
 Usage:
   check_history.py RUN_DIR                   # RUN_DIR/history.jsonl + RUN_DIR/dumps/*.jsonl
+                                             # (+ RUN_DIR/dumps/LOG/*.jsonl: named logs)
   check_history.py HISTORY DUMP [DUMP...]    # explicit files
   options: --json FILE (write the report as JSON), --allow-lag, --tolerate CAT[,CAT],
            --max-details N
@@ -16,8 +17,15 @@ History (JSONL, one event a line, written by harness.py):
   reads: invoke carries "offset" (the offset asked for, linearizable);
          ok carries "found" (false: OUT_OF_RANGE) and "values" ([the value read])
   faults: {"t":..., "proc": "nemesis", "type": "info", "f": "fault", "fault": "kill", "phase": "start"}
-Dumps (JSONL, one per node): a header {"node": "n1", "first_offset": 0, "next_offset": N}
-  and then {"offset": o, "value": "..."} per record ({"offset": o, "value_hex": "..."} if not UTF-8).
+  named logs (harness.py --logs N): an invoke carries "log": "log0" (absent: the default log); its
+  completion belongs to the same log (by "op").
+Dumps (JSONL, one per node and log): a header {"node": "n1", "first_offset": 0, "next_offset": N}
+  (a named log's also "log": "log0") and then {"offset": o, "value": "..."} per record
+  ({"offset": o, "value_hex": "..."} if not UTF-8).
+Named logs: every log is checked on its own (offsets are per log: dense from 0, acknowledged
+  offsets, reads, batches, divergence within that log), and across logs:
+  wrong_log   a record is in another log than the one it was written to
+  (reported only when the history names logs or a named log was dumped).
 
 Checks (each a violation, exit code 1):
   lost        an acknowledged record is missing from a node's log
@@ -55,6 +63,10 @@ CATEGORIES = (
     "lost", "misplaced", "duplicated", "unexpected", "corrupt", "divergent",
     "lagging", "batch", "stale_read", "bad_read",
 )
+# Checked only for runs with named logs (--logs N).
+LOG_CATEGORIES = ("wrong_log",)
+ALL_CATEGORIES = CATEGORIES + LOG_CATEGORIES
+DEFAULT_LOG = "default"
 
 
 class InputError(Exception):
@@ -73,6 +85,7 @@ class Dump:
     first_offset: int = 0
     records: list = field(default_factory=list)
     corrupt: list = field(default_factory=list)
+    log: str = DEFAULT_LOG
 
     @property
     def next_offset(self) -> int:
@@ -105,6 +118,8 @@ def dump_from_lines(node: str, lines) -> Dump:
         if "offset" not in obj:
             if "node" in obj:
                 d.node = str(obj["node"])
+                if obj.get("log"):
+                    d.log = str(obj["log"])
                 header_first = obj.get("first_offset")
                 if header_first is not None:
                     d.first_offset = int(header_first)
@@ -162,12 +177,36 @@ def load_history(path: Path) -> list:
     return events
 
 
-def load_dump(path: Path) -> Dump:
+def load_dump(path: Path, log: str | None = None) -> Dump:
+    """log: the log this dump is of when its header does not say (default: the default log)."""
     lines = read_jsonl(path)
     node = path.stem.removeprefix("dump-")
     d = dump_from_lines(node, [ln for ln in lines if "_bad" not in ln])
     d.corrupt.extend(f"{ln['_bad']}" for ln in lines if "_bad" in ln)
+    if log and d.log == DEFAULT_LOG:
+        d.log = log
     return d
+
+
+def group_dumps(dumps) -> dict:
+    """log -> {node -> Dump}; two dumps of one node and log are an input error."""
+    out: dict = {}
+    for d in dumps:
+        per = out.setdefault(d.log, {})
+        if d.node in per:
+            raise InputError(f"two dumps for node {d.node}" + ("" if d.log == DEFAULT_LOG else f" of log {d.log}"))
+        per[d.node] = d
+    return out
+
+
+def load_run_dumps(run_dir: Path) -> dict:
+    """A run directory's dumps, log -> {node -> Dump}: dumps/*.jsonl (the
+    default log) and dumps/LOG/*.jsonl (the named log LOG)."""
+    dumps_dir = Path(run_dir) / "dumps"
+    dumps = [load_dump(p) for p in sorted(dumps_dir.glob("*.jsonl"))]
+    for sub in sorted(p for p in dumps_dir.glob("*") if p.is_dir()):
+        dumps += [load_dump(p, log=sub.name) for p in sorted(sub.glob("*.jsonl"))]
+    return group_dumps(dumps)
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +236,12 @@ class Report:
     stats: dict = field(default_factory=dict)
     allow_lag: bool = False
     tolerate: frozenset = frozenset()
+    categories: tuple = CATEGORIES  # ALL_CATEGORIES for runs with named logs
+
+    def __post_init__(self):
+        for c in self.categories:
+            self.violations.setdefault(c, [])
+            self.counts.setdefault(c, 0)
 
     def tolerated(self, category: str) -> bool:
         return category in self.tolerate or (category == "lagging" and self.allow_lag)
@@ -224,10 +269,20 @@ class Report:
         lines.append(f"linearizable reads: {s.get('reads_ok', 0)} answered, "
                      f"{s.get('reads_checked', 0)} checked against earlier acknowledgements")
         lines.append("nodes: " + ", ".join(f"{n} {c} records" for n, c in sorted(s.get("nodes", {}).items())))
+        for name, ls in sorted(s.get("logs", {}).items()):
+            lc = ls["counts"]
+            lines.append(f"log {name}: acknowledged {ls['acknowledged']}, lost {lc['lost']}, "
+                         f"duplicated {lc['duplicated']}, misplaced {lc['misplaced']}, "
+                         f"divergent {lc['divergent']}, unexpected {lc['unexpected']}, "
+                         f"wrong_log {lc.get('wrong_log', 0)}, other violations "
+                         f"{sum(n for c, n in lc.items() if c not in LOG_SUMMARY_COUNTS)}; "
+                         f"reads {ls['reads_checked']} checked; nodes "
+                         + (", ".join(f"{n} {c}" for n, c in sorted(ls["nodes"].items())) or "none"))
         lines.append("lost {lost}, duplicated {duplicated}, unexpected {unexpected}, corrupt {corrupt}, "
                      "misplaced {misplaced}, divergent {divergent}, lagging {lagging}, batch {batch}, "
-                     "stale_read {stale_read}, bad_read {bad_read}".format(**self.counts))
-        for c in CATEGORIES:
+                     "stale_read {stale_read}, bad_read {bad_read}".format(**self.counts)
+                     + "".join(f", {c} {self.counts[c]}" for c in self.categories if c not in CATEGORIES))
+        for c in self.categories:
             v = self.violations[c]
             if not v:
                 continue
@@ -247,6 +302,9 @@ class Report:
     def to_json(self) -> dict:
         return {"failed": self.failed, "counts": self.counts, "tolerated": sorted(self.tolerate), "stats": self.stats,
                 "violations": {c: v[:1000] for c, v in self.violations.items()}}
+
+
+LOG_SUMMARY_COUNTS = ("lost", "duplicated", "misplaced", "divergent", "unexpected", "wrong_log")
 
 
 def parse_ops(events, report: Report) -> tuple[list, Counter]:
@@ -303,12 +361,15 @@ def parse_ops(events, report: Report) -> tuple[list, Counter]:
     return order, faults
 
 
-def check(events, dumps: dict, allow_lag: bool = False, tolerate=()) -> Report:
-    """events: history dicts; dumps: node -> Dump (or a list of values from offset 0)."""
-    unknown = set(tolerate) - set(CATEGORIES)
+def check(events, dumps: dict, allow_lag: bool = False, tolerate=(), foreign: dict | None = None) -> Report:
+    """events: history dicts; dumps: node -> Dump (or a list of values from offset 0).
+    foreign (named logs): value -> the other log it was written to; such a
+    value in these dumps is wrong_log rather than unexpected."""
+    unknown = set(tolerate) - set(ALL_CATEGORIES)
     if unknown:
-        raise InputError(f"unknown categories to tolerate: {sorted(unknown)} (known: {', '.join(CATEGORIES)})")
-    report = Report(allow_lag=allow_lag, tolerate=frozenset(tolerate))
+        raise InputError(f"unknown categories to tolerate: {sorted(unknown)} (known: {', '.join(ALL_CATEGORIES)})")
+    report = Report(allow_lag=allow_lag, tolerate=frozenset(tolerate),
+                    categories=CATEGORIES if foreign is None else ALL_CATEGORIES)
     dumps = {n: (d if isinstance(d, Dump) else dump_from_values(n, d)) for n, d in dumps.items()}
     ops, faults = parse_ops(events, report)
 
@@ -348,7 +409,9 @@ def check(events, dumps: dict, allow_lag: bool = False, tolerate=()) -> Report:
             if len(offs) > 1:
                 report.add("duplicated", f"{node}: {v!r} at offsets {offs}")
             op = invoked.get(v)
-            if op is None:
+            if op is None and foreign and v in foreign:
+                report.add("wrong_log", f"{node}: {v!r} at offset {offs[0]} was written to {foreign[v]}")
+            elif op is None:
                 report.add("unexpected", f"{node}: {v!r} at offset {offs[0]} was never produced")
             elif op.type == "fail":
                 report.add("unexpected", f"{node}: {v!r} at offset {offs[0]} belongs to op {op.id}, "
@@ -423,7 +486,7 @@ def check(events, dumps: dict, allow_lag: bool = False, tolerate=()) -> Report:
             report.add("bad_read", f"read op {r.id}: offset {asked} read {r.read_values[0]!r}, "
                                    f"acknowledged {acked_at[asked]!r}")
 
-    for c in CATEGORIES:
+    for c in report.categories:
         report.counts[c] = len(report.violations[c])
     indeterminate = [v for o in writes if o.type == "info" for v in o.values]
     report.stats = {
@@ -442,13 +505,106 @@ def check(events, dumps: dict, allow_lag: bool = False, tolerate=()) -> Report:
     return report
 
 
+def split_by_log(events) -> tuple[dict, dict]:
+    """(log -> its events, value -> the log it was written to). An
+    operation's completion goes with its invoke (by "op", else the proc's
+    last invoke); fault events go to every log."""
+    log_of_op: dict = {}
+    last_of_proc: dict = {}
+    logs: set = set()
+    tagged = []  # (event, log or None for every log)
+    written_to: dict = {}
+    for n, e in enumerate(events):
+        f = e.get("f")
+        if f not in ("produce", "batch", "read"):
+            tagged.append((e, None))
+            continue
+        proc = str(e.get("proc", "?"))
+        if e.get("type") == "invoke":
+            log = str(e.get("log") or DEFAULT_LOG)
+            log_of_op[e.get("op", (proc, n))] = log
+            last_of_proc[proc] = log
+            if f != "read":
+                for v in e.get("values") or []:
+                    if written_to.setdefault(str(v), log) != log:
+                        raise InputError(f"value {v!r} invoked in two logs ({written_to[str(v)]} and {log}): "
+                                         f"values must be unique")
+        else:
+            oid = e.get("op")
+            log = log_of_op.get(oid) if oid is not None else None
+            log = log or (str(e["log"]) if e.get("log") else None) or last_of_proc.get(proc, DEFAULT_LOG)
+        logs.add(log)
+        tagged.append((e, log))
+    out: dict = {log: [] for log in logs}
+    for e, log in tagged:
+        if log is None:
+            for evs in out.values():
+                evs.append(e)
+        else:
+            out[log].append(e)
+    return out, written_to
+
+
+def named_logs_in(events, dumps_by_log: dict) -> bool:
+    return any(e.get("log") for e in events) or any(log != DEFAULT_LOG for log in dumps_by_log)
+
+
+def check_logs(events, dumps_by_log: dict, allow_lag: bool = False, tolerate=()) -> Report:
+    """events: the whole history; dumps_by_log: log -> {node -> Dump or values}.
+    Without named logs this is check() on the default log's dumps. With
+    them, each log is checked on its own (its events and its dumps) and the
+    reports are merged (details prefixed with [log]); a record found in
+    another log than the one it was written to is wrong_log."""
+    if not named_logs_in(events, dumps_by_log):
+        return check(events, dumps_by_log.get(DEFAULT_LOG, {}), allow_lag=allow_lag, tolerate=tolerate)
+    by_log, written_to = split_by_log(events)
+    logs = sorted(set(by_log) | set(dumps_by_log))
+    faults_only = [e for e in events if e.get("f") not in ("produce", "batch", "read")]
+    total = Report(allow_lag=allow_lag, tolerate=frozenset(tolerate), categories=ALL_CATEGORIES)
+    ops: Counter = Counter()
+    nodes: Counter = Counter()
+    per_log: dict = {}
+    sums = Counter()
+    faults: dict = {}
+    for log in logs:
+        evs = by_log.get(log, faults_only)
+        dumps = dumps_by_log.get(log, {})
+        foreign = {v: w for v, w in written_to.items() if w != log}
+        r = check(evs, dumps, allow_lag=allow_lag, tolerate=tolerate, foreign=foreign)
+        if not dumps and r.stats["acknowledged"]:
+            r.add("lost", f"no node's dump of this log: its {r.stats['acknowledged']} acknowledged records "
+                          f"are unchecked")
+            r.counts["lost"] = len(r.violations["lost"])
+        for c in ALL_CATEGORIES:
+            total.violations[c].extend(f"[{log}] {d}" for d in r.violations[c])
+        st = r.stats
+        ops.update(st["operations"])
+        for k in ("ops_ok", "ops_fail", "ops_info", "acknowledged", "indeterminate", "indeterminate_present",
+                  "reads_ok", "reads_checked"):
+            sums[k] += st[k]
+        nodes.update(st["nodes"])
+        faults = st["faults"]  # every log sees every fault event
+        per_log[log] = {"acknowledged": st["acknowledged"], "indeterminate": st["indeterminate"],
+                        "indeterminate_present": st["indeterminate_present"], "operations": st["operations"],
+                        "reads_ok": st["reads_ok"], "reads_checked": st["reads_checked"],
+                        "nodes": st["nodes"], "counts": dict(r.counts)}
+    for c in ALL_CATEGORIES:
+        total.counts[c] = len(total.violations[c])
+    total.stats = {"operations": dict(ops), **{k: sums[k] for k in (
+        "ops_ok", "ops_fail", "ops_info")}, "faults": faults, **{k: sums[k] for k in (
+            "acknowledged", "indeterminate", "indeterminate_present", "reads_ok", "reads_checked")},
+        "nodes": dict(nodes), "logs": per_log}
+    return total
+
+
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("paths", nargs="+", help="RUN_DIR, or HISTORY DUMP [DUMP...]")
+    ap.add_argument("paths", nargs="+", help="RUN_DIR, or HISTORY DUMP [DUMP...] (a named log's dump says "
+                                             "its log in its header)")
     ap.add_argument("--json", help="also write the report as JSON to this file")
     ap.add_argument("--allow-lag", action="store_true", help="a node shorter than the longest is not a violation")
     ap.add_argument("--tolerate", default="", help="comma-separated categories reported without failing")
@@ -460,21 +616,15 @@ def main(argv=None) -> int:
             if len(args.paths) != 1:
                 raise InputError("give one RUN_DIR, or HISTORY and DUMP files")
             history = first / "history.jsonl"
-            dump_paths = sorted((first / "dumps").glob("*.jsonl"))
+            dumps_by_log = load_run_dumps(first)
         else:
             history = first
-            dump_paths = [Path(p) for p in args.paths[1:]]
-        if not dump_paths:
+            dumps_by_log = group_dumps(load_dump(Path(p)) for p in args.paths[1:])
+        if not dumps_by_log:
             raise InputError("no node dumps given")
         events = load_history(history)
-        dumps = {}
-        for p in dump_paths:
-            d = load_dump(p)
-            if d.node in dumps:
-                raise InputError(f"two dumps for node {d.node}")
-            dumps[d.node] = d
-        report = check(events, dumps, allow_lag=args.allow_lag,
-                       tolerate=[c.strip() for c in args.tolerate.split(",") if c.strip()])
+        report = check_logs(events, dumps_by_log, allow_lag=args.allow_lag,
+                            tolerate=[c.strip() for c in args.tolerate.split(",") if c.strip()])
     except InputError as e:
         print(f"check_history: {e}", file=sys.stderr)
         return 2

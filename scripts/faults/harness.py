@@ -47,8 +47,18 @@ acknowledged before the read starts. Every operation is logged to
 RUN_DIR/history.jsonl (see check_history.py for the format); an error after
 the request may have reached a node is "info" (unknown outcome).
 
+Named logs (--logs N, default 0: only the default log): once the cluster is
+up the harness creates log0..log{N-1} (Cluster/CreateLog, retried until a
+leader takes it) and waits until every node serves each of them with a
+leader; producer k writes log k % N (at least N producers), readers read the
+logs in turn, every operation's history events carry "log", and the check
+runs per log (dense offsets from 0, nothing acknowledged lost, duplicated or
+misplaced within its log, no record in another log than its own:
+wrong_log). The default log is dumped and checked too (nothing writes it).
+
 Every round records its write outage: the longest time without an
-acknowledged write from the fault's start until the cluster recovered.
+acknowledged write from the fault's start until the cluster recovered (with
+--logs, also per log, from that log's own acknowledgements).
 
 At the end: heal everything, restart dead nodes, wait until every node has
 committed the same offsets, dump every live node's log (ConsumeStream from
@@ -541,6 +551,24 @@ class Api:
         except self.grpc.RpcError:
             return None
 
+    def describe(self, node: Node, name: str, timeout=1.0):
+        """Cluster.DescribeLog of a named log on a node (that node's view of
+        the log's group: leader, first and committed offsets), or None."""
+        if not node.alive() or node.paused:
+            return None
+        try:
+            with self.channel(node.client) as ch:
+                return self.peer_grpc.ClusterStub(ch).DescribeLog(self.peer.DescribeLogRequest(name=name),
+                                                                  timeout=timeout)
+        except self.grpc.RpcError:
+            return None
+
+    def create_log(self, node: Node, name: str, timeout=10.0):
+        """Cluster.CreateLog(name, if_not_exists) on a node; raises RpcError."""
+        with self.channel(node.client) as ch:
+            return self.peer_grpc.ClusterStub(ch).CreateLog(
+                self.peer.CreateLogRequest(name=name, if_not_exists=True), timeout=timeout)
+
 
 # --------------------------------------------------------------------------
 # History and workload
@@ -554,30 +582,41 @@ class History:
         self.op_ids = itertools.count(1)
         self.max_acked = -1
         self.ack_times: list[float] = []  # when each acknowledged write completed (for outages)
+        # Named logs (--logs): each log's highest acknowledged offset and acknowledgement times.
+        self.max_acked_by: dict[str, int] = {}
+        self.ack_times_by: dict[str, list[float]] = {}
 
     def now(self):
         return time.monotonic() - self.t0
 
-    def write(self, ev: dict, acked_upto: int | None = None) -> dict:
+    def write(self, ev: dict, acked_upto: int | None = None, log: str = "") -> dict:
+        """log: the named log an acknowledged write went to (empty: the default log)."""
         with self.lock:
             if self.f.closed:
                 return ev
             ev = {"t": round(self.now(), 6), **ev}
             if acked_upto is not None:
-                self.max_acked = max(self.max_acked, acked_upto)
+                if log:
+                    self.max_acked_by[log] = max(self.max_acked_by.get(log, -1), acked_upto)
+                    self.ack_times_by.setdefault(log, []).append(ev["t"])
+                else:
+                    self.max_acked = max(self.max_acked, acked_upto)
                 self.ack_times.append(ev["t"])
             self.f.write(json.dumps(ev, separators=(",", ":")) + "\n")
         return ev
 
-    def invoke_read(self, proc, node):
-        """Logs a read's invoke with the highest offset acknowledged so far, atomically."""
+    def invoke_read(self, proc, node, log: str = ""):
+        """Logs a read's invoke with the highest offset acknowledged so far
+        (in `log`, when named), atomically."""
         with self.lock:
-            if self.max_acked < 0 or self.f.closed:
+            h = self.max_acked_by.get(log, -1) if log else self.max_acked
+            if h < 0 or self.f.closed:
                 return None, None
             op = next(self.op_ids)
-            h = self.max_acked
             ev = {"t": round(self.now(), 6), "proc": proc, "op": op, "type": "invoke", "f": "read",
                   "offset": h, "node": node}
+            if log:
+                ev["log"] = log
             self.f.write(json.dumps(ev, separators=(",", ":")) + "\n")
         return op, h
 
@@ -690,6 +729,9 @@ class Workload:
         stubs = Stubs(self.api)
         seq = 0
         proc = f"p{k}"
+        names = self.args.log_names
+        log = names[k % len(names)] if names else ""  # producer k writes log k % N
+        tag = {"log": log} if log else {}
         try:
             while not self.stop.is_set():
                 targets = self.nodes()
@@ -705,25 +747,26 @@ class Workload:
                     values.append(f"{proc}-{seq}")
                 f = "batch" if batch else "produce"
                 op = next(self.h.op_ids)
-                self.h.write({"proc": proc, "op": op, "type": "invoke", "f": f, "values": values, "node": node})
+                self.h.write({"proc": proc, "op": op, "type": "invoke", "f": f, "values": values, "node": node,
+                              **tag})
                 try:
                     if batch:
                         resp = stub.ProduceBatch(
-                            pb.ProduceBatchRequest(records=[pb.Record(value=v.encode()) for v in values]),
+                            pb.ProduceBatchRequest(records=[pb.Record(value=v.encode()) for v in values], log=log),
                             timeout=self.args.op_timeout)
                         offsets = list(resp.offsets)
                         self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": offsets[0],
-                                      "offsets": offsets}, acked_upto=max(offsets))
+                                      "offsets": offsets, **tag}, acked_upto=max(offsets), log=log)
                     else:
-                        resp = stub.Produce(pb.ProduceRequest(record=pb.Record(value=values[0].encode())),
-                                                timeout=self.args.op_timeout)
-                        self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": resp.offset},
-                                     acked_upto=resp.offset)
+                        resp = stub.Produce(pb.ProduceRequest(record=pb.Record(value=values[0].encode()), log=log),
+                                            timeout=self.args.op_timeout)
+                        self.h.write({"proc": proc, "op": op, "type": "ok", "f": f, "offset": resp.offset, **tag},
+                                     acked_upto=resp.offset, log=log)
                     if self.args.pause_ms:
                         time.sleep(self.args.pause_ms / 1000)
                 except grpc.RpcError as e:
                     typ, msg = classify(e)
-                    self.h.write({"proc": proc, "op": op, "type": typ, "f": f, "error": msg})
+                    self.h.write({"proc": proc, "op": op, "type": typ, "f": f, "error": msg, **tag})
                     time.sleep(0.05 + rng.random() * 0.1)
         finally:
             stubs.close()
@@ -734,28 +777,33 @@ class Workload:
         rng = random.Random(self.args.seed * 1000 + 500 + k)
         stubs = Stubs(self.api)
         proc = f"r{k}"
+        names = self.args.log_names
+        turn = 0
         try:
             while not self.stop.is_set():
                 time.sleep(0.05 + rng.random() * 0.1)
                 targets = self.nodes()
                 stubs.prune(targets)
                 target = rng.choice(targets)
-                op, h = self.h.invoke_read(proc, target.name)
+                log = names[(k + turn) % len(names)] if names else ""  # the logs in turn
+                turn += 1
+                tag = {"log": log} if log else {}
+                op, h = self.h.invoke_read(proc, target.name, log)
                 if op is None:
                     continue
                 try:
-                    resp = stubs.get(target).Consume(pb.ConsumeRequest(offset=h, linearizable=True),
-                                            timeout=self.args.op_timeout)
+                    resp = stubs.get(target).Consume(pb.ConsumeRequest(offset=h, linearizable=True, log=log),
+                                                     timeout=self.args.op_timeout)
                     self.h.write({"proc": proc, "op": op, "type": "ok", "f": "read", "found": True,
-                                  "values": [resp.record.value.decode(errors="replace")]})
+                                  "values": [resp.record.value.decode(errors="replace")], **tag})
                 except grpc.RpcError as e:
                     if e.code() == grpc.StatusCode.OUT_OF_RANGE:
                         self.h.write({"proc": proc, "op": op, "type": "ok", "f": "read", "found": False,
-                                      "error": (e.details() or "")[:200]})
+                                      "error": (e.details() or "")[:200], **tag})
                     else:
                         # A read has no effect: a failed one is just "fail".
                         self.h.write({"proc": proc, "op": op, "type": "fail", "f": "read",
-                                      "error": f"{e.code().name}: {e.details()}"[:300]})
+                                      "error": f"{e.code().name}: {e.details()}"[:300], **tag})
         finally:
             stubs.close()
 
@@ -817,6 +865,62 @@ class Harness:
             raise RuntimeError(f"the cluster did not become ready within {a.start_timeout}s; logs under {self.run_dir}")
         lead = self.leader()
         self.say(f"cluster ready, leader {lead.name if lead else None}")
+
+    def create_logs(self):
+        """--logs N: creates log0..log{N-1} (CreateLog with if_not_exists,
+        the leader first, retried: creating needs a leader and every member
+        speaking named logs), then waits until every node serves each log and
+        agrees on its leader."""
+        a = self.args
+        if not a.log_names:
+            return
+        t0 = time.monotonic()
+        deadline = t0 + a.start_timeout
+        for name in a.log_names:
+            last = None
+            while True:
+                lead = self.leader()
+                order = ([lead] if lead else []) + [n for n in self.nodes if n is not lead and n.alive()]
+                try:
+                    self.api.create_log(order[0], name)
+                    break
+                except self.api.grpc.RpcError as e:
+                    last = f"{order[0].name}: {e.code().name}: {e.details()}"
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"could not create log {name} within {a.start_timeout}s: {last}")
+                time.sleep(0.5)
+        why = ["not checked"]
+        if not self.wait(lambda: self.logs_led(why), max(10.0, deadline - time.monotonic()), step=0.3):
+            raise RuntimeError(f"the named logs did not get a leader on every node within {a.start_timeout}s: "
+                               f"{why[0]}")
+        self.say(f"logs: {len(a.log_names)} created in {time.monotonic() - t0:.1f}s; {why[0]}")
+
+    def log_views(self, name):
+        """node name -> its DescribeLog of `name` (None: no answer)."""
+        return {n.name: self.api.describe(n, name) for n in self.nodes}
+
+    def logs_led(self, why=None) -> bool:
+        """Every named log: every node answers DescribeLog and names the same
+        leader, a live node. True without named logs."""
+        leaders = []
+        for name in self.args.log_names:
+            views = self.log_views(name)
+            missing = [k for k, v in views.items() if v is None]
+            seen = {v.leader if v.HasField("leader") else "" for v in views.values() if v is not None}
+            if missing or len(seen) != 1 or "" in seen:
+                if why is not None:
+                    why[0] = f"{name}: " + (f"no answer from {missing}" if missing else f"leaders {sorted(seen)}")
+                return False
+            lead = seen.pop()
+            node = next((n for n in self.nodes if n.name == lead), None)
+            if node is None or not node.alive() or node.paused:
+                if why is not None:
+                    why[0] = f"{name}: leader {lead} is not a live node"
+                return False
+            leaders.append(f"{name} {lead}")
+        if why is not None:
+            why[0] = "leaders " + ", ".join(leaders)
+        return True
 
     def kill_all(self):
         for n in [*self.nodes, *self.retired]:
@@ -1060,9 +1164,10 @@ class Harness:
         why[0] = desc
         return True
 
-    def longest_gap(self, t_from, t_to):
+    def longest_gap(self, t_from, t_to, log=""):
+        """log: that named log's acknowledgements only (empty: every write's)."""
         with self.history.lock:
-            acks = list(self.history.ack_times)
+            acks = list(self.history.ack_times_by.get(log, []) if log else self.history.ack_times)
         return longest_gap(acks, t_from, t_to, self.history.now())
 
     def disk_full(self, lead_name):
@@ -1143,8 +1248,8 @@ class Harness:
         for n in self.nodes:
             if not n.alive():
                 n.start()
-        ok = self.wait(lambda: self.leader() is not None and all(n.ready() for n in self.nodes),
-                       self.args.recover_timeout, step=0.3)
+        ok = self.wait(lambda: self.leader() is not None and all(n.ready() for n in self.nodes)
+                       and self.logs_led(), self.args.recover_timeout, step=0.3)
         if not ok:
             self.notes.append(f"cluster not fully ready {self.args.recover_timeout}s after a fault "
                               f"(t={self.history.now():.1f}s)")
@@ -1167,8 +1272,13 @@ class Harness:
                 self.heal_all()
             self.check_exits(during_diskfull=None)
             self.recover()
-            outage, _ = self.longest_gap(t_start, self.history.now())
-            self.round_obs.append({"round": r + 1, "fault": kind, "write_outage_s": round(outage, 3)})
+            t_end = self.history.now()
+            outage, _ = self.longest_gap(t_start, t_end)
+            obs = {"round": r + 1, "fault": kind, "write_outage_s": round(outage, 3)}
+            if a.log_names:
+                obs["write_outage_per_log_s"] = {name: round(self.longest_gap(t_start, t_end, log=name)[0], 3)
+                                                 for name in a.log_names}
+            self.round_obs.append(obs)
             if self.stop_rounds:
                 self.say(f"no more faults after round {r + 1}: {self.problems[-1] if self.problems else ''}")
                 break
@@ -1190,7 +1300,11 @@ class Harness:
                 key = {(s.next_offset, s.applied_index, s.last_log_index) for s in st.values()}
                 leaders = {s.leader for s in st.values()}
                 if len(key) == 1 and len(leaders) == 1 and None not in leaders and "" not in leaders:
-                    if prev == key:
+                    if a.log_names:
+                        # Every named log: every node's committed offset and leader the same.
+                        logs_key = self.logs_converged()
+                        key = None if logs_key is None else (frozenset(key), logs_key)
+                    if key is not None and prev == key:
                         return st
                     prev = key
                 else:
@@ -1199,50 +1313,96 @@ class Harness:
         st = self.statuses()
         desc = ", ".join(f"{k}: " + (f"next {s.next_offset} applied {s.applied_index} leader {s.leader}"
                                      if s else "no answer") for k, s in st.items())
+        for name in a.log_names:
+            desc += f"; {name}: " + ", ".join(
+                f"{k} " + (f"next {v.next_offset} leader {v.leader if v.HasField('leader') else None}" if v
+                           else "no answer") for k, v in self.log_views(name).items())
         self.problems.append(f"nodes did not converge within {a.converge_timeout}s: {desc}")
         return st
 
+    def logs_converged(self):
+        """(per named log: (committed offset, leader)) when every node agrees
+        on both for every log, else None."""
+        out = []
+        for name in self.args.log_names:
+            views = self.log_views(name).values()
+            if any(v is None or not v.HasField("leader") or not v.leader for v in views):
+                return None
+            key = {(v.next_offset, v.leader) for v in views}
+            if len(key) != 1:
+                return None
+            out.append((name, *key.pop()))
+        return tuple(out)
+
     def dump(self, statuses):
-        """Each node's whole committed log, read from that node."""
+        """Each node's whole committed log, read from that node; with --logs,
+        each named log too (dumps/<log>/dump-<node>.jsonl)."""
         out_dir = self.run_dir / "dumps"
         out_dir.mkdir(exist_ok=True)
-        pb = self.api.log
         known = [s.next_offset for s in statuses.values() if s is not None]
         for n in self.nodes:
             s = statuses.get(n.name)
             first = s.first_offset if s else 0
             end = s.next_offset if s else (max(known) if known else None)
-            rows = []
-            nxt = first
-            for attempt in range(3):
-                if end is not None and nxt >= end:
-                    break
-                try:
-                    with self.api.channel(n.client) as ch:
-                        stream = self.api.log_grpc.LogStub(ch).ConsumeStream(
-                            pb.ConsumeRequest(offset=nxt), timeout=self.args.dump_timeout)
-                        for resp in stream:
-                            r = resp.record
-                            row = {"offset": r.offset}
-                            try:
-                                row["value"] = r.value.decode("utf-8")
-                            except UnicodeDecodeError:
-                                row["value_hex"] = r.value.hex()
-                            rows.append(row)
-                            nxt = r.offset + 1
-                            if end is not None and nxt >= end:
-                                stream.cancel()
-                                break
-                except self.api.grpc.RpcError as e:
-                    if e.code() == self.api.grpc.StatusCode.CANCELLED:
-                        break
-                    self.say(f"  dump of {n.name} interrupted at {nxt}: {e.code().name} {e.details()}")
-                    time.sleep(1)
+            rows, nxt = self.dump_node(n, first, end)
             with open(out_dir / f"dump-{n.name}.jsonl", "w") as f:
                 f.write(json.dumps({"node": n.name, "first_offset": first, "next_offset": end}) + "\n")
                 for row in rows:
                     f.write(json.dumps(row, separators=(",", ":")) + "\n")
             self.say(f"  {n.name}: {len(rows)} records dumped (offsets {first}..{nxt})")
+        self.log_final = {}
+        for name in self.args.log_names:
+            views = self.log_views(name)
+            self.log_final[name] = views
+            known = [v.next_offset for v in views.values() if v is not None]
+            log_dir = out_dir / name
+            log_dir.mkdir(exist_ok=True)
+            parts = []
+            for n in self.nodes:
+                v = views.get(n.name)
+                first = v.first_offset if v else 0
+                end = v.next_offset if v else (max(known) if known else None)
+                rows, nxt = self.dump_node(n, first, end, log=name)
+                with open(log_dir / f"dump-{n.name}.jsonl", "w") as f:
+                    f.write(json.dumps({"node": n.name, "log": name, "first_offset": first, "next_offset": end})
+                            + "\n")
+                    for row in rows:
+                        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                parts.append(f"{n.name} {len(rows)} (offsets {first}..{nxt})")
+            self.say(f"  {name}: records dumped: {', '.join(parts)}")
+
+    def dump_node(self, n, first, end, log=""):
+        """(rows, next offset): node n's records of `log` from `first` to `end`
+        (None: until the stream ends or times out), read from n itself."""
+        pb = self.api.log
+        rows = []
+        nxt = first
+        for attempt in range(3):
+            if end is not None and nxt >= end:
+                break
+            try:
+                with self.api.channel(n.client) as ch:
+                    stream = self.api.log_grpc.LogStub(ch).ConsumeStream(
+                        pb.ConsumeRequest(offset=nxt, log=log), timeout=self.args.dump_timeout)
+                    for resp in stream:
+                        r = resp.record
+                        row = {"offset": r.offset}
+                        try:
+                            row["value"] = r.value.decode("utf-8")
+                        except UnicodeDecodeError:
+                            row["value_hex"] = r.value.hex()
+                        rows.append(row)
+                        nxt = r.offset + 1
+                        if end is not None and nxt >= end:
+                            stream.cancel()
+                            break
+            except self.api.grpc.RpcError as e:
+                if e.code() == self.api.grpc.StatusCode.CANCELLED:
+                    break
+                self.say(f"  dump of {n.name}{f' ({log})' if log else ''} interrupted at {nxt}: "
+                         f"{e.code().name} {e.details()}")
+                time.sleep(1)
+        return rows, nxt
 
     def check_full_replicas(self, statuses):
         """Every node, a churn replacement too, must hold the whole log: the
@@ -1254,6 +1414,13 @@ class Harness:
             if s is not None and s.first_offset != 0:
                 self.problems.append(f"{name}'s log starts at offset {s.first_offset}, not 0, though no retention "
                                      f"is configured: records below it are not checked on {name}")
+        for log, views in getattr(self, "log_final", {}).items():
+            for name, v in views.items():
+                if v is None:
+                    self.problems.append(f"{name} did not describe log {log} before the dump")
+                elif v.first_offset != 0:
+                    self.problems.append(f"{name}'s log {log} starts at offset {v.first_offset}, not 0, though no "
+                                         f"retention is configured: records below it are not checked on {name}")
 
     def membership_changes(self):
         """Automatic membership changes the leaders logged, by reason (every
@@ -1279,6 +1446,22 @@ class Harness:
         return {k: {"rounds": len(v), "median_s": round(statistics.median(v), 2), "max_s": round(max(v), 2)}
                 for k, v in by.items()}
 
+    def log_outage_summary(self):
+        """--logs: per log, and per fault kind the worst log of each round."""
+        import statistics
+        per_log, worst = {}, {}
+        for o in self.round_obs:
+            per = o.get("write_outage_per_log_s")
+            if not per:
+                continue
+            for name, x in per.items():
+                per_log.setdefault(name, []).append(x)
+            worst.setdefault(o["fault"], []).append(max(per.values()))
+        summ = lambda v: {"rounds": len(v), "median_s": round(statistics.median(v), 2),  # noqa: E731
+                          "max_s": round(max(v), 2)}
+        return {"per_log": {k: summ(v) for k, v in per_log.items()},
+                "worst_log_per_fault": {k: summ(v) for k, v in worst.items()}}
+
     def churn_summary(self):
         obs = self.churn_obs
         if not obs:
@@ -1303,6 +1486,8 @@ class Harness:
     def sabotage(self):
         """Drops the last acknowledged record from every dump, as a lost fsync
         would: the checker must fail (--sabotage; proves the CI mode catches it)."""
+        if self.args.log_names:
+            return self.sabotage_logs()
         acked = -1
         with open(self.run_dir / "history.jsonl") as f:
             for ln in f:
@@ -1315,9 +1500,31 @@ class Harness:
             p.write_text("".join(ln + "\n" for ln in kept))
         self.say(f"  SABOTAGE: offset {acked} and later removed from every dump")
 
+    def sabotage_logs(self):
+        """--sabotage with --logs: each named log's last acknowledged record
+        dropped from that log's dumps."""
+        acked, log_of_op = {}, {}
+        with open(self.run_dir / "history.jsonl") as f:
+            for ln in f:
+                e = json.loads(ln)
+                if e.get("type") == "invoke":
+                    log_of_op[e.get("op")] = e.get("log") or ""
+                elif e.get("type") == "ok" and e.get("f") in ("produce", "batch"):
+                    log = log_of_op.get(e.get("op"), "")
+                    acked[log] = max(acked.get(log, -1), max(e.get("offsets") or [e["offset"]]))
+        for log, upto in sorted(acked.items()):
+            if not log:
+                continue
+            for p in (self.run_dir / "dumps" / log).glob("*.jsonl"):
+                lines = p.read_text().splitlines()
+                kept = [ln for ln in lines if json.loads(ln).get("offset", -1) < upto]
+                p.write_text("".join(ln + "\n" for ln in kept))
+            self.say(f"  SABOTAGE: {log}: offset {upto} and later removed from every dump")
+
     def main(self):
         a = self.args
         self.setup()
+        self.create_logs()
         self.history = History(self.run_dir / "history.jsonl")
         self.cleanup.push("close the history", self.history.close)
         self.workload = Workload(self.api, lambda: self.nodes, self.history, a)
@@ -1343,13 +1550,16 @@ class Harness:
         sys.path.insert(0, str(HERE))
         import check_history
         events = check_history.load_history(self.run_dir / "history.jsonl")
-        dumps = {p.stem.removeprefix("dump-"): check_history.load_dump(p)
-                 for p in sorted((self.run_dir / "dumps").glob("*.jsonl"))}
-        report = check_history.check(events, dumps, tolerate=a.tolerate)
+        dumps = check_history.load_run_dumps(self.run_dir)
+        report = check_history.check_logs(events, dumps, tolerate=a.tolerate)
         churn = self.churn_summary()
         outages = self.outage_summary()
+        log_outages = self.log_outage_summary() if a.log_names else None
         out = report.to_json()
         out["write_outages"] = {"per_fault": outages, "per_round": self.round_obs}
+        if log_outages:
+            out["logs"] = a.log_names
+            out["write_outages"].update(log_outages)
         if churn:
             out["churn"] = {**churn, "per_round": self.churn_obs}
         (self.run_dir / "report.json").write_text(json.dumps(out, indent=1))
@@ -1365,8 +1575,15 @@ class Harness:
             print("write outage (longest time without an acknowledged write, from a fault's start until the cluster "
                   "recovered): " + "; ".join(f"{k} median {v['median_s']}s max {v['max_s']}s"
                                             for k, v in sorted(outages.items())))
+        if log_outages and log_outages["per_log"]:
+            print("write outage per log (from that log's own acknowledgements): worst log of each round: "
+                  + "; ".join(f"{k} median {v['median_s']}s max {v['max_s']}s"
+                              for k, v in sorted(log_outages["worst_log_per_fault"].items()))
+                  + "; per log: " + "; ".join(f"{k} median {v['median_s']}s max {v['max_s']}s"
+                                              for k, v in sorted(log_outages["per_log"].items())))
         print(f"duration: {time.monotonic() - t0:.0f}s of faults and workload; nodes {a.nodes}; rounds {a.rounds}; "
-              f"faults {','.join(a.fault_kinds)}; seed {a.seed}")
+              f"faults {','.join(a.fault_kinds)}; seed {a.seed}"
+              + (f"; logs {len(a.log_names)} ({a.producers} producers)" if a.log_names else ""))
         for o in self.disk_obs:
             print(f"disk full: {o}")
         for note in self.notes:
@@ -1397,6 +1614,9 @@ def parse_args(argv):
     ap.add_argument("--fault-duration", type=float, default=8.0, help="seconds a fault is held")
     ap.add_argument("--quiet", type=float, default=4.0, help="seconds without faults between rounds")
     ap.add_argument("--producers", type=int, default=6)
+    ap.add_argument("--logs", type=int, default=0,
+                    help="named logs to create (log0..log{N-1}) and write, producer k to log k %% N (at least N "
+                         "producers); 0: only the default log")
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--pause-ms", type=float, default=10.0, help="producer pause after each acknowledged op")
     ap.add_argument("--op-timeout", type=float, default=5.0)
@@ -1442,6 +1662,11 @@ def parse_args(argv):
         elif k:
             ap.error(f"unknown fault {k!r} (known: {', '.join(ALL_KINDS)}, partition, all)")
     a.fault_kinds = list(dict.fromkeys(kinds))
+    if not 0 <= a.logs <= 256:
+        ap.error("--logs: 0 to 256 (the agents' default --max-logs)")
+    a.log_names = [f"log{i}" for i in range(a.logs)]
+    if a.logs:
+        a.producers = max(a.producers, a.logs)
     if "churn" in a.fault_kinds:
         if a.dead_member_timeout is None:
             a.dead_member_timeout = "5s"

@@ -256,6 +256,7 @@ async fn produce_log(
 }
 
 async fn produce_to(s: &HttpState, peer: &Peer, log: &str, body: axum::body::Body) -> Response {
+    tracing::Span::current().record("log", log);
     if let Err(r) = authorize(s, peer, log, ACT_PRODUCE) {
         return r;
     }
@@ -292,6 +293,7 @@ async fn produce_to(s: &HttpState, peer: &Peer, log: &str, body: axum::body::Bod
 
 async fn consume_at(s: &HttpState, log: &str, offset: u64) -> Response {
     tracing::Span::current().record("offset", offset);
+    tracing::Span::current().record("log", log);
     let cluster = match s.host.group(log) {
         Ok(c) => c,
         Err(e) => return error(http_status(&e), e),

@@ -411,7 +411,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             // an offset before the first retained record is an error.
             Err(s)
                 if s.code() == tonic::Code::OutOfRange
-                    && crate::api::convert::next_offset_of(&s).is_some_and(|n| offset >= n) =>
+                    && crate::pb::meta::next_offset_of(&s).is_some_and(|n| offset >= n) =>
             {
                 return Ok(());
             }

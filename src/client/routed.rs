@@ -35,10 +35,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Status};
 
 use super::{Backoff, Client, ClientError, ClientTls, ServerSet};
-use crate::{
-    api::convert::{ROUTE_KEY, leader_of, never_sent, next_offset_of, outcome_of, with_outcome},
-    node::Outcome,
-    pb::log as pb,
+use crate::pb::{
+    log as pb,
+    meta::{Outcome, ROUTE_KEY, leader_of, never_sent, next_offset_of, outcome_of, with_outcome},
 };
 
 #[derive(Clone, Debug)]

@@ -602,9 +602,18 @@ impl Host {
             .into_values()
             .map(|g| g.cluster)
             .collect();
-        // Closed by their last drop, which flushes and syncs (not
-        // discarded: only a deleted log's storage is).
         futures_util::future::join_all(groups.iter().map(|c| c.shutdown())).await;
+        // Flushed and synced now (with --fsync interval or never, records
+        // may be acknowledged before): the last drop would too, but tasks
+        // may hold a group until the process exits.
+        for c in groups {
+            let log = c.node().log().clone();
+            match tokio::task::spawn_blocking(move || log.sync()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(group = %c.group_id(), cause = %e, "final fsync of a log failed"),
+                Err(e) => tracing::error!(group = %c.group_id(), cause = %e, "final fsync of a log failed"),
+            }
+        }
         self.default.shutdown().await;
     }
 }
