@@ -127,6 +127,23 @@ async fn bad_names_duplicates_the_default_log_and_max_logs_are_refused_and_chang
         let e = create(&c, bad).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
     }
+    let e = c
+        .cluster()
+        .create_log(CreateLogRequest {
+            name: "big".into(),
+            settings: Some(sidelog::pb::sidelog::LogSettings {
+                max_record_bytes: 2 << 20,
+                ..Default::default()
+            }),
+            if_not_exists: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "above the agent's --max-record-bytes: {e:?}"
+    );
     create(&c, "a").await.unwrap();
     let e = create(&c, "a").await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
@@ -321,6 +338,20 @@ async fn auto_creation_is_off_by_default_and_creates_the_log_when_on() {
     let c = node.client().await;
     assert_eq!(c.clone().with_log("fresh").produce("v").await.unwrap(), 0);
     assert_eq!(listed(&c).await, set(&["default", "fresh"]));
+    // Through the leader-aware client too (the CLI's): its GetServers for a
+    // log not there yet lists servers that take the creating write.
+    let routed = RoutedClient::connect_with(
+        &[node.client_addr()],
+        None,
+        RoutingOptions {
+            log: "routed".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(routed.produce("r").await.unwrap(), 0);
+    assert_eq!(listed(&c).await, set(&["default", "fresh", "routed"]));
     // Consuming never creates.
     assert_eq!(
         c.clone().with_log("other").consume(0).await.unwrap_err().code(),

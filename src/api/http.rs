@@ -260,18 +260,20 @@ async fn produce_to(s: &HttpState, peer: &Peer, log: &str, body: axum::body::Bod
     if let Err(r) = authorize(s, peer, log, ACT_PRODUCE) {
         return r;
     }
-    let may_create = s.auth.check_on(peer.as_ref().map(|p| &p.0), log, ACT_ADMIN).is_ok();
-    let cluster = match s.host.group_or_create(log, may_create).await {
-        Ok(c) => c,
-        Err(e) => return error(http_status(&e), e),
-    };
-    let body = match read_body(s, cluster.node().max_record_bytes(), body).await {
+    // The body first: a bad request creates nothing (--auto-create-logs).
+    // Its bound is the agent's record limit (a log's own is at most that).
+    let body = match read_body(s, s.host.settings().max_record_bytes, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let value = match parse_produce_body(&body) {
         Ok(v) => v,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let may_create = s.auth.check_on(peer.as_ref().map(|p| &p.0), log, ACT_ADMIN).is_ok();
+    let cluster = match s.host.group_or_create(log, may_create).await {
+        Ok(c) => c,
+        Err(e) => return error(http_status(&e), e),
     };
     let len = value.len() as u64;
     match cluster.produce(&[value]).await.map(|o| o[0]) {
@@ -394,6 +396,10 @@ struct CreateBody {
 }
 
 async fn create_log(State(s): State<HttpState>, peer: Peer, body: axum::body::Body) -> Response {
+    // Who asks, before what they ask is read (the right itself is on the name).
+    if let Err(e) = s.auth.authenticate(peer.as_ref().map(|p| &p.0)) {
+        return error(http_auth_status(&e), e);
+    }
     let body = match read_body(&s, 0, body).await {
         Ok(b) => b,
         Err(r) => return r,

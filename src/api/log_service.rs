@@ -358,8 +358,18 @@ impl LogApi for LogService {
         self.auth
             .authenticate(request.extensions().get::<PeerInfo>())
             .map_err(Status::from)?;
-        let group = self.host.group(&request.get_ref().log)?;
-        let mut servers = group.servers();
+        let log = request.get_ref().log.clone();
+        if !log.is_empty() {
+            // Which logs exist, and who leads them, is for those who may read them.
+            self.authorize(&request, &log, ACT_CONSUME)?;
+        }
+        let mut servers = match self.host.group(&log) {
+            Ok(group) => group.servers(),
+            // A log the first write will create (--auto-create-logs): any
+            // member takes that write.
+            Err(NodeError::NotFound(_)) if self.host.settings().auto_create => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         if servers.is_empty() {
             // A log just created whose group has not formed yet: any member
             // takes its writes (they wait for its leader).

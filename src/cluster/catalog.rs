@@ -219,6 +219,10 @@ pub struct CatalogStore {
     path: PathBuf,
     state: Mutex<Catalog>,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Told of every applied change at once, in the state machine's apply
+    /// (the host closes a deleted log's group to writes there, before the
+    /// next entry applies).
+    on_change: Mutex<Option<Box<dyn Fn(&Catalog) + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for CatalogStore {
@@ -252,6 +256,7 @@ impl CatalogStore {
             path,
             state: Mutex::new(state),
             changes,
+            on_change: Mutex::new(None),
         })
     }
 
@@ -262,6 +267,7 @@ impl CatalogStore {
             path: PathBuf::new(),
             state: Mutex::new(Catalog::default()),
             changes,
+            on_change: Mutex::new(None),
         }
     }
 
@@ -281,6 +287,17 @@ impl CatalogStore {
         self.len() == 0
     }
 
+    /// Calls `f` with the catalog after every change (see `on_change`).
+    pub fn on_change(&self, f: impl Fn(&Catalog) + Send + Sync + 'static) {
+        *lock(&self.on_change) = Some(Box::new(f));
+    }
+
+    fn told(&self, catalog: &Catalog) {
+        if let Some(f) = lock(&self.on_change).as_ref() {
+            f(catalog);
+        }
+    }
+
     /// Changes whenever the catalog does (the value: its index).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
@@ -297,8 +314,9 @@ impl CatalogStore {
         let applied = next.apply(index, op);
         self.raise_format()?;
         self.save(&next)?;
-        *state = next;
+        *state = next.clone();
         drop(state);
+        self.told(&next);
         self.changes.send_replace(index);
         tracing::info!(%op, index, outcome = ?applied, "catalog changed");
         Ok(applied)
@@ -310,10 +328,14 @@ impl CatalogStore {
         if catalog.index < state.index {
             return Ok(());
         }
+        if catalog.index > 0 {
+            self.raise_format()?;
+        }
         self.save(&catalog)?;
         let index = catalog.index;
-        *state = catalog;
+        *state = catalog.clone();
         drop(state);
+        self.told(&catalog);
         self.changes.send_replace(index);
         Ok(())
     }

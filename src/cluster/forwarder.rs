@@ -102,6 +102,8 @@ impl Cluster {
                 let msg = format!("forwarding to leader {leader}: {}", s.message());
                 match s.code() {
                     tonic::Code::InvalidArgument => NodeError::InvalidArgument(msg),
+                    // The log's group is not on the leader (deleted): nothing written.
+                    tonic::Code::NotFound => NodeError::NotFound(msg),
                     tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::Unimplemented => {
                         unavailable(msg)
                     }
@@ -153,6 +155,13 @@ impl Cluster {
             .map_err(|s| {
                 let msg = format!("the catalog change through leader {}: {}", info.name, s.message());
                 match s.code() {
+                    // An older leader ignores the change and finds no records.
+                    tonic::Code::InvalidArgument if s.message().contains("no records to produce") => {
+                        NodeError::FailedPrecondition(format!(
+                            "the leader {} runs a build that does not know named logs; upgrade every member first",
+                            info.name
+                        ))
+                    }
                     tonic::Code::InvalidArgument => NodeError::InvalidArgument(msg),
                     tonic::Code::NotFound => NodeError::NotFound(msg),
                     tonic::Code::AlreadyExists => NodeError::AlreadyExists(msg),
@@ -165,6 +174,13 @@ impl Cluster {
                 }
             })?
             .into_inner();
+        if resp.catalog_index == 0 {
+            // A leader whose build does not know catalog changes.
+            return Err(NodeError::FailedPrecondition(format!(
+                "the leader {} runs a build that does not know named logs; upgrade every member first",
+                info.name
+            )));
+        }
         Ok((
             resp.catalog_index,
             super::catalog::Applied::from_u8(resp.catalog_applied as u8),

@@ -177,6 +177,19 @@ impl Host {
             shutdown: CancellationToken::new(),
             loops: Default::default(),
         });
+        // A deleted (or re-created) log's group takes no more writes from
+        // the moment this node applies the change, not from the next
+        // reconcile: a write acknowledged after that would vanish with it.
+        let weak = Arc::downgrade(&host);
+        host.catalog.on_change(move |catalog| {
+            if let Some(h) = weak.upgrade() {
+                for (name, g) in read(&h.groups).iter() {
+                    if catalog.logs.get(name).map(|s| s.incarnation) != Some(g.spec.incarnation) {
+                        g.cluster.close_writes();
+                    }
+                }
+            }
+        });
         // Subscribed first: a change applied while the first pass runs is
         // seen by the loop.
         let changes = host.catalog.subscribe();
@@ -201,10 +214,23 @@ impl Host {
         if name.is_empty() || name == catalog::DEFAULT_LOG {
             return Ok(self.default.clone());
         }
+        let spec = self.catalog.spec(name);
         if let Some(g) = read(&self.groups).get(name) {
-            return Ok(g.cluster.clone());
+            if spec.as_ref().map(|s| s.incarnation) == Some(g.spec.incarnation) {
+                return Ok(g.cluster.clone());
+            }
+            // Deleted or created again since this node opened it.
+            if spec.is_none() {
+                return Err(NodeError::NotFound(format!("log {name:?} was deleted")));
+            }
         }
         catalog::check_name(name).map_err(NodeError::InvalidArgument)?;
+        if spec.is_some() {
+            return Err(NodeError::Unavailable(format!(
+                "log {name:?} exists but this node has not opened it yet (just created, or its storage failed to \
+                 open: see this node's log); nothing was written"
+            )));
+        }
         if self.default.is_attached() {
             return Err(NodeError::Unavailable(format!(
                 "log {name:?}: this sidecar is attached without a replica and serves the default log only; use a \
@@ -243,7 +269,10 @@ impl Host {
         let name = id.split('@').next().unwrap_or_default();
         match read(&self.groups).get(name) {
             Some(g) if g.spec.group_id() == id => Ok(g.cluster.clone()),
-            _ => Err(tonic::Status::not_found(format!("no Raft group {id} on this node"))),
+            _ => Err(crate::pb::meta::with_outcome(
+                tonic::Status::not_found(format!("no Raft group {id} on this node (deleted, or not opened yet)")),
+                crate::pb::meta::Outcome::NotWritten,
+            )),
         }
     }
 
@@ -284,6 +313,13 @@ impl Host {
         settings
             .check()
             .map_err(|e| NodeError::InvalidArgument(format!("log {name}: {e}")))?;
+        if settings.max_record_bytes > self.settings.max_record_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "log {name}: max_record_bytes {} is above this agent's --max-record-bytes {} (the gRPC decoder's \
+                 bound)",
+                settings.max_record_bytes, self.settings.max_record_bytes
+            )));
+        }
         let exists = || NodeError::AlreadyExists(format!("log {name:?} exists already"));
         if name == catalog::DEFAULT_LOG {
             return if if_not_exists {
@@ -439,6 +475,7 @@ impl Host {
             cluster.node().close();
             self.remove_dir(&id).await;
         }
+        let mut failed = false;
         for spec in catalog.logs.values() {
             if read(&self.groups).contains_key(&spec.name) || self.shutdown.is_cancelled() {
                 continue;
@@ -453,11 +490,16 @@ impl Host {
                         },
                     );
                 }
-                Err(e) => tracing::error!(log = %spec.name, cause = %e, "could not open the log's group"),
+                Err(e) => {
+                    failed = true;
+                    tracing::error!(log = %spec.name, cause = %e, "could not open the log's group (tried again in 5 s)")
+                }
             }
         }
         self.remove_unnamed_dirs(&catalog).await;
-        self.reconciled.send_replace(catalog.index);
+        if !failed {
+            self.reconciled.send_replace(catalog.index);
+        }
     }
 
     fn logs_dir(&self) -> PathBuf {
@@ -722,8 +764,22 @@ pub(super) async fn run_mirror(cluster: Weak<Cluster>, default: Raft, token: Can
 async fn mirror_step(c: &Cluster, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<NodeId, NodeInfo>) -> Result<(), String> {
     let m = c.metrics();
     let membership = m.membership_config.membership();
-    if membership.get_joint_config().len() > 1 {
-        return Ok(()); // a change is under way
+    let joint = membership.get_joint_config();
+    if joint.len() > 1 {
+        // A change left half done (openraft 0.9's caller drives both
+        // steps; a leader change or a cancelled step leaves the joint
+        // configuration): finish it once the joint entry is applied.
+        let applied = m
+            .membership_config
+            .log_id()
+            .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l));
+        if applied && let Some(last) = joint.last() {
+            c.raft()
+                .change_membership(last.clone(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(());
     }
     let mine: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     for (id, info) in nodes {

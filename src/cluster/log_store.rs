@@ -253,6 +253,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 (e.log_id.index, e.log_id.leader_id.term, kind, count, body)
             })
             .collect();
+        // A catalog entry (named logs): the data dir says so before the
+        // log holds one, so an older build refuses the dir instead of
+        // failing on the entry.
+        if encoded
+            .iter()
+            .any(|e| e.2 == Kind::Control && e.4.starts_with(CATALOG_PREFIX))
+        {
+            let dir = self.store.log().dir().to_owned();
+            tokio::task::spawn_blocking(move || {
+                crate::storage::manifest::raise_raft_state(
+                    &dir,
+                    crate::storage::manifest::RAFT_STATE_NAMED_LOGS,
+                    crate::version(),
+                )
+            })
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(e)))?
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
         // The leader proposes one entry at a time: only the first data
         // entry can be the one proposed here.
         let trace = encoded

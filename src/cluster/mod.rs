@@ -280,6 +280,8 @@ pub struct Cluster {
     /// A named log's group: the default group, whose membership it follows
     /// (see `host`).
     follows: Option<Raft>,
+    /// The log was deleted (or created again): no more writes are taken.
+    closed: AtomicBool,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -356,7 +358,12 @@ impl Cluster {
         let raft = Raft::new(
             config.id.clone(),
             Arc::new(raft_config),
-            network::NetworkFactory::new(peers.clone(), config.group.clone(), catalog.clone()),
+            network::NetworkFactory::new(
+                peers.clone(),
+                config.info.clone(),
+                config.group.clone(),
+                catalog.clone(),
+            ),
             log_store::LogStore::new(store.clone()),
             state_machine::StateMachine::with_catalog(store.clone(), catalog.clone()),
         )
@@ -382,6 +389,7 @@ impl Cluster {
             name_clash: Default::default(),
             catalog,
             follows,
+            closed: AtomicBool::new(false),
         });
         membership::spawn_loops(&cluster);
         tokio::spawn(proposer::run(
@@ -510,6 +518,9 @@ impl Cluster {
         local_only: bool,
     ) -> Result<impl Future<Output = Result<u64, NodeError>> + Send + 'static, NodeError> {
         use tracing::Instrument;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(NodeError::NotFound("the log was deleted; nothing was written".into()));
+        }
         let timeout = self.config.write_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
@@ -607,6 +618,11 @@ impl Cluster {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => unavailable(e.to_string()),
             RaftError::Fatal(e) => NodeError::Unknown(format!("raft stopped: {e}")),
         }
+    }
+
+    /// Takes no more writes: the log was deleted (see `host`).
+    pub(crate) fn close_writes(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// This node is in its group's membership.

@@ -89,7 +89,13 @@ pub struct Peers {
     channels: Arc<Mutex<Channels>>,
     partition: Option<Arc<Partition>>,
     contacts: Arc<super::membership::Contacts>,
+    /// Each peer's peer protocol, as its last `Hello` said, and when: a
+    /// named log's Raft calls go only to peers that know groups.
+    protocols: Arc<Mutex<HashMap<NodeId, (u32, std::time::Instant)>>>,
 }
+
+/// How long a peer's protocol (see `Peers::protocols`) is trusted.
+const PROTOCOL_FRESH: Duration = Duration::from_secs(30);
 
 /// Open channels by address, all built with the peer certificate of
 /// `generation` (see `security::peer_tls`).
@@ -103,6 +109,8 @@ struct Channels {
 pub enum PeerError {
     #[error("peer {0} is unreachable (network partition)")]
     Partitioned(NodeId),
+    #[error("peer {0} runs a build without named logs (peer protocol {1}): no named log's call is sent to it")]
+    OldBuild(NodeId, u32),
     #[error("invalid peer address {addr:?}: {message}")]
     Address { addr: String, message: String },
     #[error(transparent)]
@@ -117,6 +125,7 @@ impl Peers {
             channels: Default::default(),
             partition,
             contacts: Default::default(),
+            protocols: Default::default(),
         }
     }
 
@@ -127,6 +136,33 @@ impl Peers {
             contacts: Default::default(),
             ..self.clone()
         }
+    }
+
+    /// Whether `id` knows named logs (peer protocol 3): its last `Hello`
+    /// answer if fresh, else a new one.
+    pub async fn knows_groups(&self, me: &NodeInfo, id: NodeId, addr: &str) -> Result<(), PeerError> {
+        let min = super::host::NAMED_LOGS_PROTOCOL;
+        let cached = self.protocols.lock().unwrap().get(&id).copied();
+        let protocol = match cached {
+            Some((p, at)) if at.elapsed() < PROTOCOL_FRESH => p,
+            _ => {
+                let answers = self.hello_each(me, [((), Some(id), addr.to_owned())]).await;
+                let Some(((), r)) = answers.into_iter().next() else {
+                    return Err(PeerError::Status(tonic::Status::unavailable(format!(
+                        "peer {id} did not answer Hello"
+                    ))));
+                };
+                self.protocols
+                    .lock()
+                    .unwrap()
+                    .insert(id, (r.protocol, std::time::Instant::now()));
+                r.protocol
+            }
+        };
+        if protocol < min {
+            return Err(PeerError::OldBuild(id, protocol));
+        }
+        Ok(())
     }
 
     /// When each peer last answered, and when a leader last reached us.
@@ -412,6 +448,8 @@ pub fn node_info_from_pb(n: pb::NodeInfo) -> (NodeId, NodeInfo) {
 #[derive(Clone, Debug)]
 pub struct NetworkFactory {
     peers: Peers,
+    /// This node (its `Hello`).
+    me: NodeInfo,
     /// The group every call names (empty: the default log's).
     group: String,
     /// The default log's group: the catalog sent with snapshots.
@@ -419,8 +457,13 @@ pub struct NetworkFactory {
 }
 
 impl NetworkFactory {
-    pub fn new(peers: Peers, group: String, catalog: Option<Arc<super::catalog::CatalogStore>>) -> Self {
-        NetworkFactory { peers, group, catalog }
+    pub fn new(peers: Peers, me: NodeInfo, group: String, catalog: Option<Arc<super::catalog::CatalogStore>>) -> Self {
+        NetworkFactory {
+            peers,
+            me,
+            group,
+            catalog,
+        }
     }
 }
 
@@ -432,6 +475,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             target,
             addr: node.peer_addr.clone(),
+            me: self.me.clone(),
             group: self.group.clone(),
             catalog: self.catalog.clone(),
         }
@@ -444,6 +488,7 @@ pub struct PeerNetwork {
     peers: Peers,
     target: NodeId,
     addr: String,
+    me: NodeInfo,
     group: String,
     catalog: Option<Arc<super::catalog::CatalogStore>>,
 }
@@ -461,6 +506,15 @@ impl PeerNetwork {
     fn client(&self) -> Result<PeerClient<PeerChannel>, PeerError> {
         self.peers.client(Some(&self.target), &self.addr)
     }
+
+    /// A named log's call goes only to a peer that knows groups: an older
+    /// build ignores `group` and would take it for its default group's.
+    async fn client_for_group(&self) -> Result<PeerClient<PeerChannel>, PeerError> {
+        if !self.group.is_empty() {
+            self.peers.knows_groups(&self.me, self.target, &self.addr).await?;
+        }
+        self.client()
+    }
 }
 
 fn with_deadline<T>(msg: T, ttl: Duration) -> tonic::Request<T> {
@@ -475,7 +529,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let mut client = self.client().map_err(|e| rpc_error(e))?;
+        let mut client = self.client_for_group().await.map_err(|e| rpc_error(e))?;
         let mut msg = append_request_to_pb(&rpc);
         msg.group.clone_from(&self.group);
         let req = with_deadline(msg, option.hard_ttl());
@@ -485,7 +539,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        let mut client = self.client().map_err(|e| rpc_error(e))?;
+        let mut client = self.client_for_group().await.map_err(|e| rpc_error(e))?;
         let req = with_deadline(
             pb::VoteRequest {
                 vote: Some(vote_to_pb(&rpc.vote)),
@@ -512,7 +566,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&AnyErr(e.to_string())));
         let mut client = self
-            .client()
+            .client_for_group()
+            .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let SnapshotData::Local(log) = &*snapshot.snapshot else {
             return Err(net(&AnyErr("only a locally built snapshot can be sent".into())));
