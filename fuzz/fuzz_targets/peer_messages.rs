@@ -182,6 +182,7 @@ fn forward(bytes: &[u8]) {
             count,
             body: body.into(),
             base_offset: 0,
+            op: None,
         }),
     };
     let sent = AppendEntriesRequest::<TypeConfig> {
