@@ -55,6 +55,15 @@ def metric(http, name):
     return float(m.group(1)) if m else 0.0
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat (1-based); after the
+    # command name they are at 11 and 12 (0-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_bytes(pid):
     with open(f"/proc/{pid}/io") as f:
         for line in f:

@@ -31,12 +31,6 @@ bc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bc)
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -162,9 +156,9 @@ def bench_idle(a):
             for _, _, h in nodes:
                 wait_ready(h, time.time() + 60)
             time.sleep(5)
-            before = [cpu_seconds(h.pid) for h in handles]
+            before = [bc.cpu_seconds(h.pid) for h in handles]
             time.sleep(a.idle_secs)
-            cpu = [(cpu_seconds(h.pid) - b) / a.idle_secs * 100 for h, b in zip(handles, before)]
+            cpu = [(bc.cpu_seconds(h.pid) - b) / a.idle_secs * 100 for h, b in zip(handles, before)]
             rss = [rss_mib(h.pid) for h in handles]
             print(f"100 idle logs on 3 nodes, over {a.idle_secs} s:")
             for i in range(3):

@@ -21,23 +21,14 @@ bc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bc)
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    # utime and stime are fields 14 and 15 of stat (1-based); after the
-    # command name they are at 11 and 12 (0-based).
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 def round_of(binary, tmp, n, tag, a):
     procs = bc.Procs(tmp)
     try:
         nodes, handles, leader = bc.start_sidelog(procs, binary, tmp, n, tag)
         pid = handles[leader].pid
-        before = cpu_seconds(pid)
+        before = bc.cpu_seconds(pid)
         rate, p50, p99 = bc.perf(binary, f"127.0.0.1:{nodes[leader][0]}", "stream", a)
-        used = cpu_seconds(pid) - before
+        used = bc.cpu_seconds(pid) - before
         return rate, p50, p99, used / a.records * 1e6
     finally:
         procs.stop()

@@ -764,18 +764,12 @@ pub(super) async fn run_mirror(cluster: Weak<Cluster>, default: Raft, token: Can
 async fn mirror_step(c: &Cluster, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<NodeId, NodeInfo>) -> Result<(), String> {
     let m = c.metrics();
     let membership = m.membership_config.membership();
-    let joint = membership.get_joint_config();
-    if joint.len() > 1 {
-        // A change left half done (openraft 0.9's caller drives both
-        // steps; a leader change or a cancelled step leaves the joint
-        // configuration): finish it once the joint entry is applied.
-        let applied = m
-            .membership_config
-            .log_id()
-            .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l));
-        if applied && let Some(last) = joint.last() {
+    if membership.get_joint_config().len() > 1 {
+        // A change left half done: finished as the default group's upkeep
+        // finishes its own (see `membership::joint_to_finish`).
+        if let Some(last) = super::membership::joint_to_finish(&m) {
             c.raft()
-                .change_membership(last.clone(), true)
+                .change_membership(last, true)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -817,13 +811,10 @@ async fn mirror_step(c: &Cluster, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<No
 /// Whether the member `id` answers `Hello` with a peer protocol that knows
 /// named logs (asked each time: a member may come back on another build).
 async fn speaks_named_logs(c: &Cluster, id: NodeId, info: &NodeInfo) -> bool {
-    let answers = c
-        .peers
-        .hello_each(&c.config.info, vec![(id, Some(id), info.peer_addr.clone())])
-        .await;
-    answers
-        .into_iter()
-        .any(|(who, r)| who == id && r.protocol >= NAMED_LOGS_PROTOCOL)
+    c.peers
+        .ask_protocol(&c.config.info, id, &info.peer_addr)
+        .await
+        .is_some_and(|p| p >= NAMED_LOGS_PROTOCOL)
 }
 
 /// This leader is not its group's preferred voter, and the preferred one

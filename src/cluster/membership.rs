@@ -226,6 +226,18 @@ pub(super) async fn run_elections(cluster: Weak<Cluster>, token: CancellationTok
     }
 }
 
+/// A joint configuration that outlived the call that made it (a leader
+/// change, a cancelled call): openraft 0.9 never finishes it by itself.
+/// Once its entry is applied, its last configuration, to move to.
+pub(super) fn joint_to_finish(m: &super::types::RaftMetrics) -> Option<BTreeSet<NodeId>> {
+    let joint = m.membership_config.membership().get_joint_config();
+    let applied = m
+        .membership_config
+        .log_id()
+        .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l));
+    (joint.len() > 1 && applied).then(|| joint.last().cloned()).flatten()
+}
+
 /// What the leader knows of one member, for [`plan`].
 #[derive(Clone, Debug)]
 pub struct MemberView {
@@ -677,16 +689,8 @@ pub(super) async fn run_upkeep(cluster: Weak<Cluster>, token: CancellationToken)
         };
         let m = c.metrics();
         let membership = m.membership_config.membership();
-        let joint = membership.get_joint_config();
-        if joint.len() > 1 {
-            // A joint configuration outlived the call that made it (a
-            // leader change, a cancelled call): openraft 0.9 never finishes
-            // it by itself. Once it is committed, move to its last config.
-            let committed = m
-                .membership_config
-                .log_id()
-                .is_some_and(|l| m.last_applied.is_some_and(|a| a >= l));
-            if committed && let Some(last) = joint.last().cloned() {
+        if membership.get_joint_config().len() > 1 {
+            if let Some(last) = joint_to_finish(&m) {
                 tracing::warn!(voters = ?last, "finishing a joint membership change left half done");
                 let step = Step::Voters {
                     voters: last,

@@ -145,24 +145,26 @@ impl Peers {
         let cached = self.protocols.lock().unwrap().get(&id).copied();
         let protocol = match cached {
             Some((p, at)) if at.elapsed() < PROTOCOL_FRESH => p,
-            _ => {
-                let answers = self.hello_each(me, [((), Some(id), addr.to_owned())]).await;
-                let Some(((), r)) = answers.into_iter().next() else {
-                    return Err(PeerError::Status(tonic::Status::unavailable(format!(
-                        "peer {id} did not answer Hello"
-                    ))));
-                };
-                self.protocols
-                    .lock()
-                    .unwrap()
-                    .insert(id, (r.protocol, std::time::Instant::now()));
-                r.protocol
-            }
+            _ => self.ask_protocol(me, id, addr).await.ok_or_else(|| {
+                PeerError::Status(tonic::Status::unavailable(format!("peer {id} did not answer Hello")))
+            })?,
         };
         if protocol < min {
             return Err(PeerError::OldBuild(id, protocol));
         }
         Ok(())
+    }
+
+    /// Asks `id` its peer protocol now (`Hello`) and remembers the answer
+    /// for [`Peers::knows_groups`]; `None` if it did not answer.
+    pub async fn ask_protocol(&self, me: &NodeInfo, id: NodeId, addr: &str) -> Option<u32> {
+        let answers = self.hello_each(me, [((), Some(id), addr.to_owned())]).await;
+        let ((), r) = answers.into_iter().next()?;
+        self.protocols
+            .lock()
+            .unwrap()
+            .insert(id, (r.protocol, std::time::Instant::now()));
+        Some(r.protocol)
     }
 
     /// When each peer last answered, and when a leader last reached us.
